@@ -1,0 +1,1 @@
+"""drcio controller: SLO config, Prometheus sensor, control loop, push client, metrics, CLI."""

@@ -1,0 +1,1 @@
+"""drcio experiments: run-experiment scenarios, workloads, backends, export and report."""

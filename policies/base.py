@@ -1,0 +1,157 @@
+"""The policy contract: what a control policy sees and what it answers.
+
+A policy turns one :class:`Observation` (measured HP latency, its target,
+the time since the last step) into a *level*: the LP allowance in [0, 1],
+0 = throttle LP as hard as the SLO allows, 1 = leave LP free. Policies are
+pure: no I/O, no clock, no globals; time arrives in the observation. That is
+what lets the same policy run against real Prometheus, the simulator and the
+tests.
+
+Missing measurements are explicit, never a zero:
+
+* ``NO_DATA``: Prometheus answered, but there is no HP traffic to measure
+  (empty vector, NaN, too few requests). Nothing to protect, so policies let
+  the allowance grow gently, exactly as while under target.
+* ``SENSOR_ERROR``: the measurement failed (Prometheus down, timeout, bad
+  answer). We cannot know whether the SLO holds, so policies *hold* their last
+  level for ``failsafe.after`` consecutive failed steps, then move to
+  ``failsafe.level`` until a valid measurement returns. Holding first rides
+  out a single failed scrape; the bound keeps a stale decision from living
+  forever.
+
+:class:`FailSafeTracker` implements that rule once for every policy.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "SensorStatus",
+    "Observation",
+    "Policy",
+    "FailSafe",
+    "FailSafeTracker",
+    "PolicyConfigError",
+    "clamp_level",
+]
+
+
+class PolicyConfigError(ValueError):
+    """A policy parameter is out of range; the message says which and what is allowed."""
+
+
+class SensorStatus(enum.Enum):
+    OK = "ok"
+    NO_DATA = "no_data"
+    SENSOR_ERROR = "sensor_error"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measurement as the policy sees it.
+
+    ``latency_seconds`` is set (finite, >= 0) exactly when ``status`` is OK.
+    ``dt_seconds`` is the time since the previous step (> 0); the first step
+    of a run passes the nominal interval.
+    """
+
+    status: SensorStatus
+    latency_seconds: float | None
+    target_seconds: float
+    dt_seconds: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.target_seconds) and self.target_seconds > 0):
+            raise ValueError(f"target_seconds must be finite and > 0, got {self.target_seconds!r}")
+        if not (math.isfinite(self.dt_seconds) and self.dt_seconds > 0):
+            raise ValueError(f"dt_seconds must be finite and > 0, got {self.dt_seconds!r}")
+        if self.status is SensorStatus.OK:
+            if self.latency_seconds is None or not math.isfinite(self.latency_seconds) or self.latency_seconds < 0:
+                raise ValueError(f"an OK observation needs a finite latency >= 0, got {self.latency_seconds!r}")
+        elif self.latency_seconds is not None:
+            raise ValueError(f"a {self.status.value} observation carries no latency")
+
+    @property
+    def slack(self) -> float:
+        """Normalised error ``(target - latency) / target``: 1 = idle, 0 = at target, < 0 = violation.
+
+        Only defined for OK observations. Working on slack rather than seconds
+        makes gains independent of the SLO's scale (a 5 ms and a 500 ms target
+        tune alike).
+        """
+        if self.latency_seconds is None:
+            raise ValueError(f"slack is undefined for a {self.status.value} observation")
+        return (self.target_seconds - self.latency_seconds) / self.target_seconds
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A control policy: ``step`` one observation to a level in [0, 1]; ``reset`` to start over."""
+
+    def step(self, observation: Observation) -> float: ...
+
+    def reset(self) -> None: ...
+
+    @property
+    def terms(self) -> dict[str, float]:
+        """The policy's internal terms for metrics and the decision log (e.g. PID p/i/d)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FailSafe:
+    """What a policy does while the sensor fails.
+
+    after: consecutive failed steps during which the last level is held.
+        Default 3: at a 5 s interval that rides out 15 s of Prometheus
+        trouble (a restart, a slow scrape) before acting blind.
+    level: the level applied after that, until a valid measurement returns.
+        Default 0.2: a conservative allowance that protects HP without
+        stopping LP; the operator sets it from the SLO's throttle range.
+    """
+
+    after: int = 3
+    level: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.after < 0:
+            raise PolicyConfigError(f"failsafe.after must be >= 0, got {self.after}")
+        if not 0.0 <= self.level <= 1.0:
+            raise PolicyConfigError(f"failsafe.level must be in [0, 1], got {self.level}")
+
+
+def clamp_level(value: float) -> float:
+    """Clamp to [0, 1]; NaN is a programming error and raises."""
+    if math.isnan(value):
+        raise ValueError("level is NaN")
+    return min(1.0, max(0.0, value))
+
+
+class FailSafeTracker:
+    """Counts consecutive sensor failures and says what to output while they last.
+
+    Used by every policy so the hold-then-fail-safe rule lives in one place.
+    """
+
+    def __init__(self, failsafe: FailSafe) -> None:
+        self.failsafe = failsafe
+        self.failures = 0
+
+    def on_failure(self, last_level: float) -> float:
+        """Record one failed step; return the level to output for it."""
+        self.failures += 1
+        if self.failures <= self.failsafe.after:
+            return last_level
+        return self.failsafe.level
+
+    def on_success(self) -> None:
+        self.failures = 0
+
+    @property
+    def engaged(self) -> bool:
+        """True once the hold has run out and the fail-safe level is in force."""
+        return self.failures > self.failsafe.after

@@ -1,0 +1,182 @@
+"""Wire models of the controller -> writer push (``PUT /v1/targets``).
+
+This module is the contract between the two halves of drcio: the controller
+builds :class:`TargetsPush` bodies, the writer validates them strictly and
+answers with a :class:`PushResponse`. It imports nothing of ours and does no
+I/O, so the controller may import it without pulling in anything privileged.
+
+Validation is deliberately strict, because the writer is the only privileged
+part of the system: unknown fields are rejected, numbers are range-checked,
+label selectors and device references must match Kubernetes label syntax and
+``MAJ:MIN`` respectively, so nothing in a body can be turned into a path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+__all__ = [
+    "API_VERSION",
+    "TARGETS_PATH",
+    "MAX_BODY_BYTES",
+    "MAX_GROUPS",
+    "DeviceNumber",
+    "MountRef",
+    "IoMax",
+    "GroupTarget",
+    "TargetsPush",
+    "CgroupResult",
+    "PushResponse",
+    "ErrorResponse",
+    "WEIGHT_MIN",
+    "WEIGHT_MAX",
+]
+
+API_VERSION = "v1"
+TARGETS_PATH = f"/{API_VERSION}/targets"
+#: The writer refuses larger bodies with 413 before parsing them.
+MAX_BODY_BYTES = 64 * 1024
+#: More LP groups than this in one push is a bug, not a configuration.
+MAX_GROUPS = 64
+#: cgroup v2 ``io.weight`` range; v1 writers map it onto their own range.
+WEIGHT_MIN = 1
+WEIGHT_MAX = 10_000
+#: Largest bandwidth or IOPS value accepted (the kernel takes u64; 2**62 is "more than any disk").
+_LIMIT_MAX = 2**62
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+# Kubernetes label syntax: optional DNS-subdomain prefix + "/" + name (<= 63 chars).
+_LABEL_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_PREFIX = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)*"
+_LABEL_KEY_RE = re.compile(rf"^(?:{_LABEL_PREFIX}/)?{_LABEL_NAME}$")
+_LABEL_VALUE_RE = re.compile(rf"^(?:{_LABEL_NAME})?$")
+
+
+def _check_label_key(key: str) -> str:
+    if len(key) > 317 or not _LABEL_KEY_RE.match(key):
+        raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
+    return key
+
+
+def _check_label_value(value: str) -> str:
+    if not _LABEL_VALUE_RE.match(value):
+        raise ValueError(f"label value {value!r} is not a valid Kubernetes label value")
+    return value
+
+
+LabelKey = Annotated[str, AfterValidator(_check_label_key)]
+LabelValue = Annotated[str, AfterValidator(_check_label_value)]
+#: A block device as ``MAJ:MIN`` (decimal, as in ``/proc/self/mountinfo`` and ``io.max``).
+DeviceNumber = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,4}:[0-9]{1,7}$")]
+#: A group name: a label value that is never empty.
+GroupName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=rf"^{_LABEL_NAME}$")]
+Limit = Annotated[int, Field(ge=1, le=_LIMIT_MAX)]
+
+
+def _check_mount_path(path: str) -> str:
+    parts = path.split("/")
+    if not path.startswith("/") or "\x00" in path or ".." in parts or len(path) > 4096:
+        raise ValueError(f"mount path {path!r} must be absolute, without '..' or NUL")
+    return path
+
+
+class MountRef(BaseModel):
+    """A mount point whose backing block device the writer resolves on its node."""
+
+    model_config = _STRICT
+    mount: Annotated[str, AfterValidator(_check_mount_path)]
+
+
+DeviceRef = DeviceNumber | MountRef
+#: ``"auto"`` = every real disk of the node (virtual devices skipped).
+Devices = Literal["auto"] | Annotated[list[DeviceRef], Field(min_length=1, max_length=64)]
+
+
+class IoMax(BaseModel):
+    """Desired ``io.max`` keys for one LP group. ``None`` means ``max`` (no limit).
+
+    Every key is written every time (``max`` for ``None``), so a push states
+    the whole desired limit and replays are idempotent. Bandwidth is in bytes
+    per second, IOPS in operations per second.
+    """
+
+    model_config = _STRICT
+    rbps: Limit | None = None
+    wbps: Limit | None = None
+    riops: Limit | None = None
+    wiops: Limit | None = None
+
+    @property
+    def is_unlimited(self) -> bool:
+        return all(v is None for v in (self.rbps, self.wbps, self.riops, self.wiops))
+
+
+class GroupTarget(BaseModel):
+    """The desired I/O limits of one LP group (the pods matching ``selector``)."""
+
+    model_config = _STRICT
+    name: GroupName
+    selector: Annotated[dict[LabelKey, LabelValue], Field(min_length=1, max_length=16)]
+    devices: Devices = "auto"
+    io_max: IoMax = IoMax()
+    #: cgroup v2 ``io.weight`` (1-10000); ``None`` leaves the weight alone.
+    io_weight: Annotated[int, Field(ge=WEIGHT_MIN, le=WEIGHT_MAX)] | None = None
+    #: The controller's level in [0, 1] behind these values; informational (status, metrics).
+    level: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
+
+
+class TargetsPush(BaseModel):
+    """Body of ``PUT /v1/targets``: the whole desired state for every LP group."""
+
+    model_config = _STRICT
+    #: Monotonic per controller start; a push with a lower generation than the
+    #: last accepted one is refused (409). An equal generation is a replay.
+    generation: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    #: Without a valid push within this many seconds the writer applies its fail-safe.
+    lease_ttl_seconds: Annotated[float, Field(gt=0.0, le=86_400.0, allow_inf_nan=False)]
+    groups: Annotated[list[GroupTarget], Field(max_length=MAX_GROUPS)]
+    #: Who sent it (for /status); free text, short.
+    controller: Annotated[str, StringConstraints(max_length=128)] = ""
+
+    @model_validator(mode="after")
+    def _group_names_unique(self) -> TargetsPush:
+        names = [g.name for g in self.groups]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"group names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+CgroupOutcome = Literal["applied", "unchanged", "error"]
+
+
+class CgroupResult(BaseModel):
+    """What the writer did to one cgroup for one group."""
+
+    model_config = ConfigDict(extra="forbid")
+    group: str
+    cgroup: str
+    outcome: CgroupOutcome
+    #: For errors: what failed, with the kernel's errno name where there is one.
+    detail: str = ""
+
+
+class PushResponse(BaseModel):
+    """The writer's answer to an accepted push."""
+
+    model_config = ConfigDict(extra="forbid")
+    node: str
+    generation: int
+    results: list[CgroupResult]
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx the writer returns."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: str
+    detail: list[str] = []
