@@ -1,0 +1,133 @@
+"""Where a pod's cgroup lives, for both kubelet cgroup drivers and both cgroup versions.
+
+Pod discovery (:mod:`writer.discovery`) calls :func:`pod_cgroup_dir` to turn a
+pod (uid, QoS class) into its directory, and the cgroup writers call
+:func:`safe_join` before touching any file, so that nothing from a push, a
+config file or the API server can steer a write outside the cgroup root.
+
+The kubelet lays pods out the same way under the cgroup v2 mount
+(``/sys/fs/cgroup``) and under the v1 ``blkio`` hierarchy
+(``/sys/fs/cgroup/blkio``), so one ``hierarchy_root`` argument covers both:
+
+============  =========================================================================
+driver        pod directory (relative to the hierarchy root)
+============  =========================================================================
+systemd       ``kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_>.slice``
+              (``besteffort`` likewise; Guaranteed pods sit directly in
+              ``kubepods.slice/kubepods-pod<uid_>.slice``; ``uid_`` is the uid with
+              ``-`` replaced by ``_`` because ``-`` is systemd's slice separator)
+cgroupfs      ``kubepods/burstable/pod<uid>`` (Guaranteed: ``kubepods/pod<uid>``)
+============  =========================================================================
+
+The kubelet's ``--cgroup-root`` is assumed to be the default (``/``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "Driver",
+    "QosClass",
+    "CgroupPathError",
+    "detect_driver",
+    "pod_cgroup_dir",
+    "safe_join",
+    "container_scopes",
+    "check_pod_uid",
+]
+
+Driver = Literal["systemd", "cgroupfs"]
+QosClass = Literal["guaranteed", "burstable", "besteffort"]
+
+# Pod uids are UUIDs assigned by the API server; static pods use the kubelet's
+# 32-hex config hash instead (it is their mirror pod's "kubernetes.io/config.mirror").
+_UID_RE = re.compile(r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})$")
+_QOS_CLASSES: tuple[QosClass, ...] = ("guaranteed", "burstable", "besteffort")
+# Container cgroups inside a pod directory, per runtime and driver.
+_SCOPE_RES = (
+    re.compile(r"^cri-containerd-[0-9a-f]{64}\.scope$"),  # containerd, systemd driver
+    re.compile(r"^crio-(?:conmon-)?[0-9a-f]{64}\.scope$"),  # CRI-O (container and its conmon monitor)
+    re.compile(r"^docker-[0-9a-f]{64}\.scope$"),  # dockershim / cri-dockerd, systemd driver
+    re.compile(r"^[0-9a-f]{64}$"),  # any runtime, cgroupfs driver
+)
+
+
+class CgroupPathError(ValueError):
+    """A cgroup path cannot be formed, or would leave the cgroup root; the message says which."""
+
+
+def check_pod_uid(uid: str) -> str:
+    """Return ``uid`` if it is a pod uid (lowercase UUID, or a static pod's 32-hex hash), else raise.
+
+    The uid ends up in a path, so anything else - ``/``, ``..``, NUL - is refused here.
+    """
+    if not _UID_RE.match(uid):
+        raise CgroupPathError(f"pod uid {uid!r} is not a UUID (or a static pod's 32-hex config hash)")
+    return uid
+
+
+def detect_driver(hierarchy_root: Path) -> Driver:
+    """Tell the kubelet's cgroup driver from the tree: ``kubepods.slice/`` (systemd) or ``kubepods/`` (cgroupfs)."""
+    systemd = (hierarchy_root / "kubepods.slice").is_dir()
+    cgroupfs = (hierarchy_root / "kubepods").is_dir()
+    if systemd and cgroupfs:
+        raise CgroupPathError(
+            f"both kubepods.slice and kubepods exist under {hierarchy_root}; set the cgroup driver explicitly"
+        )
+    if systemd:
+        return "systemd"
+    if cgroupfs:
+        return "cgroupfs"
+    raise CgroupPathError(
+        f"no kubepods.slice (systemd driver) or kubepods (cgroupfs driver) under {hierarchy_root};"
+        " is this the cgroup v2 mount or the v1 blkio hierarchy of a Kubernetes node?"
+    )
+
+
+def pod_cgroup_dir(hierarchy_root: Path, uid: str, qos: QosClass, driver: Driver) -> Path:
+    """The pod's cgroup directory under ``hierarchy_root`` (it may not exist yet, or any more)."""
+    check_pod_uid(uid)
+    if qos not in _QOS_CLASSES:
+        raise CgroupPathError(f"QoS class {qos!r} is not one of {', '.join(_QOS_CLASSES)}")
+    if driver == "systemd":
+        escaped = uid.replace("-", "_")
+        if qos == "guaranteed":
+            return hierarchy_root / "kubepods.slice" / f"kubepods-pod{escaped}.slice"
+        return hierarchy_root / "kubepods.slice" / f"kubepods-{qos}.slice" / f"kubepods-{qos}-pod{escaped}.slice"
+    if driver == "cgroupfs":
+        if qos == "guaranteed":
+            return hierarchy_root / "kubepods" / f"pod{uid}"
+        return hierarchy_root / "kubepods" / qos / f"pod{uid}"
+    raise CgroupPathError(f"cgroup driver {driver!r} is not 'systemd' or 'cgroupfs'")
+
+
+def safe_join(root: Path, relative: str | Path) -> Path:
+    """``root / relative`` with symlinks and ``..`` resolved, refused unless it stays inside ``root``.
+
+    The result need not exist. An absolute ``relative`` or one containing NUL is refused too.
+    """
+    text = str(relative)
+    if "\x00" in text:
+        raise CgroupPathError(f"cgroup path {text!r} contains NUL")
+    if Path(text).is_absolute():
+        raise CgroupPathError(f"cgroup path {text!r} must be relative to the cgroup root {root}")
+    resolved_root = root.resolve()
+    joined = (resolved_root / text).resolve()
+    if not joined.is_relative_to(resolved_root):
+        raise CgroupPathError(f"cgroup path {text!r} leaves the cgroup root {root} (it resolves to {joined})")
+    return joined
+
+
+def container_scopes(pod_dir: Path) -> list[Path]:
+    """The container cgroups inside a pod directory, sorted; empty if the pod directory is gone."""
+    try:
+        children = list(pod_dir.iterdir())
+    except OSError:
+        # Pods churn: a directory vanishing between discovery and this call is normal.
+        return []
+    return sorted(
+        child for child in children if any(r.match(child.name) for r in _SCOPE_RES) and child.is_dir()
+    )
