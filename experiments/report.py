@@ -1,0 +1,479 @@
+"""Turn exported scenario data into summary.csv, PNG plots and report.md.
+
+Called by the scenario runner (``experiments.scenarios``) after every
+scenario (so an interrupted run still leaves a report of what finished) and
+by ``run-experiment --report-only``. Everything here is a pure function of
+:class:`ScenarioResult` values (frames in, frames / files out): no processes,
+no Prometheus, so the tests feed it synthetic frames.
+
+Definitions the report states and the README quotes:
+
+* **Measured period**: a scenario's series after its warm-up.
+* **p50/p95/p99_ms**: quantiles over the whole measured period, from the
+  difference of the cumulative HP histogram between its ends, interpolated
+  within a bucket exactly like PromQL's ``histogram_quantile``.
+* **client_p95_ms**: P95 of the load generator's own latencies (requests sent
+  in the measured period); an independent check on the server's histogram.
+* **slo_attainment**: the fraction of evaluation intervals (one per series
+  step, 1 s = the controller's interval; each with the P95 over the trailing
+  export window) in the measured period, excluding the first
+  :data:`SKIPPED_INTERVALS`, whose P95 met the target. An interval without a
+  P95 (no HP requests) counts as missed.
+* **lp_mbps**: mean LP throughput (read + write) in the measured period, in
+  MiB/s (2^20 bytes/s, the unit of the throttle sizes ``200M``).
+* **oracle**: the sweep level with the highest ``lp_mbps`` whose ``p95_ms``
+  meets the target: the best any fixed limit from the same range achieves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "SKIPPED_INTERVALS",
+    "MIB",
+    "ScenarioResult",
+    "TargetChoice",
+    "histogram_quantile",
+    "period_buckets",
+    "bucket_bounds",
+    "slo_attainment",
+    "auto_target_ms",
+    "summarize",
+    "oracle_row",
+    "write_plots",
+    "write_report",
+]
+
+MIB = 1024.0 * 1024.0
+SKIPPED_INTERVALS = 3
+SUMMARY_COLUMNS = [
+    "scenario",
+    "kind",
+    "level",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "client_p95_ms",
+    "client_requests",
+    "client_errors",
+    "hp_rps",
+    "lp_mbps",
+    "rbps_limit_mbps",
+    "wbps_limit_mbps",
+    "mean_level",
+    "slo_target_ms",
+    "slo_attainment",
+    "source",
+]
+_MAIN_ORDER = ["baseline", "contention", "static-max", "static-weight", "drcio"]
+_ROW_ORDER = ["baseline", "contention", "static-max", "static-weight", "sweep", "drcio"]
+
+
+@dataclass
+class ScenarioResult:
+    """What one finished scenario left: its exported frames and how to read them.
+
+    series: the export's series frame (``experiments.export.SERIES_COLUMNS``).
+    histogram: the export's cumulative histogram frame (timestamp, le, count).
+    client: the load generator's requests: ``timestamp`` (send time, unix s),
+        ``latency_ms``, ``ok`` (bool).
+    kind: baseline | contention | static-max | static-weight | sweep | drcio.
+    level: the fixed level of a sweep step, else None.
+    lp: whether the LP batch job ran (a baseline's LP throughput is 0, not unknown).
+    """
+
+    name: str
+    kind: str
+    series: pd.DataFrame
+    histogram: pd.DataFrame
+    client: pd.DataFrame
+    warmup_seconds: float
+    lp: bool
+    level: float | None = None
+
+
+@dataclass(frozen=True)
+class TargetChoice:
+    """The SLO target every scenario is judged by, and how it was chosen (stated in the report)."""
+
+    target_ms: float
+    how: str
+
+
+def histogram_quantile(q: float, buckets: pd.Series) -> float:
+    """PromQL's ``histogram_quantile`` over cumulative counts indexed by upper bound (``le``).
+
+    Needs a ``+Inf`` bucket; linear interpolation within the bucket holding
+    the rank; a rank in the ``+Inf`` bucket returns the highest finite bound.
+    NaN when there are no observations.
+    """
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile must be in [0, 1], got {q}")
+    b = buckets.sort_index()
+    if len(b) < 2 or not math.isinf(float(b.index[-1])):
+        return math.nan
+    counts = np.maximum.accumulate(b.to_numpy(dtype=float))  # as Prometheus: force monotonic
+    bounds = b.index.to_numpy(dtype=float)
+    total = counts[-1]
+    if not total > 0:
+        return math.nan
+    rank = q * total
+    i = int(np.searchsorted(counts, rank, side="left"))
+    if i >= len(counts) - 1:
+        return float(bounds[-2])
+    if i == 0 and bounds[0] <= 0:
+        return float(bounds[0])
+    start, end, count = 0.0, float(bounds[i]), float(counts[i])
+    if i > 0:
+        start = float(bounds[i - 1])
+        count -= counts[i - 1]
+        rank -= counts[i - 1]
+    return start + (end - start) * (rank / count) if count > 0 else start
+
+
+def period_buckets(histogram: pd.DataFrame, start: float, end: float) -> pd.Series:
+    """Cumulative counts per ``le`` observed between ``start`` and ``end`` (unix s).
+
+    The difference between the last sample at or before ``end`` and the last
+    sample at or before ``start`` (the first sample if none is that early).
+    """
+    if histogram.empty:
+        return pd.Series(dtype="float64")
+    wide = histogram.pivot_table(index="timestamp", columns="le", values="count", aggfunc="max").sort_index()
+    wide = wide.ffill()
+    upto_end = wide[wide.index <= end]
+    if upto_end.empty:
+        return pd.Series(dtype="float64")
+    before = wide[wide.index <= start]
+    first = before.iloc[-1] if not before.empty else wide.iloc[0]
+    delta = (upto_end.iloc[-1] - first).clip(lower=0).fillna(0.0)
+    delta.index = delta.index.astype(float)
+    return delta
+
+
+def bucket_bounds(buckets: pd.Series, value: float) -> tuple[float, float]:
+    """The (lower, upper] edges of the bucket ``value`` falls in: the resolution of a quantile there."""
+    edges = sorted(float(x) for x in buckets.index if math.isfinite(float(x)))
+    lower = 0.0
+    for edge in edges:
+        if value <= edge:
+            return lower, edge
+        lower = edge
+    return lower, math.inf
+
+
+def _measured(series: pd.DataFrame, warmup_seconds: float) -> pd.DataFrame:
+    return series[series["elapsed_seconds"] >= warmup_seconds]
+
+
+def slo_attainment(series: pd.DataFrame, target_ms: float, warmup_seconds: float) -> float:
+    """Fraction of intervals after warm-up (minus the first three) whose ``hp_p95_ms`` met ``target_ms``."""
+    rows = _measured(series, warmup_seconds).sort_values("elapsed_seconds").iloc[SKIPPED_INTERVALS:]
+    if rows.empty:
+        return math.nan
+    met = rows["hp_p95_ms"].le(target_ms) & rows["hp_p95_ms"].notna()
+    return float(met.mean())
+
+
+def auto_target_ms(baseline_p95_ms: float, multiple: float, bucket_edges_seconds: Sequence[float]) -> float:
+    """``multiple`` x the baseline P95, rounded up to the next histogram bucket edge.
+
+    Rounding to an edge makes "P95 <= target" exact for ``histogram_quantile``
+    (no interpolation inside the bucket holding the target).
+    """
+    if not (math.isfinite(baseline_p95_ms) and baseline_p95_ms > 0):
+        raise ValueError(f"the baseline P95 must be a positive number to derive a target, got {baseline_p95_ms!r}")
+    raw = multiple * baseline_p95_ms
+    edges_ms = sorted(1000.0 * e for e in bucket_edges_seconds if math.isfinite(e) and e > 0)
+    for edge in edges_ms:
+        if edge >= raw - 1e-9:
+            return round(edge, 6)
+    return round(raw, 3)
+
+
+def _mean(series: pd.Series) -> float:
+    values = series.dropna()
+    return float(values.mean()) if not values.empty else math.nan
+
+
+def _summary_row(result: ScenarioResult, target_ms: float) -> dict[str, object]:
+    measured = _measured(result.series, result.warmup_seconds)
+    start = float(result.series["timestamp"].min()) + result.warmup_seconds
+    end = float(result.series["timestamp"].max())
+    buckets = period_buckets(result.histogram, start, end)
+    quantile = {q: 1000.0 * histogram_quantile(q, buckets) if not buckets.empty else math.nan for q in (0.5, 0.95, 0.99)}
+    client = result.client[result.client["timestamp"] >= start] if not result.client.empty else result.client
+    ok = client[client["ok"].astype(bool)] if not client.empty else client
+    client_p95 = float(ok["latency_ms"].quantile(0.95)) if not ok.empty else math.nan
+    lp_mbps = _mean(measured["lp_bytes_per_second"]) / MIB if result.lp else 0.0
+    return {
+        "scenario": result.name,
+        "kind": result.kind,
+        "level": result.level if result.level is not None else math.nan,
+        "p50_ms": quantile[0.5],
+        "p95_ms": quantile[0.95],
+        "p99_ms": quantile[0.99],
+        "client_p95_ms": client_p95,
+        "client_requests": int(len(client)),
+        "client_errors": int(len(client) - len(ok)),
+        "hp_rps": _mean(measured["hp_request_rate"]),
+        "lp_mbps": lp_mbps,
+        "rbps_limit_mbps": _mean(measured["io_max_rbps"]) / MIB,
+        "wbps_limit_mbps": _mean(measured["io_max_wbps"]) / MIB,
+        "mean_level": _mean(measured["throttle_level"]),
+        "slo_target_ms": target_ms,
+        "slo_attainment": slo_attainment(result.series, target_ms, result.warmup_seconds),
+        "source": "",
+    }
+
+
+def oracle_row(summary: pd.DataFrame) -> dict[str, object] | None:
+    """The sweep row with the most LP throughput whose P95 meets the target, as an ``oracle`` row (or None)."""
+    sweep = summary[(summary["kind"] == "sweep") & (summary["p95_ms"] <= summary["slo_target_ms"])]
+    if sweep.empty:
+        return None
+    best = sweep.sort_values(["lp_mbps", "p95_ms"], ascending=[False, True]).iloc[0].to_dict()
+    best.update(scenario="oracle", kind="oracle", source=str(best["scenario"]))
+    return best
+
+
+def summarize(results: Sequence[ScenarioResult], target: TargetChoice) -> pd.DataFrame:
+    """One row per scenario (main scenarios first, sweep by level) plus the ``oracle`` row when one exists."""
+    rows = [_summary_row(r, target.target_ms) for r in results]
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    order = {k: i for i, k in enumerate(_ROW_ORDER)}
+    summary["_order"] = [order.get(k, len(order)) for k in summary["kind"]]
+    summary = summary.sort_values(["_order", "level"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    oracle = oracle_row(summary)
+    if oracle is not None:
+        summary = pd.concat([summary, pd.DataFrame([oracle], columns=SUMMARY_COLUMNS)], ignore_index=True)
+    return summary
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _new_figure(rows: int, cols: int = 1, *, width: float = 10.0, row_height: float = 2.6) -> Figure:
+    return Figure(figsize=(width, max(3.0, row_height * rows)), layout="constrained")
+
+
+def _plot_latency_axes(ax: Axes, result: ScenarioResult, target_ms: float) -> None:
+    s = result.series
+    for column, label in (("hp_p50_ms", "P50"), ("hp_p95_ms", "P95"), ("hp_p99_ms", "P99")):
+        ax.plot(s["elapsed_seconds"], s[column], label=label, linewidth=1.2 if column == "hp_p95_ms" else 0.8)
+    ax.axhline(target_ms, color="red", linestyle="--", linewidth=1, label=f"SLO {target_ms:g} ms")
+    ax.axvspan(0, result.warmup_seconds, color="grey", alpha=0.15, label="warm-up")
+    ax.set_yscale("log")
+    ax.set_ylabel("HP latency (ms)")
+    title = result.name if result.level is None else f"{result.name} (level {result.level:.3f})"
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _latency_figure(results: Sequence[ScenarioResult], target_ms: float, path: Path) -> Path | None:
+    if not results:
+        return None
+    fig = _new_figure(len(results))
+    axes = fig.subplots(len(results), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, result in zip(axes, results):
+        _plot_latency_axes(ax, result, target_ms)
+    axes[0].legend(loc="upper right", fontsize=8, ncol=5)
+    axes[-1].set_xlabel("time since scenario start (s)")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _throttle_figure(results: Sequence[ScenarioResult], path: Path) -> Path | None:
+    controlled = [r for r in results if r.series["throttle_level"].notna().any() and r.kind != "sweep"]
+    if not controlled:
+        return None
+    fig = _new_figure(2)
+    ax_level, ax_limit = fig.subplots(2, 1, sharex=True)
+    for r in controlled:
+        s = r.series
+        ax_level.step(s["elapsed_seconds"], s["throttle_level"], where="post", label=r.name)
+        for column, style in (("io_max_rbps", "-"), ("io_max_wbps", ":")):
+            if s[column].notna().any():
+                ax_limit.step(s["elapsed_seconds"], s[column] / MIB, style, where="post", label=f"{r.name} {column[-4:]}")
+    ax_level.set_ylabel("LP level (0 = floor, 1 = ceiling)")
+    ax_level.set_ylim(-0.05, 1.05)
+    ax_level.legend(fontsize=8)
+    ax_level.grid(True, alpha=0.3)
+    ax_limit.set_yscale("log")
+    ax_limit.set_ylabel("io.max in force (MiB/s)")
+    ax_limit.set_xlabel("time since scenario start (s)")
+    ax_limit.legend(fontsize=8, ncol=2)
+    ax_limit.grid(True, which="both", alpha=0.3)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _lp_figure(results: Sequence[ScenarioResult], path: Path) -> Path | None:
+    with_lp = [r for r in results if r.lp and r.kind != "sweep"]
+    if not with_lp:
+        return None
+    fig = _new_figure(1, row_height=4.0)
+    ax = fig.subplots()
+    for r in with_lp:
+        ax.plot(r.series["elapsed_seconds"], r.series["lp_bytes_per_second"] / MIB, label=r.name)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylabel("LP throughput (MiB/s, read + write)")
+    ax.set_xlabel("time since scenario start (s)")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _frontier_figure(summary: pd.DataFrame, target_ms: float, path: Path) -> Path | None:
+    sweep = summary[summary["kind"] == "sweep"].sort_values("lp_mbps")
+    if sweep.empty:
+        return None
+    fig = _new_figure(1, row_height=5.0, width=8.0)
+    ax = fig.subplots()
+    ax.plot(sweep["lp_mbps"], sweep["p95_ms"], "o-", color="tab:blue", label="fixed limits (sweep)")
+    for _, row in sweep.iterrows():
+        ax.annotate(f"{row['level']:.2f}", (row["lp_mbps"], row["p95_ms"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    markers = {"drcio": ("*", "tab:green", 16), "static-max": ("s", "tab:orange", 8),
+               "static-weight": ("D", "tab:purple", 8), "contention": ("x", "tab:red", 9), "baseline": ("P", "black", 9)}
+    for kind, (marker, color, size) in markers.items():
+        rows = summary[summary["kind"] == kind]
+        if not rows.empty:
+            ax.plot(rows["lp_mbps"], rows["p95_ms"], marker, color=color, markersize=size, linestyle="none", label=kind)
+    oracle = summary[summary["kind"] == "oracle"]
+    if not oracle.empty:
+        ax.plot(oracle["lp_mbps"], oracle["p95_ms"], "o", markersize=16, markerfacecolor="none",
+                markeredgecolor="tab:green", label=f"oracle ({oracle['source'].iloc[0]})")
+    ax.axhline(target_ms, color="red", linestyle="--", linewidth=1, label=f"SLO {target_ms:g} ms")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_yscale("log")
+    ax.set_xlabel("LP throughput (MiB/s)")
+    ax.set_ylabel("HP P95 over the measured period (ms)")
+    ax.set_title("Static frontier and drcio's operating point")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_plots(results: Sequence[ScenarioResult], summary: pd.DataFrame, target_ms: float, out: Path) -> dict[str, Path]:
+    """Write every plot that has data; returns name -> path of the PNGs written."""
+    out.mkdir(parents=True, exist_ok=True)
+    main = sorted((r for r in results if r.kind != "sweep"), key=lambda r: _MAIN_ORDER.index(r.kind) if r.kind in _MAIN_ORDER else 99)
+    sweep = sorted((r for r in results if r.kind == "sweep"), key=lambda r: r.level or 0.0)
+    written = {
+        "latency": _latency_figure(main, target_ms, out / "latency.png"),
+        "sweep-latency": _latency_figure(sweep, target_ms, out / "sweep-latency.png"),
+        "throttle": _throttle_figure(results, out / "throttle.png"),
+        "lp-throughput": _lp_figure(results, out / "lp-throughput.png"),
+        "frontier": _frontier_figure(summary, target_ms, out / "frontier.png"),
+    }
+    return {k: v for k, v in written.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- report.md
+
+
+def _fmt(value: object, digits: int = 2) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _markdown_table(frame: pd.DataFrame, columns: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(_fmt(row[c], 3 if c in ("level", "slo_attainment", "mean_level") else 2) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _row(summary: pd.DataFrame, scenario: str) -> pd.Series | None:
+    rows = summary[summary["scenario"] == scenario]
+    return rows.iloc[0] if not rows.empty else None
+
+
+def _checks(summary: pd.DataFrame) -> list[str]:
+    """The issue's three acceptance figures, computed, with the threshold beside each."""
+    out: list[str] = []
+    base, cont = _row(summary, "baseline"), _row(summary, "contention")
+    drcio, oracle = _row(summary, "drcio"), _row(summary, "oracle")
+    if base is not None and cont is not None:
+        ratio = float(cont["p95_ms"]) / float(base["p95_ms"])
+        out.append(f"- contention P95 / baseline P95 = {ratio:.1f}x (wanted >= 2x): {'met' if ratio >= 2 else 'NOT met'}")
+    if drcio is not None:
+        att = float(drcio["slo_attainment"])
+        out.append(f"- drcio met the target in {att:.1%} of intervals after warm-up and the first {SKIPPED_INTERVALS} "
+                   f"(wanted >= 90 %): {'met' if att >= 0.9 else 'NOT met'}")
+        if oracle is not None:
+            share = float(drcio["lp_mbps"]) / float(oracle["lp_mbps"]) if float(oracle["lp_mbps"]) > 0 else math.nan
+            out.append(f"- drcio LP throughput = {share:.1%} of the oracle's ({oracle['source']}, "
+                       f"{float(oracle['lp_mbps']):.1f} MiB/s) (wanted >= 80 %): {'met' if share >= 0.8 else 'NOT met'}")
+        elif (summary["kind"] == "sweep").any():
+            out.append("- no sweep level met the target, so there is no oracle to compare drcio with")
+    return out
+
+
+def write_report(
+    out: Path,
+    results: Sequence[ScenarioResult],
+    target: TargetChoice,
+    *,
+    run_info: dict[str, str] | None = None,
+    pending: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Write ``summary.csv``, the plots and ``report.md`` into ``out``; returns the summary frame.
+
+    ``pending`` names scenarios planned but not (yet) run, so a report from an
+    interrupted run says what is missing.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results, target)
+    summary.to_csv(out / "summary.csv", index=False)
+    plots = write_plots(results, summary, target.target_ms, out)
+
+    lines = ["# drcio experiment report", ""]
+    for key, value in (run_info or {}).items():
+        lines.append(f"- **{key}**: {value}")
+    lines += ["", "## SLO target", "",
+              f"**{target.target_ms:g} ms** (HP P95). Chosen: {target.how}.", ""]
+    lines += ["## Results", "", _markdown_table(summary, [
+        "scenario", "level", "p50_ms", "p95_ms", "p99_ms", "client_p95_ms", "hp_rps",
+        "lp_mbps", "rbps_limit_mbps", "wbps_limit_mbps", "mean_level", "slo_attainment"]), ""]
+    lines += [
+        "Quantiles are over each scenario's measured period (after warm-up) from the server's histogram; "
+        "`client_p95_ms` is the load generator's own measurement. `slo_attainment` is the fraction of 1 s "
+        f"intervals (P95 over the trailing window) after warm-up, excluding the first {SKIPPED_INTERVALS}, "
+        "whose P95 met the target. `lp_mbps` is MiB/s (read + write). The `oracle` row is the sweep level "
+        "with the most LP throughput whose P95 meets the target.", ""]
+    checks = _checks(summary)
+    if checks:
+        lines += ["## Against the acceptance figures", "", *checks, ""]
+    if pending:
+        lines += ["## Not run", "", "Planned but not run (interrupted or failed): " + ", ".join(pending) + ".", ""]
+    captions = {
+        "latency": "HP latency over time per scenario, SLO target dashed, warm-up shaded.",
+        "throttle": "Throttle level and the io.max in force (controlled scenarios).",
+        "lp-throughput": "LP throughput over time.",
+        "frontier": "Static frontier: HP P95 against LP throughput for each fixed level of the sweep "
+                    "(labels = level), with drcio's operating point and the other scenarios.",
+        "sweep-latency": "HP latency over time for each sweep level.",
+    }
+    if plots:
+        lines += ["## Plots", ""]
+        for name in ("frontier", "latency", "throttle", "lp-throughput", "sweep-latency"):
+            if name in plots:
+                lines += [f"### {name}", "", captions[name], "", f"![{name}]({plots[name].name})", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return summary

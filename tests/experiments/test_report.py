@@ -1,0 +1,186 @@
+"""report.py from synthetic frames: quantiles, attainment, oracle, summary columns, plots and report.md."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments.export import SERIES_COLUMNS
+from experiments.report import (
+    MIB,
+    SKIPPED_INTERVALS,
+    SUMMARY_COLUMNS,
+    ScenarioResult,
+    TargetChoice,
+    auto_target_ms,
+    bucket_bounds,
+    histogram_quantile,
+    oracle_row,
+    period_buckets,
+    slo_attainment,
+    summarize,
+    write_report,
+)
+
+EDGES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, math.inf]
+T0 = 1_700_000_000.0
+
+
+def _series(p95_ms: list[float], *, lp_bps: float = 0.0, level: float | None = None) -> pd.DataFrame:
+    n = len(p95_ms)
+    frame = pd.DataFrame({c: np.full(n, np.nan) for c in SERIES_COLUMNS})
+    frame["timestamp"] = T0 + np.arange(n, dtype=float)
+    frame["elapsed_seconds"] = np.arange(n, dtype=float)
+    frame["hp_p95_ms"] = p95_ms
+    frame["hp_p50_ms"] = [p / 2 for p in p95_ms]
+    frame["hp_p99_ms"] = [p * 1.5 for p in p95_ms]
+    frame["hp_request_rate"] = 100.0
+    frame["lp_bytes_per_second"] = lp_bps
+    if level is not None:
+        frame["throttle_level"] = level
+        frame["io_max_rbps"] = 10 * MIB * (200 ** level)
+    return frame
+
+
+def _histogram(per_second: dict[float, float], seconds: int) -> pd.DataFrame:
+    """Cumulative histogram where each second adds ``per_second[le]`` observations at or below ``le``."""
+    rows = []
+    for t in range(seconds):
+        for le in EDGES:
+            cumulative = sum(v for edge, v in per_second.items() if edge <= le)
+            rows.append({"timestamp": T0 + t, "le": le, "count": cumulative * (t + 1)})
+    return pd.DataFrame(rows)
+
+
+def _client(latency_ms: float, n: int = 100) -> pd.DataFrame:
+    return pd.DataFrame({"timestamp": T0 + np.linspace(0, 19, n), "latency_ms": latency_ms, "ok": True})
+
+
+def _result(name: str, kind: str, p95: float, *, lp_bps: float = 0.0, level: float | None = None,
+            observations: dict[float, float] | None = None) -> ScenarioResult:
+    observations = observations or {0.002: 95.0, 0.005: 5.0}
+    return ScenarioResult(
+        name=name, kind=kind, series=_series([p95] * 20, lp_bps=lp_bps, level=level),
+        histogram=_histogram(observations, 20), client=_client(p95), warmup_seconds=5.0,
+        lp=kind != "baseline", level=level if kind == "sweep" else None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        pytest.param(0.5, 0.001 + 0.001 * 50 / 95, id="median-interpolated-in-second-bucket"),
+        pytest.param(0.95, 0.002, id="p95-at-bucket-edge"),
+        pytest.param(0.99, 0.0044, id="p99-interpolated-in-third-bucket"),
+    ],
+)
+def test_histogram_quantile_interpolates_within_the_bucket_like_promql(q: float, expected: float) -> None:
+    # 0 below 1 ms, 95 in (1, 2] ms, 5 in (2, 5] ms.
+    buckets = pd.Series([0.0, 95.0, 100.0, 100.0, 100.0, 100.0, 100.0], index=EDGES)
+    assert histogram_quantile(q, buckets) == pytest.approx(expected)
+
+
+def test_histogram_quantile_in_the_inf_bucket_returns_the_highest_finite_edge() -> None:
+    buckets = pd.Series([0, 0, 0, 0, 0, 0, 10.0], index=EDGES)
+    assert histogram_quantile(0.95, buckets) == 0.05
+
+
+def test_histogram_quantile_without_observations_or_inf_bucket_is_nan() -> None:
+    assert math.isnan(histogram_quantile(0.95, pd.Series([0.0] * 7, index=EDGES)))
+    assert math.isnan(histogram_quantile(0.95, pd.Series([1.0, 2.0], index=[0.001, 0.002])))
+
+
+def test_period_buckets_counts_only_observations_after_the_start() -> None:
+    hist = _histogram({0.002: 10.0}, 10)  # 10 per second, cumulative
+    delta = period_buckets(hist, T0 + 4, T0 + 9)
+    assert delta[0.002] == pytest.approx(50.0)
+    assert delta[0.001] == 0.0
+
+
+def test_bucket_bounds_names_the_bucket_holding_a_value() -> None:
+    buckets = pd.Series(0.0, index=EDGES)
+    assert bucket_bounds(buckets, 0.003) == (0.002, 0.005)
+    assert bucket_bounds(buckets, 0.002) == (0.001, 0.002)
+    assert bucket_bounds(buckets, 1.0) == (0.05, math.inf)
+
+
+def test_attainment_ignores_warmup_and_the_first_three_intervals() -> None:
+    # warm-up 5 s: rows 0-4 ignored; then rows 5-7 (first three) ignored even though they violate.
+    p95 = [50.0] * 5 + [50.0] * SKIPPED_INTERVALS + [1.0] * 6 + [50.0] * 2
+    assert slo_attainment(_series(p95), 10.0, 5.0) == pytest.approx(6 / 8)
+
+
+def test_attainment_counts_an_interval_without_a_p95_as_missed() -> None:
+    p95 = [1.0] * 8 + [float("nan")] * 2 + [1.0] * 2
+    assert slo_attainment(_series(p95), 10.0, 5.0) == pytest.approx(2 / 4)
+
+
+def test_auto_target_rounds_the_multiple_up_to_the_next_bucket_edge() -> None:
+    assert auto_target_ms(1.7, 2.0, EDGES) == 5.0
+    assert auto_target_ms(1.0, 2.0, EDGES) == 2.0
+    with pytest.raises(ValueError, match="baseline P95"):
+        auto_target_ms(float("nan"), 2.0, EDGES)
+
+
+def _frontier() -> list[ScenarioResult]:
+    fast = {0.002: 100.0}
+    slow = {0.02: 100.0}
+    return [
+        _result("baseline", "baseline", 1.5, observations=fast),
+        _result("contention", "contention", 15.0, lp_bps=2000 * MIB, observations=slow),
+        _result("sweep-0", "sweep", 1.5, lp_bps=10 * MIB, level=0.0, observations=fast),
+        _result("sweep-1", "sweep", 1.8, lp_bps=40 * MIB, level=0.5, observations=fast),
+        _result("sweep-2", "sweep", 15.0, lp_bps=900 * MIB, level=1.0, observations=slow),
+        _result("drcio", "drcio", 1.9, lp_bps=36 * MIB, level=0.45, observations=fast),
+    ]
+
+
+def test_oracle_is_the_sweep_level_with_most_lp_throughput_that_meets_the_target() -> None:
+    summary = summarize(_frontier(), TargetChoice(5.0, "given"))
+    oracle = summary[summary["scenario"] == "oracle"].iloc[0]
+    assert oracle["source"] == "sweep-1"
+    assert oracle["lp_mbps"] == pytest.approx(40.0)
+
+
+def test_no_oracle_when_no_sweep_level_meets_the_target() -> None:
+    summary = summarize(_frontier(), TargetChoice(1.0, "given"))
+    assert oracle_row(summary) is None
+    assert "oracle" not in set(summary["scenario"])
+
+
+def test_summary_has_the_required_columns_and_one_row_per_scenario() -> None:
+    summary = summarize(_frontier(), TargetChoice(5.0, "given"))
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert list(summary["scenario"]) == ["baseline", "contention", "sweep-0", "sweep-1", "sweep-2", "drcio", "oracle"]
+    base = summary.iloc[0]
+    assert base["lp_mbps"] == 0.0  # no LP ran: zero, not unknown
+    assert base["p95_ms"] == pytest.approx(1.95)  # all in (1, 2] ms: 1 + 0.95 x 1 ms
+    assert base["client_p95_ms"] == pytest.approx(1.5)
+    assert summary.iloc[1]["p95_ms"] == pytest.approx(19.5)  # all in (10, 20] ms: 10 + 0.95 x 10 ms
+
+
+def test_write_report_writes_summary_plots_and_states_the_target(tmp_path: Path) -> None:
+    target = TargetChoice(5.0, "auto: 2.0 x baseline P95 (1.5 ms), rounded up to the next bucket edge")
+    write_report(tmp_path, _frontier(), target, run_info={"command": "run-experiment --scenario all"}, pending=["static-max"])
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert {"scenario", "p50_ms", "p95_ms", "p99_ms", "client_p95_ms", "lp_mbps", "slo_target_ms",
+            "slo_attainment"} <= set(summary.columns)
+    for png in ("latency.png", "sweep-latency.png", "throttle.png", "lp-throughput.png", "frontier.png"):
+        data = (tmp_path / png).read_bytes()
+        assert data.startswith(b"\x89PNG"), png
+    report = (tmp_path / "report.md").read_text()
+    assert "**5 ms**" in report and "rounded up to the next bucket edge" in report
+    assert "![frontier](frontier.png)" in report
+    assert "static-max" in report.split("## Not run")[1]
+    assert "drcio LP throughput = 90.0% of the oracle's (sweep-1" in report
+
+
+def test_write_report_with_only_a_baseline_skips_plots_without_data(tmp_path: Path) -> None:
+    write_report(tmp_path, _frontier()[:1], TargetChoice(5.0, "given"))
+    assert (tmp_path / "latency.png").exists()
+    assert not (tmp_path / "frontier.png").exists()
+    assert not (tmp_path / "throttle.png").exists()
