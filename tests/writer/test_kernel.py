@@ -1,0 +1,148 @@
+"""The real kernel: a limit pushed over the writer's real HTTP API throttles a direct-I/O reader.
+
+Needs root and a cgroup I/O controller (v2 io or v1 blkio); elsewhere it is
+skipped with the reason. The LP cgroup, the reader process and the data file
+are removed in ``finally`` blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.writer.conftest import TOKEN, serving
+from writer.cgroups import Hierarchy, SetupError, create_group, detect_hierarchy, move_pid, remove_group
+from writer.devices import active_scheduler, resolve_devices
+from writer.discovery import LocalDiscovery, LocalEntry
+from writer.lease import Failsafe, Lease
+from writer.reconcile import Reconciler
+from writer.server import ServerState, build_app
+
+pytestmark = pytest.mark.kernel
+
+MiB = 1024 * 1024
+LIMIT = 10 * MiB
+
+READER = """
+import json, mmap, os, sys, time
+path, want = sys.argv[1], int(sys.argv[2])
+buf = mmap.mmap(-1, 1 << 20)  # page-aligned, as O_DIRECT requires
+sys.stdin.readline()  # wait until the parent has moved us into the cgroup
+fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+start, total = time.monotonic(), 0
+while total < want:
+    got = os.readv(fd, [buf])
+    if got <= 0:
+        break
+    total += got
+print(json.dumps({"bytes": total, "seconds": time.monotonic() - start}))
+"""
+
+
+def _hierarchy_or_skip() -> Hierarchy:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create cgroups and move processes")
+    try:
+        return detect_hierarchy()
+    except SetupError as err:
+        pytest.skip(f"no cgroup I/O controller here: {err}")
+
+
+@dataclass
+class KernelSetup:
+    hierarchy: Hierarchy
+    group: str
+    data: Path
+    device: str
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Iterator[KernelSetup]:
+    h = _hierarchy_or_skip()
+    top = f"drcio-test-{uuid.uuid4().hex[:8]}"
+    data = tmp_path / "data.bin"
+    with data.open("wb") as f:
+        for _ in range(40):
+            f.write(os.urandom(MiB))
+        f.flush()
+        os.fsync(f.fileno())
+    st = os.stat(data)
+    [device] = resolve_devices([f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"])
+    try:
+        create_group(h, f"{top}/lp")
+        yield KernelSetup(h, f"{top}/lp", data, device)
+    finally:
+        remove_group(h, top)
+        data.unlink(missing_ok=True)
+
+
+def _read_inside(k: KernelSetup, nbytes: int) -> float:
+    """Run a direct-I/O reader inside the LP cgroup; its throughput in bytes/s."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", READER, str(k.data), str(nbytes)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        move_pid(k.hierarchy, k.group, proc.pid)
+        out, _ = proc.communicate("go\n", timeout=60)
+        assert proc.returncode == 0
+        result = json.loads(out)
+        assert result["bytes"] >= nbytes
+        return float(result["bytes"] / result["seconds"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_pushed_read_limit_throttles_a_direct_io_reader_and_lifting_it_frees_it(kernel: KernelSetup) -> None:
+    registry = CollectorRegistry()
+    reconciler = Reconciler(
+        hierarchy=kernel.hierarchy,
+        discovery=LocalDiscovery(
+            [LocalEntry(name="lp-reader", path=kernel.group, labels={"group-id": "lp"})], hierarchy_root=kernel.hierarchy.root
+        ),
+        lease=Lease(initial_ttl_seconds=300),
+        failsafe=Failsafe("hold"),
+        resolve_devices=resolve_devices,
+        scheduler_of=partial(active_scheduler),
+        registry=registry,
+        node="this-node",
+    )
+    state = ServerState(reconciler=reconciler, registry=registry, token=TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def push(generation: int, io_max: dict[str, int]) -> dict[str, Any]:
+        group = {"name": "lp", "selector": {"group-id": "lp"}, "devices": [kernel.device], "io_max": io_max}
+        body = {"generation": generation, "lease_ttl_seconds": 300, "groups": [group]}
+        r = httpx.put(f"{url}/v1/targets", json=body, headers=auth, timeout=30)
+        assert r.status_code == 200, r.text
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    with serving(build_app(state)) as url:
+        answer = push(1, {"rbps": LIMIT})
+        assert [x["outcome"] for x in answer["results"]] == ["applied"]
+        [lp] = httpx.get(f"{url}/status").json()["lp_workloads"]
+        assert lp["io_max_in_force"] == {kernel.device: {"rbps": LIMIT}}
+        throttled = _read_inside(kernel, 24 * MiB)
+
+        push(2, {})
+        [lp] = httpx.get(f"{url}/status").json()["lp_workloads"]
+        assert lp["io_max_in_force"] == {}
+        free = _read_inside(kernel, 40 * MiB)
+
+    print(f"\nthrottled read: {throttled / MiB:.1f} MiB/s (limit 10 MiB/s); lifted: {free / MiB:.1f} MiB/s")
+    assert throttled <= 12 * MiB
+    assert free > 50 * MiB

@@ -1,0 +1,208 @@
+"""The writer's configuration file (``drcio-writer --config writer.yaml``).
+
+Loaded once by :mod:`writer.cli`; every other module receives plain values.
+The file is validated strictly at this edge: unknown keys are refused, and
+every problem is reported at once, each naming the file and the field.
+
+Units: durations take ``ms``/``s``/``m`` (stored as seconds), sizes take
+``K``/``M``/``G`` (powers of 1024, stored as bytes) or ``max`` (stored as
+``None`` = no limit), following the SLO file.
+
+Lease TTLs: the push carries its own ``lease_ttl_seconds``, which governs as
+soon as a push was accepted; ``failsafe.ttl`` here governs from start until the
+first push arrives (a writer whose controller never shows up falls back after
+that long). Until then the writer holds whatever limits are in force.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from writer.api import Devices, LabelKey, LabelValue
+from writer.discovery import LocalEntry
+
+__all__ = [
+    "ConfigError",
+    "parse_duration",
+    "parse_size",
+    "KubernetesDiscoveryConfig",
+    "DiscoveryConfig",
+    "FailsafeConfig",
+    "WriterConfig",
+    "load_config",
+    "parse_listen",
+]
+
+_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m)\s*$")
+_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*([KMG]?)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``errors`` lists every problem (``file: field: what``)."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def parse_duration(value: object) -> float:
+    """``"500ms"`` / ``"30s"`` / ``"2m"`` -> seconds. A unit is required: a bare number is ambiguous."""
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError(f"{value!r} is not a duration; use a number with ms, s or m (e.g. 30s)")
+
+
+def parse_size(value: object) -> int | None:
+    """``"200M"`` -> 209715200 (powers of 1024); ``"max"`` -> ``None``; a bare integer is bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise ValueError(f"{value!r} is not a size; use bytes with K, M or G, or max")
+    if text.strip() == "max":
+        return None
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"{value!r} is not a size; use bytes with K, M or G (powers of 1024), or max")
+    size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    if size < 1:
+        raise ValueError(f"{value!r}: a limit must be at least 1 byte (use max for no limit)")
+    return size
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Size = Annotated[int | None, BeforeValidator(parse_size)]
+Selector = Annotated[dict[LabelKey, LabelValue], Field(min_length=1, max_length=16)]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class KubernetesDiscoveryConfig(BaseModel):
+    """Pods on this node from the Kubernetes API."""
+
+    model_config = _STRICT
+    #: Environment variable holding the node name (the DaemonSet injects it from spec.nodeName).
+    node_name_env: str = "NODE_NAME"
+    hp: Selector = {"group-id": "hp"}
+    lp: Selector = {"group-id": "lp"}
+    #: Only pods of this namespace; ``None`` = all namespaces.
+    namespace: str | None = None
+
+
+class DiscoveryConfig(BaseModel):
+    """Exactly one of ``local`` or ``kubernetes``."""
+
+    model_config = _STRICT
+    local: list[LocalEntry] | None = None
+    kubernetes: KubernetesDiscoveryConfig | None = None
+    #: Selectors that classify local entries as HP / LP (Kubernetes has its own).
+    hp: Selector = {"group-id": "hp"}
+    lp: Selector = {"group-id": "lp"}
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DiscoveryConfig:
+        if (self.local is None) == (self.kubernetes is None):
+            raise ValueError("give exactly one of 'local' (a list of cgroups) or 'kubernetes'")
+        return self
+
+
+class FailsafeConfig(BaseModel):
+    """What the writer does to LP cgroups when the controller's lease runs out."""
+
+    model_config = _STRICT
+    #: static: apply the limits below; release: lift all limits; hold: leave them as they are.
+    mode: Literal["static", "release", "hold"] = "static"
+    #: Lease from start until the first push (a push's own lease_ttl_seconds governs afterwards).
+    ttl: Duration = 30.0
+    #: Static fail-safe limits, bytes/s or IOPS; None = max. Defaults follow the classic static agent.
+    rbps: Size = 200 * 1024**2
+    wbps: Size = 50 * 1024**2
+    riops: Size = None
+    wiops: Size = None
+    #: Devices for the static limits when no push ever named any (later: the last push's devices).
+    devices: Devices = "auto"
+
+
+class WriterConfig(BaseModel):
+    """The whole writer file."""
+
+    model_config = _STRICT
+    listen: str = "127.0.0.1:9100"
+    #: File holding the bearer token (a mounted Secret); whitespace around it is stripped.
+    token_file: Path | None = None
+    #: ``auto``, or the io/blkio hierarchy root to use.
+    cgroup_root: str = "auto"
+    discovery: DiscoveryConfig
+    failsafe: FailsafeConfig = FailsafeConfig()
+    #: How often the reconcile loop re-reads the files and heals drift; 10 s keeps a
+    #: runtime's rewrite short-lived without measurable cost (a few small reads).
+    reconcile_interval: Duration = 10.0
+    #: This node's name for responses and Kubernetes discovery; None = the env var / hostname.
+    node_name: str | None = None
+    #: Kubelet cgroup driver; auto = detected from what exists (kubepods.slice/ vs kubepods/).
+    driver: Literal["auto", "systemd", "cgroupfs"] = "auto"
+    #: Count device-mapper disks (LVM) as real disks for ``devices: auto``.
+    include_dm: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9100"`` / ``"[::1]:9100"`` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT with a port in 1-65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.match(r"^[A-Za-z0-9.-]{1,253}$", host):
+            raise ValueError(f"{value!r}: {host!r} is not an IP address or host name") from None
+    return host, int(port)
+
+
+def load_config(path: Path) -> WriterConfig:
+    """Read and validate the file; raise :class:`ConfigError` listing every problem."""
+    try:
+        raw: Any = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read: {err.strerror}"]) from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"{path}:{where}: not valid YAML: {getattr(err, 'problem', err)}"]) from err
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: expected a mapping of settings, got {type(raw).__name__}"])
+    try:
+        return WriterConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError([f"{path}: {_loc(e['loc'])}: {e['msg']}" for e in err.errors()]) from err
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after[_relative()]",) or part.startswith(("function-", "constrained-")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"

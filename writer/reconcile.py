@@ -1,0 +1,432 @@
+"""Level-triggered reconcile: make every LP cgroup's limits equal the desired state.
+
+The HTTP server (:mod:`writer.server`) hands accepted pushes to
+:meth:`Reconciler.push`; a background thread calls :meth:`Reconciler.reconcile`
+every ``interval`` seconds and whenever discovery reports a change, so drift
+(a runtime rewriting ``io.max``) is healed and a new LP pod gets the current
+target as soon as it is seen, not at the next push.
+
+What is desired, per workload found by discovery:
+
+* a workload belongs to push group G when ``matches(labels, G.selector)``
+  (first matching group wins; the overlap is recorded as an error); limits go
+  on the workload's cgroup dir (pod level) for the group's resolved devices;
+  devices limited now but not in the target are lifted;
+* an LP workload no group selects is lifted (the push is the whole desired
+  state, so "not mentioned" means "no limit");
+* an HP workload is never written, even when a group's selector matches it;
+* before the first push the writer *holds*: it reads what is in force and
+  writes nothing, so a restart does not disturb limits that are still right;
+* when the lease has run out, the fail-safe governs: ``static`` limits on the
+  last push's devices (or ``failsafe.devices`` if no push ever came),
+  ``release`` lifts everything, ``hold`` writes nothing.
+
+Every write goes through :mod:`writer.cgroups`, which reads back first and
+skips unchanged files, so a round that changes nothing writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol
+
+from prometheus_client import CollectorRegistry
+
+from writer.api import CgroupResult, Devices, GroupTarget, IoMax, PushResponse, TargetsPush
+from writer.cgroups import (
+    CgroupVanished,
+    Hierarchy,
+    KernelError,
+    Limits,
+    Outcome,
+    WriterError,
+    apply_io_max,
+    apply_weight,
+    read_io_bytes,
+    read_io_max,
+    read_weight,
+    weight_effective,
+)
+from writer.lease import Failsafe, Lease
+from writer.metrics import CgroupReading, Reading, WriterMetrics
+
+__all__ = ["Workload", "Discovery", "StalePush", "Mode", "Reconciler", "limits_from_io_max"]
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["awaiting_first_push", "following_push", "failsafe"]
+UNASSIGNED = "unassigned"
+_HISTORY = 50
+
+
+class Workload(Protocol):
+    """What the reconciler needs of a discovered workload (``writer.discovery.Workload``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def namespace(self) -> str | None: ...
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+    @property
+    def cgroup_dir(self) -> Any: ...  # a Path; Any keeps the Protocol satisfiable by a frozen dataclass
+    @property
+    def role(self) -> str: ...
+
+
+class Discovery(Protocol):
+    """Local or Kubernetes discovery (:mod:`writer.discovery`)."""
+
+    def snapshot(self) -> Iterable[Workload]: ...
+    def start(self, on_change: Callable[[], None]) -> None: ...
+    def stop(self) -> None: ...
+
+
+class StalePush(WriterError):
+    """A push older than the last accepted one: reject it (409), change nothing."""
+
+
+def limits_from_io_max(io_max: IoMax) -> Limits:
+    return Limits(rbps=io_max.rbps, wbps=io_max.wbps, riops=io_max.riops, wiops=io_max.wiops)
+
+
+def _matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What to do with one workload's cgroup this round."""
+
+    workload: Workload
+    group: str
+    #: Desired io.max per device; ``None`` = leave io.max alone (hold).
+    limits: dict[str, Limits] | None
+    weight: int | None
+    error: str | None = None
+
+
+class Reconciler:
+    """Owns the desired state, the lease and the metrics; thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        hierarchy: Hierarchy,
+        discovery: Discovery,
+        lease: Lease,
+        failsafe: Failsafe,
+        resolve_devices: Callable[[Devices], list[str]],
+        scheduler_of: Callable[[str], str | None],
+        registry: CollectorRegistry,
+        failsafe_devices: Devices = "auto",
+        node: str = "",
+        wall_clock: Callable[[], float] = time.time,
+        config_summary: Mapping[str, object] | None = None,
+    ) -> None:
+        self.hierarchy = hierarchy
+        self.node = node
+        self._discovery = discovery
+        self._lease = lease
+        self._failsafe = failsafe
+        self._failsafe_devices = failsafe_devices
+        self._resolve = resolve_devices
+        self._scheduler_of = scheduler_of
+        self._wall = wall_clock
+        self._config = dict(config_summary or {})
+        self._lock = threading.RLock()
+        self._push: TargetsPush | None = None
+        self._mode: Mode = "awaiting_first_push"
+        self._last_results: list[CgroupResult] = []
+        self._errors: deque[dict[str, object]] = deque(maxlen=_HISTORY)
+        self._events: deque[dict[str, object]] = deque(maxlen=_HISTORY)
+        self._weight_notes: dict[str, bool] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.metrics = WriterMetrics(registry, self.reading)
+
+    # ------------------------------------------------------------ API
+
+    def push(self, body: TargetsPush) -> PushResponse:
+        """Accept a push (new or replayed generation), renew the lease, reconcile now."""
+        with self._lock:
+            check = self._lease.check(body.generation)
+            if check == "stale":
+                self.metrics.pushes.labels("stale").inc()
+                raise StalePush(
+                    f"generation {body.generation} is older than the last accepted {self._lease.generation}"
+                )
+            self._lease.renew(body.generation, body.lease_ttl_seconds)
+            self._push = body
+            self.metrics.pushes.labels("accepted" if check == "new" else "replay").inc()
+            self.metrics.push_generation.set(body.generation)
+            self.metrics.last_update.set(self._wall())
+            results = self._reconcile_locked()
+            return PushResponse(node=self.node, generation=body.generation, results=results)
+
+    def reconcile(self) -> list[CgroupResult]:
+        """One round: re-read discovery and files, write what differs. Never raises for a cgroup."""
+        with self._lock:
+            return self._reconcile_locked()
+
+    @property
+    def mode(self) -> Mode:
+        with self._lock:
+            return self._current_mode()
+
+    def start(self, interval_seconds: float) -> None:
+        """Reconcile once now (reading what is in force), then in a thread every interval and on change."""
+        if self._thread is not None:
+            raise RuntimeError("reconciler already started")
+        self._stop.clear()
+        self.reconcile()
+        self._discovery.start(self._wake.set)
+        self._thread = threading.Thread(target=self._loop, args=(interval_seconds,), name="drcio-reconcile", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        self._discovery.stop()
+
+    # ------------------------------------------------------------ loop
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.is_set():
+            # Wake when the lease runs out too, so the fail-safe is not an interval late.
+            left = self._lease.state().seconds_left
+            timeout = min(interval, left + 0.05) if left > 0 else interval
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.reconcile()
+                self.metrics.reconciles.labels("ok").inc()
+            except Exception:  # a failed round is logged and the next one runs
+                self.metrics.reconciles.labels("failed").inc()
+                log.exception("reconcile round failed")
+
+    # ------------------------------------------------------------ planning
+
+    def _current_mode(self) -> Mode:
+        if self._lease.expired():
+            return "failsafe"
+        return "following_push" if self._push is not None else "awaiting_first_push"
+
+    def _reconcile_locked(self) -> list[CgroupResult]:
+        mode = self._current_mode()
+        if mode != self._mode:
+            self._event(f"mode {self._mode} -> {mode}")
+            level = logging.WARNING if mode == "failsafe" else logging.INFO
+            log.log(level, "writer mode %s -> %s", self._mode, mode)
+            self._mode = mode
+        try:
+            workloads = list(self._discovery.snapshot())
+        except Exception as err:  # discovery trouble skips the round, the next one retries
+            self._error("discovery", f"snapshot failed: {err}")
+            return []
+        results = [self._apply(plan) for plan in self._plan(workloads, mode)]
+        self._last_results = results
+        return results
+
+    def _groups(self) -> list[GroupTarget]:
+        return list(self._push.groups) if self._push is not None else []
+
+    def _devices(self, devices: Devices) -> tuple[list[str], str | None]:
+        try:
+            return self._resolve(devices), None
+        except (ValueError, OSError) as err:  # DeviceError is a ValueError
+            return [], f"devices {devices!r}: {err}"
+
+    def _plan(self, workloads: list[Workload], mode: Mode) -> list[_Plan]:
+        groups = self._groups()
+        resolved = {g.name: self._devices(g.devices) for g in groups}
+        fallback: tuple[list[str], str | None] | None = None
+        plans: list[_Plan] = []
+        self._weight_notes = {}
+        for w in workloads:
+            matched = [g for g in groups if _matches(w.labels, g.selector)]
+            if w.role == "hp":
+                if matched:
+                    plans.append(_Plan(w, matched[0].name, None, None, "refusing to throttle a high-priority workload"))
+                continue
+            if not matched and w.role != "lp":
+                continue
+            if len(matched) > 1:
+                self._error(_label(w), f"selected by several groups {[g.name for g in matched]}; using {matched[0].name}")
+            group = matched[0] if matched else None
+            name = group.name if group else UNASSIGNED
+            devices, dev_err = resolved[group.name] if group else ([], None)
+            if mode == "awaiting_first_push":
+                plans.append(_Plan(w, name, None, None))
+            elif mode == "following_push":
+                if dev_err:
+                    plans.append(_Plan(w, name, None, None, dev_err))
+                elif group is None:
+                    plans.append(_Plan(w, name, {}, None))
+                else:
+                    lim = limits_from_io_max(group.io_max)
+                    plans.append(_Plan(w, name, {d: lim for d in devices}, group.io_weight))
+                    if group.io_weight is not None:
+                        eff = weight_effective(self.hierarchy, devices, scheduler_of=self._scheduler_of)
+                        self._weight_notes[name] = any(eff.values())
+            else:
+                fs = self._failsafe.limits_in_failsafe()
+                if fs is None or fs.is_unlimited:
+                    plans.append(_Plan(w, name, None if fs is None else {}, None))
+                    continue
+                if group is None or dev_err:
+                    if fallback is None:
+                        fallback = self._devices(self._failsafe_devices)
+                    devices, dev_err = fallback
+                if dev_err:
+                    plans.append(_Plan(w, name, None, None, dev_err))
+                else:
+                    plans.append(_Plan(w, name, {d: fs for d in devices}, None))
+        return plans
+
+    def _apply(self, plan: _Plan) -> CgroupResult:
+        cgroup = str(plan.workload.cgroup_dir)
+        if plan.error:
+            self._error(cgroup, plan.error)
+            return CgroupResult(group=plan.group, cgroup=cgroup, outcome="error", detail=plan.error)
+        outcomes: list[Outcome] = []
+        try:
+            if plan.limits is not None:
+                outcomes.append(apply_io_max(self.hierarchy, plan.workload.cgroup_dir, plan.limits))
+            if plan.weight is not None:
+                outcomes.append(apply_weight(self.hierarchy, plan.workload.cgroup_dir, plan.weight))
+        except CgroupVanished as err:
+            # The pod went away between discovery and the write: an event, not a failure.
+            self.metrics.vanished.inc()
+            self._event(f"cgroup vanished: {err.path} ({_label(plan.workload)})")
+            return CgroupResult(group=plan.group, cgroup=cgroup, outcome="error", detail=f"ENOENT: {err}")
+        except KernelError as err:
+            self.metrics.controller_errors.inc()
+            self._error(cgroup, str(err))
+            return CgroupResult(group=plan.group, cgroup=cgroup, outcome="error", detail=str(err))
+        except WriterError as err:
+            self._error(cgroup, str(err))
+            return CgroupResult(group=plan.group, cgroup=cgroup, outcome="error", detail=str(err))
+        outcome = "applied" if "applied" in outcomes else "unchanged"
+        if outcome == "applied":
+            log.info("%s (%s): applied %s", cgroup, plan.group, plan.limits)
+        return CgroupResult(group=plan.group, cgroup=cgroup, outcome=outcome)
+
+    def _error(self, where: str, detail: str) -> None:
+        log.warning("%s: %s", where, detail)
+        self._errors.append({"time": self._wall(), "where": where, "detail": detail})
+
+    def _event(self, what: str) -> None:
+        self._events.append({"time": self._wall(), "event": what})
+
+    # ------------------------------------------------------------ observing
+
+    def _assignments(self) -> tuple[list[tuple[Workload, str]], dict[str, bool], Mode]:
+        with self._lock:
+            groups = self._groups()
+            mode = self._current_mode()
+            notes = dict(self._weight_notes)
+        workloads = list(self._discovery.snapshot())
+        out: list[tuple[Workload, str]] = []
+        for w in workloads:
+            matched = [g.name for g in groups if _matches(w.labels, g.selector)]
+            out.append((w, matched[0] if matched and w.role != "hp" else ("" if w.role != "lp" else UNASSIGNED)))
+        return out, notes, mode
+
+    def _read_cgroup(self, w: Workload, group: str) -> CgroupReading:
+        def attempt(fn: Callable[[], Any]) -> Any:
+            try:
+                return fn()
+            except WriterError:
+                return None
+
+        d = w.cgroup_dir
+        return CgroupReading(
+            group=group,
+            workload=_label(w),
+            role=w.role,
+            limits=attempt(lambda: read_io_max(self.hierarchy, d)),
+            weight=attempt(lambda: read_weight(self.hierarchy, d)),
+            io_bytes=attempt(lambda: read_io_bytes(self.hierarchy, d)),
+        )
+
+    def reading(self) -> Reading:
+        """What is in force now, read back from the kernel (for /metrics)."""
+        assigned, notes, mode = self._assignments()
+        lease = self._lease.state()
+        return Reading(
+            hp_pods=sum(1 for w, _ in assigned if w.role == "hp"),
+            lp_pods=sum(1 for w, _ in assigned if w.role == "lp"),
+            cgroups=[self._read_cgroup(w, g) for w, g in assigned if w.role == "lp" or g],
+            lease_expired=lease.expired,
+            lease_seconds_left=lease.seconds_left,
+            failsafe_active=mode == "failsafe",
+            weight_effective=notes,
+        )
+
+    def status(self) -> dict[str, object]:
+        """The JSON of ``GET /status``: workloads, limits in force (read back), lease, errors, config."""
+        assigned, notes, mode = self._assignments()
+        lease = self._lease.state()
+        workloads = []
+        for w, group in assigned:
+            r = self._read_cgroup(w, group)
+            workloads.append(
+                {
+                    "name": w.name,
+                    "namespace": w.namespace,
+                    "role": w.role,
+                    "group": group or None,
+                    "cgroup": str(w.cgroup_dir),
+                    "exists": bool(w.cgroup_dir.is_dir()),
+                    "io_max_in_force": None
+                    if r.limits is None
+                    else {dev: {k: v for k, v in asdict(lim).items() if v is not None} for dev, lim in sorted(r.limits.items())},
+                    "weight_in_force": r.weight,
+                    "io_bytes": None if r.io_bytes is None else {d: {"read": b[0], "write": b[1]} for d, b in r.io_bytes.items()},
+                }
+            )
+        with self._lock:
+            push = self._push
+            return {
+                "node": self.node,
+                "mode": mode,
+                "hierarchy": {"version": self.hierarchy.version, "root": str(self.hierarchy.root)},
+                "hp_workloads": [x for x in workloads if x["role"] == "hp"],
+                "lp_workloads": [x for x in workloads if x["role"] != "hp"],
+                "lease": asdict(lease),
+                "failsafe": {
+                    "mode": self._failsafe.mode,
+                    "active": mode == "failsafe",
+                    "static_limits": asdict(self._failsafe.limits),
+                },
+                "weights": {
+                    g: ("effective" if ok else "written but inert: no BFQ scheduler or io.cost on the group's devices")
+                    for g, ok in sorted(notes.items())
+                },
+                "last_push": None if push is None else {
+                    "generation": push.generation,
+                    "controller": push.controller,
+                    "lease_ttl_seconds": push.lease_ttl_seconds,
+                    "groups": [g.model_dump() for g in push.groups],
+                },
+                "last_results": [r.model_dump() for r in self._last_results],
+                "last_errors": list(self._errors),
+                "events": list(self._events),
+                "config": self._config,
+            }
+
+
+def _label(w: Workload) -> str:
+    return f"{w.namespace}/{w.name}" if w.namespace else w.name

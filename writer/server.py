@@ -1,0 +1,180 @@
+"""The writer's HTTP API (FastAPI): ``PUT /v1/targets``, ``/health``, ``/status``, ``/metrics``.
+
+:mod:`writer.cli` builds a :class:`ServerState` and serves :func:`build_app`
+with uvicorn; tests do the same in-process on a loopback port.
+
+The push endpoint reads its body by hand instead of declaring a body
+parameter, because the order of checks is part of the security contract and
+FastAPI would parse the body before any dependency runs:
+
+1. bearer token, compared in constant time -> 401 (body never read);
+2. ``Content-Length`` above :data:`writer.api.MAX_BODY_BYTES` -> 413, then the
+   bytes actually received are counted too (a lying or chunked client) -> 413;
+3. JSON syntax -> 400; the :class:`writer.api.TargetsPush` model -> 422 listing
+   every error with its location;
+4. a stale generation -> 409.
+
+Only then does anything reach the cgroup files. Every 4xx/5xx body is an
+:class:`writer.api.ErrorResponse`. The request body schema is still published
+in ``/openapi.json`` so the API can be fuzzed against it.
+
+``/status`` and ``/metrics`` are read-only and unauthenticated (Prometheus
+scrapes ``/metrics``); neither ever shows the token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from writer.api import MAX_BODY_BYTES, TARGETS_PATH, ErrorResponse, PushResponse, TargetsPush
+from writer.reconcile import Reconciler, StalePush
+
+__all__ = ["ServerState", "build_app"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    """What the app serves: the reconciler, its registry, and the token (``None`` = no auth, explicitly)."""
+
+    reconciler: Reconciler
+    registry: CollectorRegistry
+    token: str | None
+    max_body_bytes: int = MAX_BODY_BYTES
+
+
+def _error(status: int, error: str, detail: list[str] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorResponse(error=error, detail=detail or [])
+    return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
+
+
+def _authorized(state: ServerState, header: str | None) -> bool:
+    if state.token is None:
+        return True
+    scheme, _, given = (header or "").partition(" ")
+    # compare_digest on bytes of both: constant time in the token's content.
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), state.token.encode())
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or ``None`` as soon as it exceeds ``limit`` bytes (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "body"
+
+
+def build_app(state: ServerState) -> FastAPI:
+    """The FastAPI application over ``state``."""
+    app = FastAPI(title="drcio writer", version="1", description="Per-node cgroup I/O writer of drcio.")
+    pushes = state.reconciler.metrics.pushes
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid request", [f"{_loc(e['loc'])}: {e['msg']}" for e in exc.errors()])
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error serving %s %s", request.method, request.url.path)
+        return _error(500, "internal error", [type(exc).__name__])
+
+    @app.put(
+        TARGETS_PATH,
+        response_model=PushResponse,
+        responses={
+            s: {"model": ErrorResponse, "description": d}
+            for s, d in (
+                (400, "Body is not JSON"),
+                (401, "Missing or wrong bearer token"),
+                (409, "Stale generation"),
+                (413, "Body too large"),
+                (422, "Body does not match TargetsPush"),
+            )
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TargetsPush"}}},
+            }
+        },
+        summary="Replace the desired I/O limits of every LP group on this node",
+    )
+    async def put_targets(request: Request) -> Response:
+        if not _authorized(state, request.headers.get("authorization")):
+            pushes.labels("unauthorized").inc()
+            return _error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > state.max_body_bytes):
+            pushes.labels("too_large").inc()
+            return _error(413, f"body larger than {state.max_body_bytes} bytes")
+        raw = await _read_body(request, state.max_body_bytes)
+        if raw is None:
+            pushes.labels("too_large").inc()
+            return _error(413, f"body larger than {state.max_body_bytes} bytes")
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as err:
+            pushes.labels("invalid").inc()
+            return _error(400, "body is not valid JSON", [str(err)])
+        try:
+            body = TargetsPush.model_validate(data)
+        except ValidationError as err:
+            pushes.labels("invalid").inc()
+            return _error(422, "body does not match TargetsPush", [f"{_loc(e['loc'])}: {e['msg']}" for e in err.errors()])
+        try:
+            result = await run_in_threadpool(state.reconciler.push, body)
+        except StalePush as err:
+            return _error(409, "stale generation", [str(err)])
+        return JSONResponse(result.model_dump())
+
+    @app.get("/health", summary="200 while serving")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/status", summary="Workloads, limits in force (read back), lease, errors, config")
+    async def status() -> dict[str, Any]:
+        return await run_in_threadpool(state.reconciler.status)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        data = await run_in_threadpool(generate_latest, state.registry)
+        return Response(content=data, media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        # The push body is read by hand (see the module docstring); publish its schema anyway.
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            _, defs = models_json_schema([(TargetsPush, "validation")], ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
