@@ -1,0 +1,269 @@
+"""The control loop: every interval, sense -> decide -> map -> push, for every SLO.
+
+:meth:`Controller.step` is one full tick and the unit the tests drive; it
+takes the evaluation time as an argument and never reads the clock itself,
+so the same loop runs against real Prometheus, a simulator (a different
+:class:`~controller.sensor.Sensor` and :class:`~controller.push.Pusher`) and
+tests. :meth:`Controller.run` only keeps the rate: a drift-free schedule
+(tick k at ``start + k * interval``), a failed tick logged with context and
+the next one run anyway, missed ticks skipped rather than bunched up.
+
+Each tick pushes the whole desired state to every writer, even when nothing
+changed: that renews the writers' lease and heals any writer that missed a
+push (level-triggered actuation).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.config import ControllerConfig, SloConfig
+from controller.decision_log import DecisionLog
+from controller.metrics import ControllerMetrics
+from controller.push import Pusher, PushResult, WriterDirectory
+from controller.sensor import Reading, Sensor
+from controller.targets import GroupDecision, resolve_groups
+from policies import Observation, Policy, SensorStatus
+from policies.registry import build_policy
+from writer.api import GroupTarget, TargetsPush
+
+__all__ = ["Controller", "TickResult", "build_policies"]
+
+log = logging.getLogger(__name__)
+
+
+def build_policies(config: ControllerConfig) -> dict[str, Policy]:
+    """One policy per SLO. Policies start at the fail-safe level: a controller that has
+    just started knows as little as one whose sensor has failed for long."""
+    failsafe = config.failsafe.to_policy()
+    return {
+        slo.name: build_policy(slo.policy.parsed(), failsafe=failsafe, initial_level=failsafe.level)
+        for slo in config.slos
+    }
+
+
+@dataclass
+class _SloState:
+    slo: SloConfig
+    policy: Policy
+    last_time: float | None = None
+    level: float = 0.0
+
+
+@dataclass(frozen=True)
+class TickResult:
+    at: float
+    records: list[dict[str, Any]]
+    groups: list[GroupDecision]
+    pushes: list[PushResult] = field(default_factory=list)
+    generation: int | None = None
+
+
+def _target_record(t: GroupTarget) -> dict[str, Any]:
+    return {
+        "io_max": t.io_max.model_dump(),
+        "io_weight": t.io_weight,
+        "devices": t.devices if isinstance(t.devices, str) else [d if isinstance(d, str) else d.model_dump() for d in t.devices],
+        "selector": dict(t.selector),
+    }
+
+
+class Controller:
+    """Runs the SLOs of one config against a sensor and a set of writers."""
+
+    def __init__(
+        self,
+        config: ControllerConfig,
+        *,
+        sensor: Sensor,
+        pusher: Pusher,
+        writers: WriterDirectory,
+        policies: Mapping[str, Policy] | None = None,
+        metrics: ControllerMetrics | None = None,
+        decision_log: DecisionLog | None = None,
+        dry_run: bool = False,
+        name: str = "drcio-controller",
+    ) -> None:
+        self.config = config
+        self.sensor = sensor
+        self.pusher = pusher
+        self.writers = writers
+        self.metrics = metrics if metrics is not None else ControllerMetrics()
+        self.decision_log = decision_log
+        self.dry_run = dry_run
+        self.name = name
+        pol = dict(policies) if policies is not None else build_policies(config)
+        self._states = [_SloState(slo, pol[slo.name], level=pol[slo.name].level) for slo in config.slos]  # type: ignore[attr-defined]
+        self._generation = 0
+        for slo in config.slos:
+            self.metrics.target.labels(slo=slo.name).set(slo.target_seconds)
+
+    # -- one tick ---------------------------------------------------------------------------
+
+    def _observe(self, st: _SloState, now: float) -> tuple[Reading, Observation]:
+        reading = self.sensor.read(st.slo, now)
+        dt = self.config.interval_seconds if st.last_time is None else max(now - st.last_time, 1e-3)
+        st.last_time = now
+        obs = Observation(
+            status=reading.status,
+            latency_seconds=reading.latency_seconds,
+            target_seconds=st.slo.target_seconds,
+            dt_seconds=dt,
+        )
+        return reading, obs
+
+    def _next_generation(self, now: float) -> int:
+        # Wall-clock milliseconds keep generations increasing across controller
+        # restarts (a restarted controller must not look stale to the writers);
+        # +1 keeps them strictly increasing within a run.
+        self._generation = max(self._generation + 1, int(now * 1000))
+        return self._generation
+
+    def step(self, now: float) -> TickResult:
+        """One sense-decide-map-push tick at evaluation time ``now`` (Unix seconds)."""
+        started = time.perf_counter()
+        readings: dict[str, Reading] = {}
+        for st in self._states:
+            reading, obs = self._observe(st, now)
+            readings[st.slo.name] = reading
+            st.level = st.policy.step(obs)
+            self._record_slo_metrics(st, reading)
+
+        groups = resolve_groups([(st.slo, st.level) for st in self._states])
+        body = TargetsPush(
+            generation=self._next_generation(now),
+            lease_ttl_seconds=self.config.lease_ttl,
+            groups=[g.target for g in groups],
+            controller=self.name,
+        )
+        writers = self.writers.writers()
+        pushes = self.pusher.push(writers, body)
+        self._record_group_metrics(groups, pushes, len(writers))
+
+        by_group = {g.group: g for g in groups}
+        records = [self._record(st, readings[st.slo.name], by_group[st.slo.throttle.group_name], now, pushes) for st in self._states]
+        if self.decision_log is not None:
+            self.decision_log.write(records)
+        self.metrics.loop_duration.observe(time.perf_counter() - started)
+        self.metrics.ticks.inc()
+        self.metrics.last_tick.set(now)
+        return TickResult(at=now, records=records, groups=groups, pushes=pushes, generation=body.generation)
+
+    @staticmethod
+    def _failsafe_active(st: _SloState) -> bool:
+        # The policy owns the hold-then-fail-safe rule; it reports it as a term.
+        return st.policy.terms.get("failsafe_engaged", 0.0) > 0.0
+
+    def _record(
+        self, st: _SloState, reading: Reading, group: GroupDecision, now: float, pushes: list[PushResult]
+    ) -> dict[str, Any]:
+        rec: dict[str, Any] = {
+            "time": round(now, 3),
+            "slo": st.slo.name,
+            "status": reading.status.value,
+            "latency_seconds": reading.latency_seconds,
+            "target_seconds": st.slo.target_seconds,
+            "request_rate": reading.request_rate,
+            "level": round(st.level, 6),
+            "policy": st.slo.policy.kind,
+            "terms": {k: round(v, 6) for k, v in st.policy.terms.items()},
+            "failsafe": self._failsafe_active(st),
+            "error": reading.error,
+            "group": group.group,
+            "group_level": round(group.level, 6),
+            "conflict": group.conflict,
+            "winner": group.winner,
+            "targets": {group.group: _target_record(group.target)},
+        }
+        if reading.clipped:
+            rec["clipped"] = True
+        if not self.dry_run:
+            rec["push"] = [p.as_record() for p in pushes]
+        else:
+            rec["dry_run"] = True
+        return rec
+
+    def _record_slo_metrics(self, st: _SloState, reading: Reading) -> None:
+        m, name = self.metrics, st.slo.name
+        m.set_status(name, reading.status)
+        if reading.latency_seconds is not None:
+            m.observed.labels(slo=name).set(reading.latency_seconds)
+        else:
+            # Absent, not zero: a dashboard must not draw "0 s latency" while blind.
+            if (name,) in _label_sets(m.observed):
+                m.observed.remove(name)
+        if reading.status is SensorStatus.SENSOR_ERROR:
+            m.sensor_errors.labels(slo=name, reason=reading.reason or "unknown").inc()
+        m.slo_level.labels(slo=name).set(st.level)
+        m.failsafe.labels(slo=name).set(1.0 if self._failsafe_active(st) else 0.0)
+        for term, value in st.policy.terms.items():
+            m.term.labels(slo=name, term=term).set(value)
+
+    def _record_group_metrics(self, groups: list[GroupDecision], pushes: list[PushResult], n_writers: int) -> None:
+        m = self.metrics
+        m.writers.set(n_writers)
+        for g in groups:
+            m.level.labels(group=g.group).set(g.level)
+            m.conflicts.labels(group=g.group).set(len(g.slos) - 1)
+            for direction, value in (("read", g.target.io_max.rbps), ("write", g.target.io_max.wbps)):
+                if value is None:
+                    if (g.group, direction) in _label_sets(m.target_bps):
+                        m.target_bps.remove(g.group, direction)
+                else:
+                    m.target_bps.labels(group=g.group, direction=direction).set(value)
+            if g.target.io_weight is not None:
+                m.target_weight.labels(group=g.group).set(g.target.io_weight)
+        for p in pushes:
+            m.pushes.labels(writer=p.writer, result=p.outcome).inc()
+
+    # -- the outer loop ---------------------------------------------------------------------
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        wait: Callable[[float], object] | None = None,
+        max_ticks: int | None = None,
+    ) -> int:
+        """Tick at a fixed rate until ``stop`` is set (or ``max_ticks``); returns ticks run.
+
+        The schedule is anchored at the start (tick k at start + k*interval), so
+        tick durations do not accumulate into drift; a tick that overruns makes
+        the loop skip to the next slot instead of firing a burst of late ticks.
+        """
+        interval = self.config.interval_seconds
+        sleep = wait if wait is not None else stop.wait
+        start = monotonic()
+        k = 0
+        ticks = 0
+        while not stop.is_set():
+            try:
+                self.step(wall_clock())
+            except Exception:  # a failed tick is logged with context; the next one runs
+                log.exception("tick %d failed; continuing", k)
+            ticks += 1
+            if max_ticks is not None and ticks >= max_ticks:
+                break
+            k += 1
+            next_at = start + k * interval
+            now = monotonic()
+            if now > next_at:
+                skipped = int((now - next_at) // interval) + 1
+                log.warning("tick overran the interval; skipping %d slot(s)", skipped)
+                k += skipped
+                next_at = start + k * interval
+            sleep(max(0.0, next_at - monotonic()))
+        return ticks
+
+
+def _label_sets(metric: Any) -> set[tuple[str, ...]]:
+    # prometheus_client keeps children in a private dict; reading its keys is the
+    # only way to ask "is this series present" without creating it.
+    return set(getattr(metric, "_metrics", {}).keys())

@@ -1,0 +1,193 @@
+"""The Prometheus sensor: one SLO's latency quantile at an explicit evaluation time.
+
+Called once per SLO per tick by :class:`controller.loop.Controller`. It is the
+only module that talks to Prometheus, through ``prometheus-api-client``, and
+it reads strictly: the answer must be an instant vector with at most one
+series and a finite, non-negative value. Everything else is classified:
+
+* ``ok`` — a measurement (``latency_seconds`` is set);
+* ``no_data`` — Prometheus answered but there is nothing to measure: an
+  empty vector, NaN (``histogram_quantile`` over zero traffic), or fewer HP
+  requests per second than the SLO's ``min_rate`` (a P95 of three requests
+  is noise, not a measurement);
+* ``sensor_error`` — connection refused, timeout, HTTP error, bad query, or
+  an answer of the wrong shape.
+
+``prometheus-api-client`` by default waits forever and retries for seconds;
+here every query gets the configured deadline and a small retry policy that
+only retries connection failures and 502/503/504, so a tick never overruns.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+from controller.config import PrometheusConfig, SloConfig
+from controller.errors import SensorError
+from policies import SensorStatus
+
+__all__ = ["Reading", "Sensor", "PrometheusSensor", "quantile_query", "rate_query", "CLIPPED_FACTOR"]
+
+log = logging.getLogger(__name__)
+
+#: ``histogram_quantile`` answers +Inf when the quantile lies beyond the top
+#: bucket: a certain violation of unknown size. It is reported as this many
+#: times the target (and flagged ``clipped``), never as a finite guess.
+CLIPPED_FACTOR = 10.0
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the sensor saw for one SLO at one evaluation time."""
+
+    status: SensorStatus
+    latency_seconds: float | None
+    request_rate: float | None = None
+    error: str | None = None
+    reason: str | None = None
+    clipped: bool = False
+
+
+class Sensor(Protocol):
+    """Anything that turns an SLO and a time into a Reading (real Prometheus, the simulator)."""
+
+    def read(self, slo: SloConfig, at: float) -> Reading: ...
+
+
+def _matchers(labels: Mapping[str, str]) -> str:
+    def esc(v: str) -> str:
+        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    return ",".join(f'{k}="{esc(v)}"' for k, v in sorted(labels.items()))
+
+
+def _window(seconds: float) -> str:
+    return f"{int(round(seconds * 1000))}ms"
+
+
+def quantile_query(slo: SloConfig) -> str:
+    """The PromQL whose value is the SLO's latency in seconds."""
+    if slo.query is not None:
+        return slo.query
+    return (
+        f"histogram_quantile({slo.quantile}, sum by (le) "
+        f"(rate({slo.metric}_bucket{{{_matchers(slo.labels)}}}[{_window(slo.window_seconds)}])))"
+    )
+
+
+def rate_query(slo: SloConfig) -> str | None:
+    """The PromQL whose value is the HP request rate behind the quantile (None: not checked)."""
+    if slo.query is not None:
+        return slo.rate_query
+    return f"sum(rate({slo.metric}_count{{{_matchers(slo.labels)}}}[{_window(slo.window_seconds)}]))"
+
+
+def _make_client(cfg: PrometheusConfig) -> PrometheusConnect:
+    retry = Retry(
+        total=cfg.retries,
+        connect=cfg.retries,
+        read=0,
+        status=cfg.retries,
+        backoff_factor=0.05,
+        status_forcelist=(502, 503, 504),
+        allowed_methods=frozenset({"GET", "POST"}),
+        raise_on_status=False,
+    )
+    return PrometheusConnect(url=cfg.url, disable_ssl=True, retry=retry, timeout=cfg.timeout_seconds)
+
+
+class PrometheusSensor:
+    """Reads SLO latencies from a real Prometheus."""
+
+    def __init__(
+        self,
+        config: PrometheusConfig,
+        *,
+        client_factory: Callable[[PrometheusConfig], PrometheusConnect] = _make_client,
+    ) -> None:
+        self.config = config
+        self._client = client_factory(config)
+
+    def _instant(self, query: str, at: float) -> list[dict[str, Any]]:
+        try:
+            result = self._client.custom_query(query, params={"time": f"{at:.3f}"}, timeout=self.config.timeout_seconds)
+        except requests.exceptions.ConnectionError as e:
+            raise SensorError("unreachable", f"Prometheus at {self.config.url} is unreachable: {_errno(e)}") from None
+        except requests.exceptions.Timeout:
+            raise SensorError(
+                "timeout", f"Prometheus at {self.config.url} did not answer within {self.config.timeout_seconds}s"
+            ) from None
+        except PrometheusApiClientException as e:
+            raise SensorError("http_error", f"Prometheus rejected {query!r}: {_short(e)}") from None
+        except requests.exceptions.RequestException as e:
+            raise SensorError("http_error", f"request to Prometheus failed: {_short(e)}") from None
+        except ValueError as e:  # JSON decoding
+            raise SensorError("bad_answer", f"Prometheus answered something that is not JSON: {_short(e)}") from None
+        if not isinstance(result, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("value"), list) and len(s["value"]) == 2 for s in result
+        ):
+            raise SensorError(
+                "bad_answer", f"{query!r} must return an instant vector, got {type(result).__name__}: {str(result)[:120]}"
+            )
+        return result
+
+    def _single_value(self, query: str, at: float) -> float | None:
+        """The value of a one-series instant vector; None for an empty vector; NaN kept as NaN."""
+        series = self._instant(query, at)
+        if not series:
+            return None
+        if len(series) > 1:
+            raise SensorError(
+                "bad_answer",
+                f"{query!r} returned {len(series)} series; it must return one (aggregate, e.g. with max(), for the worst)",
+            )
+        raw = series[0]["value"][1]
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise SensorError("bad_answer", f"{query!r} returned a non-numeric value {raw!r}") from None
+
+    def read(self, slo: SloConfig, at: float) -> Reading:
+        try:
+            rate: float | None = None
+            rq = rate_query(slo)
+            if rq is not None:
+                rate = self._single_value(rq, at)
+                if rate is None or math.isnan(rate) or rate < slo.min_rate:
+                    shown = "none" if rate is None or math.isnan(rate) else f"{rate:.3g}/s"
+                    return Reading(
+                        SensorStatus.NO_DATA, None, request_rate=rate if rate is not None and not math.isnan(rate) else None,
+                        error=f"HP request rate {shown} is below min_rate {slo.min_rate}/s",
+                    )
+            value = self._single_value(quantile_query(slo), at)
+        except SensorError as e:
+            return Reading(SensorStatus.SENSOR_ERROR, None, error=str(e), reason=e.reason)
+        if value is None or math.isnan(value):
+            return Reading(SensorStatus.NO_DATA, None, request_rate=rate, error="no HP latency samples in the window")
+        if value < 0 or value == -math.inf:
+            return Reading(
+                SensorStatus.SENSOR_ERROR, None, error=f"negative latency {value} from {slo.name}'s query", reason="bad_answer"
+            )
+        if value == math.inf:
+            return Reading(SensorStatus.OK, slo.target_seconds * CLIPPED_FACTOR, request_rate=rate, clipped=True)
+        return Reading(SensorStatus.OK, value, request_rate=rate)
+
+
+def _errno(e: BaseException) -> str:
+    """The OS-level reason inside a requests ConnectionError (its text embeds the whole URL)."""
+    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(e))
+    return m.group(1).strip() if m else _short(e)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e)
+    return text if len(text) <= 200 else text[:200] + "..."

@@ -1,0 +1,200 @@
+"""Fixtures for the controller's integration tests: a latency exporter the test
+drives from a known distribution, a real Prometheus scraping it, and a small
+HTTP endpoint that records pushes (for the writer's side see tests/writer)."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+
+from experiments.prometheus_server import PrometheusServer, ScrapeTarget, free_port
+
+#: 5 ms buckets up to 250 ms: the resolution the sensor's P95 is checked against.
+BUCKET_WIDTH = 0.005
+BUCKETS = tuple(round(BUCKET_WIDTH * i, 6) for i in range(1, 51))
+SCRAPE_INTERVAL = 0.5
+
+
+@dataclass
+class LatencyExporter:
+    """An HP-like exporter whose ``gnn_request_latency_seconds`` the test fills.
+
+    ``drive(inverse_cdf, per_second)`` starts a thread that observes a
+    stratified sample of the distribution (quantiles at evenly spaced
+    probabilities, so the histogram holds the distribution itself, without
+    sampling noise) every 100 ms until ``stop()``.
+    """
+
+    port: int
+    registry: CollectorRegistry
+    histogram: Histogram
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def drive(self, inverse_cdf: Callable[[float], float], per_second: int = 1000) -> None:
+        per_tick = max(1, per_second // 10)
+
+        def run() -> None:
+            k = 0
+            # Bounded: at most 10 minutes of ticks even if a test forgets to stop.
+            for _ in range(6000):
+                if self._stop.wait(0.1):
+                    return
+                for i in range(per_tick):
+                    # Stride through (0, 1) so every tick is spread over the whole distribution.
+                    p = ((k * 0.6180339887 + i / per_tick) % 1.0) or 0.5 / per_tick
+                    self.histogram.observe(inverse_cdf(p))
+                k += 1
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def latency_exporter() -> Iterator[LatencyExporter]:
+    registry = CollectorRegistry()
+    hist = Histogram(
+        "gnn_request_latency_seconds", "HP request latency", buckets=BUCKETS, registry=registry
+    )
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    exp = LatencyExporter(port=port, registry=registry, histogram=hist)
+    try:
+        yield exp
+    finally:
+        exp.stop()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def prometheus_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., PrometheusServer]]:
+    """Factory: a real Prometheus on loopback scraping the given exporters (job ``hp-gnn``)."""
+    started: list[PrometheusServer] = []
+
+    def make(*exporters: LatencyExporter, port: int = 0, start: bool = True) -> PrometheusServer:
+        server = PrometheusServer(
+            targets=[ScrapeTarget(job="hp-gnn", address=e.address) for e in exporters],
+            scrape_interval_seconds=SCRAPE_INTERVAL,
+            port=port or free_port(),
+        )
+        started.append(server)
+        if start:
+            server.start()
+        return server
+
+    try:
+        yield make
+    finally:
+        for s in started:
+            s.stop()
+
+
+def exponential_inverse_cdf(mean: float) -> Callable[[float], float]:
+    return lambda p: -mean * math.log(1.0 - p)
+
+
+# -- a push recorder: real HTTP, records bodies, answers like a writer -------------------------
+
+
+@dataclass
+class PushRecorder:
+    url: str
+    bodies: list[dict[str, Any]]
+    headers: list[dict[str, str]]
+
+
+@pytest.fixture
+def push_recorder() -> Iterator[PushRecorder]:
+    """A loopback HTTP server that accepts ``PUT /v1/targets`` and answers a valid PushResponse."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    bodies: list[dict[str, Any]] = []
+    headers: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # noqa: N802 (http.server's naming)
+            length = int(self.headers.get("Content-Length", "0"))
+            body = json.loads(self.rfile.read(length))
+            bodies.append(body)
+            headers.append(dict(self.headers.items()))
+            answer = json.dumps(
+                {
+                    "node": "recorder",
+                    "generation": body["generation"],
+                    "results": [
+                        {"group": g["name"], "cgroup": f"/fake/{g['name']}", "outcome": "applied", "detail": ""}
+                        for g in body["groups"]
+                    ],
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield PushRecorder(url=f"http://127.0.0.1:{server.server_address[1]}", bodies=bodies, headers=headers)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def hanging_writer() -> Iterator[str]:
+    """A loopback socket that accepts connections and never answers (a hung writer)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+                accepted.append(conn)
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join(timeout=2)
+        for c in accepted:
+            c.close()
+        sock.close()
+
+
+@pytest.fixture
+def dead_writer() -> str:
+    """A loopback URL where nothing listens (connection refused)."""
+    return f"http://127.0.0.1:{free_port()}"

@@ -1,0 +1,111 @@
+"""drcio-controller as a user runs it: a real subprocess, the design's example, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.controller.conftest import PushRecorder
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "slo.yaml"
+CLI = [sys.executable, "-c", "from controller.cli import main; main()"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def write_config(tmp_path: Path, writer_url: str, **changes: Any) -> Path:
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    raw["writers"] = {"static": [writer_url], "token_file": str(token), "timeout": "1s"}
+    raw["prometheus"] = {"url": "http://127.0.0.1:1", "timeout": "500ms"}  # nothing listens on port 1
+    raw.update(changes)
+    path = tmp_path / "slo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_once_dry_run_on_the_design_example_prints_one_record_per_slo_and_exits_0() -> None:
+    # The design's example as written: Prometheus at 127.0.0.1:9090 is not running here,
+    # so the record says sensor_error, and nothing is pushed.
+    proc = run("--config", str(EXAMPLE), "--once", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    rec = json.loads(lines[0])
+    assert rec["slo"] == "gnn-p95" and rec["status"] in {"ok", "no_data", "sensor_error"}
+    assert rec["target_seconds"] == 0.1
+    assert (rec["latency_seconds"] is None) == (rec["status"] != "ok")
+    assert 0.0 <= rec["level"] <= 1.0
+    assert set(rec["targets"]["lp"]["io_max"]) == {"rbps", "wbps", "riops", "wiops"}
+    assert rec["targets"]["lp"]["io_weight"] is not None
+    assert rec["dry_run"] is True and "push" not in rec
+
+
+def test_once_without_dry_run_pushes_and_adds_the_push_results(tmp_path: Path, push_recorder: PushRecorder) -> None:
+    proc = run("--config", str(write_config(tmp_path, push_recorder.url)), "--once")
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(proc.stdout)
+    assert rec["push"][0]["outcome"] == "ok" and rec["push"][0]["writer"] == push_recorder.url
+    assert len(push_recorder.bodies) == 1
+    assert push_recorder.headers[0]["Authorization"] == "Bearer s3cret"  # from token_file
+
+
+def test_mode_dry_run_in_the_file_pushes_nothing(tmp_path: Path, push_recorder: PushRecorder) -> None:
+    proc = run("--config", str(write_config(tmp_path, push_recorder.url, mode="dry-run")), "--once")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["dry_run"] is True
+    assert push_recorder.bodies == []
+
+
+def test_a_malformed_slo_file_exits_2_with_the_reason_and_pushes_nothing(tmp_path: Path, push_recorder: PushRecorder) -> None:
+    path = write_config(tmp_path, push_recorder.url)
+    raw = yaml.safe_load(path.read_text())
+    raw["slos"][0]["target"] = "fast"
+    path.write_text(yaml.safe_dump(raw))
+    proc = run("--config", str(path), "--once")
+    assert proc.returncode == 2
+    assert f"{path}: slos[0] (gnn-p95) -> target:" in proc.stderr
+    assert proc.stdout == "" and push_recorder.bodies == []
+
+
+def test_broken_yaml_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "slo.yaml"
+    path.write_text("slos: [\n")
+    proc = run("--config", str(path), "--once")
+    assert proc.returncode == 2 and "not valid YAML" in proc.stderr
+
+
+def test_an_unreadable_token_file_exits_2(tmp_path: Path, push_recorder: PushRecorder) -> None:
+    path = write_config(tmp_path, push_recorder.url)
+    (tmp_path / "token").unlink()
+    proc = run("--config", str(path), "--once")
+    assert proc.returncode == 2 and "token_file" in proc.stderr
+    assert push_recorder.bodies == []
+
+
+def test_bad_arguments_exit_2() -> None:
+    assert run("--no-such-flag").returncode == 2
+    assert run("--config", str(EXAMPLE), "--metrics-listen", "nonsense").returncode == 2
+
+
+def test_help_documents_every_option() -> None:
+    proc = run("--help")
+    assert proc.returncode == 0
+    for option in ("--config", "--once", "--dry-run", "--metrics-listen", "--decision-log", "--max-ticks", "--log-level"):
+        assert option in proc.stdout
+
+
+def test_the_decision_log_keeps_the_same_record_as_once_prints(tmp_path: Path, push_recorder: PushRecorder) -> None:
+    log = tmp_path / "decisions.jsonl"
+    proc = run("--config", str(write_config(tmp_path, push_recorder.url)), "--once", "--decision-log", str(log))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(log.read_text()) == json.loads(proc.stdout)

@@ -1,0 +1,122 @@
+"""The sensor against the real Prometheus server, scraping an exporter driven from a known distribution."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pytest
+
+from controller.config import PrometheusConfig, SloConfig
+from controller.sensor import PrometheusSensor, quantile_query, rate_query
+from policies import SensorStatus
+from tests.controller.conftest import BUCKET_WIDTH, LatencyExporter, exponential_inverse_cdf
+
+pytestmark = pytest.mark.prometheus
+
+
+def slo(**overrides: Any) -> SloConfig:
+    raw: dict[str, Any] = {
+        "name": "gnn-p95",
+        "metric": "gnn_request_latency_seconds",
+        "labels": {"job": "hp-gnn"},
+        "quantile": 0.95,
+        "window": "5s",
+        "target": "100ms",
+        "policy": {"kind": "static", "level": 0.5},
+        "throttle": {"selector": {"group-id": "lp"}, "rbps": {"min": "10M", "max": "max"}},
+    }
+    raw.update(overrides)
+    return SloConfig.model_validate(raw)
+
+
+def sensor_for(url: str, timeout: float = 1.0) -> PrometheusSensor:
+    return PrometheusSensor(PrometheusConfig.model_validate({"url": url, "timeout": f"{timeout}s", "retries": 0}))
+
+
+def wait_for_status(sensor: PrometheusSensor, s: SloConfig, status: SensorStatus, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    reading = sensor.read(s, time.time())
+    while reading.status is not status and time.monotonic() < deadline:
+        time.sleep(0.25)
+        reading = sensor.read(s, time.time())
+    return reading
+
+
+def test_the_query_is_histogram_quantile_over_the_rate_of_the_buckets() -> None:
+    q = quantile_query(slo(labels={"job": 'hp"gnn', "ns": "a\\b"}))
+    assert q == (
+        'histogram_quantile(0.95, sum by (le) (rate(gnn_request_latency_seconds_bucket{job="hp\\"gnn",ns="a\\\\b"}[5000ms])))'
+    )
+    assert rate_query(slo()) == 'sum(rate(gnn_request_latency_seconds_count{job="hp-gnn"}[5000ms]))'
+
+
+def test_measured_p95_matches_the_distributions_p95_within_a_bucket(
+    latency_exporter: LatencyExporter, prometheus_for: Any
+) -> None:
+    mean = 0.030
+    true_p95 = -mean * math.log(0.05)  # 89.9 ms
+    latency_exporter.drive(exponential_inverse_cdf(mean), per_second=1000)
+    prom = prometheus_for(latency_exporter)
+    sensor = sensor_for(prom.url)
+    s = slo()
+    reading = wait_for_status(sensor, s, SensorStatus.OK)
+    assert reading.status is SensorStatus.OK, reading
+    # Let the 5 s window fill with steady traffic before judging the value.
+    time.sleep(5.5)
+    reading = sensor.read(s, time.time())
+    assert reading.status is SensorStatus.OK, reading
+    assert reading.latency_seconds is not None
+    assert abs(reading.latency_seconds - true_p95) <= BUCKET_WIDTH, (reading.latency_seconds, true_p95)
+    assert reading.request_rate is not None and reading.request_rate > 500
+
+
+def test_no_traffic_is_no_data_not_a_zero(latency_exporter: LatencyExporter, prometheus_for: Any) -> None:
+    # The histogram exists but nothing is observed: the rate is 0, below min_rate.
+    prom = prometheus_for(latency_exporter)
+    prom.wait_for_samples("gnn_request_latency_seconds_count")
+    reading = sensor_for(prom.url).read(slo(), time.time())
+    assert reading.status is SensorStatus.NO_DATA
+    assert reading.latency_seconds is None
+
+
+def test_nan_from_histogram_quantile_is_no_data(latency_exporter: LatencyExporter, prometheus_for: Any) -> None:
+    # With min_rate 0 the rate check passes and histogram_quantile over zero rates answers NaN.
+    prom = prometheus_for(latency_exporter)
+    prom.wait_for_samples("rate(gnn_request_latency_seconds_count[5s])")
+    reading = sensor_for(prom.url).read(slo(min_rate=0.0), time.time())
+    assert reading.status is SensorStatus.NO_DATA
+    assert reading.error == "no HP latency samples in the window"
+
+
+def test_an_unknown_metric_is_no_data_with_the_reason(latency_exporter: LatencyExporter, prometheus_for: Any) -> None:
+    prom = prometheus_for(latency_exporter)
+    prom.wait_for_samples("gnn_request_latency_seconds_count")
+    reading = sensor_for(prom.url).read(slo(metric="no_such_latency_seconds"), time.time())
+    assert reading.status is SensorStatus.NO_DATA
+    assert reading.error is not None and "below min_rate" in reading.error
+
+
+def test_a_bad_raw_query_is_a_sensor_error(latency_exporter: LatencyExporter, prometheus_for: Any) -> None:
+    prom = prometheus_for(latency_exporter)
+    s = slo(metric=None, labels={}, query="histogram_quantile(0.95, sum by (le) (rate(")
+    reading = sensor_for(prom.url).read(s, time.time())
+    assert reading.status is SensorStatus.SENSOR_ERROR
+    assert reading.reason == "http_error"
+
+
+def test_a_raw_query_returning_many_series_is_refused(latency_exporter: LatencyExporter, prometheus_for: Any) -> None:
+    prom = prometheus_for(latency_exporter)
+    prom.wait_for_samples("up")
+    s = slo(metric=None, labels={}, query='label_replace(vector(1), "a", "x", "", "") or label_replace(vector(2), "a", "y", "", "")')
+    reading = sensor_for(prom.url).read(s, time.time())
+    assert reading.status is SensorStatus.SENSOR_ERROR
+    assert reading.error is not None and "2 series" in reading.error
+
+
+def test_prometheus_down_is_a_sensor_error_with_the_reason(dead_writer: str) -> None:
+    reading = sensor_for(dead_writer).read(slo(), time.time())
+    assert reading.status is SensorStatus.SENSOR_ERROR
+    assert reading.reason == "unreachable"
+    assert reading.error is not None and "Connection refused" in reading.error
