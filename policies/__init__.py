@@ -1,5 +1,31 @@
-"""Pure control policies: observation in, LP allowance level in [0, 1] out. No I/O, no clock."""
+"""Pure control policies: observation in, LP allowance level in [0, 1] out. No I/O, no clock.
 
-from policies.base import FailSafe, Observation, Policy, PolicyConfigError, SensorStatus
+The controller builds one policy per SLO with :func:`build_policy` from the
+parameters :func:`parse_params` validated, and calls ``step`` once per tick.
+"""
 
-__all__ = ["FailSafe", "Observation", "Policy", "PolicyConfigError", "SensorStatus"]
+from policies.aimd import AimdParams, AimdPolicy
+from policies.base import FailSafe, FailSafeTracker, Observation, Policy, PolicyConfigError, SensorStatus, clamp_level
+from policies.pid import PidParams, PidPolicy
+from policies.registry import POLICY_KINDS, PolicyParams, build_policy, parse_params
+from policies.static import StaticParams, StaticPolicy
+
+__all__ = [
+    "POLICY_KINDS",
+    "AimdParams",
+    "AimdPolicy",
+    "FailSafe",
+    "FailSafeTracker",
+    "Observation",
+    "PidParams",
+    "PidPolicy",
+    "Policy",
+    "PolicyConfigError",
+    "PolicyParams",
+    "SensorStatus",
+    "StaticParams",
+    "StaticPolicy",
+    "build_policy",
+    "clamp_level",
+    "parse_params",
+]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 __all__ = [
@@ -37,11 +38,21 @@ __all__ = [
     "FailSafeTracker",
     "PolicyConfigError",
     "clamp_level",
+    "range_problem",
+    "raise_problems",
 ]
 
 
 class PolicyConfigError(ValueError):
-    """A policy parameter is out of range; the message says which and what is allowed."""
+    """A policy parameter is out of range; the message says which and what is allowed.
+
+    ``problems`` lists every individual problem (one per field), so callers
+    that merge errors from several places can report them all at once.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems: tuple[str, ...] = tuple(problems) or (message,)
 
 
 class SensorStatus(enum.Enum):
@@ -155,3 +166,51 @@ class FailSafeTracker:
     def engaged(self) -> bool:
         """True once the hold has run out and the fail-safe level is in force."""
         return self.failures > self.failsafe.after
+
+
+def _describe_range(ge: float | None, gt: float | None, le: float | None, lt: float | None) -> str:
+    low = f"[{ge:g}" if ge is not None else f"({gt:g}" if gt is not None else None
+    high = f"{le:g}]" if le is not None else f"{lt:g})" if lt is not None else None
+    if low is not None and high is not None:
+        return f"in {low}, {high}"
+    if low is not None:
+        return f">= {ge:g}" if ge is not None else f"> {gt:g}"
+    if high is not None:
+        return f"<= {le:g}" if le is not None else f"< {lt:g}"
+    return "finite"
+
+
+def range_problem(
+    name: str,
+    value: object,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> str | None:
+    """Say what is wrong with one numeric parameter, or None if it is fine.
+
+    Accepts int and float (YAML gives either), refuses bool (``True`` is an
+    int to Python, never a gain to us), strings, NaN and infinities. Used by
+    every policy's params dataclass so all of them word errors alike.
+    """
+    allowed = _describe_range(ge, gt, le, lt)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number {allowed}, got {value!r} ({type(value).__name__})"
+    v = float(value)
+    ok = (
+        math.isfinite(v)
+        and (ge is None or v >= ge)
+        and (gt is None or v > gt)
+        and (le is None or v <= le)
+        and (lt is None or v < lt)
+    )
+    return None if ok else f"{name} must be {allowed}, got {value!r}"
+
+
+def raise_problems(what: str, problems: Sequence[str | None]) -> None:
+    """Raise one :class:`PolicyConfigError` listing every problem (Nones are skipped)."""
+    found = [p for p in problems if p is not None]
+    if found:
+        raise PolicyConfigError(f"{what}: " + "; ".join(found), found)

@@ -1,0 +1,238 @@
+"""The PID policy: a ``simple-pid`` controller on the HP latency slack.
+
+Built by :func:`policies.registry.build_policy` from ``{kind: pid, kp, ki, kd,
+...}`` and stepped once per controller tick. The loop closes on the
+normalised slack ``(target - latency) / target`` (see
+:attr:`policies.base.Observation.slack`) and outputs the LP allowance level
+in [0, 1].
+
+What this adds around ``simple_pid.PID``, and why:
+
+* **Direction.** ``simple-pid`` computes ``error = setpoint - input``. We
+  feed it ``input = -slack`` and ``setpoint = -params.setpoint``, so
+  ``error = slack - setpoint``: more slack than we aim for raises the
+  allowance, less lowers it.
+* **Aim under the target** (``setpoint``, default 0.1 slack = 90 % of the
+  target). A P95 over a window is noisy and the plant answers with a lag;
+  sitting exactly at the target means every other tick is a violation.
+* **Dead band** (``deadband``, default 0.05 around the setpoint): inside it
+  the error is zero, so neither P nor I move. Outside it the band is
+  subtracted (the error is continuous), so leaving the band does not kick the
+  output. This keeps the level still while the latency wobbles by a few
+  percent, which would otherwise turn into needless cgroup writes.
+* **Cut hard, grow gently** (``violation_gain``, default 2): the part of the
+  error beyond the target (negative slack) counts this many times. A missed
+  HP SLO costs more than a slower LP batch, so a violation is shed twice as
+  fast as headroom is taken up; between the setpoint and the target the loop
+  stays symmetric, which keeps it calm where it spends its time.
+* **No integral wind-up while clamped.** ``simple-pid`` only clamps its
+  integral to the output limits, so hours at level 1 (HP idle) leave the
+  integral at 1 and the first violation has to unwind it before the level
+  can drop. We add conditional integration: when the output would saturate
+  and the error pushes further into the saturation, the integral moves only
+  as far as the output needs to reach the limit (never further than
+  simple-pid would have moved it), so it holds what the output can act on.
+* **Bumpless hand-over.** The PID runs only between valid measurements. On
+  the first valid step, and after NO_DATA or a sensor failure, it is put back
+  in auto mode with ``set_auto_mode(True, last_output=level)``: the integral
+  starts at the level in force, so the output continues from there.
+* **No data / sensor failure.** NO_DATA (no HP traffic, nothing to protect)
+  ramps the level up at ``no_data_rate`` per second. SENSOR_ERROR holds, then
+  falls back, via :class:`policies.base.FailSafeTracker`. The PID itself never
+  sees these steps, so it is never fed NaN or a made-up latency.
+* **No clock.** ``dt`` comes from the observation; ``sample_time=None`` and a
+  constant ``time_fn`` mean ``simple-pid`` never consults the wall clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from simple_pid import PID
+
+from policies.base import (
+    FailSafe,
+    FailSafeTracker,
+    Observation,
+    PolicyConfigError,
+    SensorStatus,
+    clamp_level,
+    range_problem,
+    raise_problems,
+)
+
+__all__ = ["PidParams", "PidPolicy"]
+
+
+@dataclass(frozen=True)
+class PidParams:
+    """Parameters of the PID policy (the SLO file's ``policy`` section).
+
+    All errors are in units of slack (a fraction of the target), so the gains
+    do not depend on whether the target is 5 ms or 500 ms.
+
+    kp: proportional gain, level per unit of slack error. Default 0.5: a
+        latency at twice the target (slack -1) cuts the level by ~1 at once.
+    ki: integral gain, level per (unit of slack error x second). Default 0.1:
+        at a 5 s interval, a steady error of 0.1 moves the level by 0.05 per
+        tick, which is what removes the steady-state offset P leaves.
+    kd: derivative gain in seconds (on the measurement, so a setpoint change
+        does not kick). Default 0: P95 over a window is too noisy to
+        differentiate usefully.
+    setpoint: slack to aim for, in [0, 1). Default 0.1: hold latency at 90 %
+        of the target so noise and lag do not tip it over.
+    deadband: half-width of the band around the setpoint in which the error
+        counts as zero, in [0, 1). Default 0.05: ignore +-5 % wobble.
+    violation_gain: factor on the part of the error beyond the target
+        (negative slack), >= 1. Default 2: shed a violation twice as fast as
+        headroom is taken up. 1 makes the loop symmetric.
+    no_data_rate: level per second added while there is no HP traffic, in
+        [0, 1]. Default 0.01: from fully throttled to free in 100 s, the same
+        pace as AIMD's default +0.05 per 5 s tick. 0 holds instead.
+    """
+
+    kind: ClassVar[str] = "pid"
+
+    kp: float = 0.5
+    ki: float = 0.1
+    kd: float = 0.0
+    setpoint: float = 0.1
+    deadband: float = 0.05
+    violation_gain: float = 2.0
+    no_data_rate: float = 0.01
+
+    def __post_init__(self) -> None:
+        problems = [
+            range_problem("kp", self.kp, ge=0),
+            range_problem("ki", self.ki, ge=0),
+            range_problem("kd", self.kd, ge=0),
+            range_problem("setpoint", self.setpoint, ge=0, lt=1),
+            range_problem("deadband", self.deadband, ge=0, lt=1),
+            range_problem("violation_gain", self.violation_gain, ge=1),
+            range_problem("no_data_rate", self.no_data_rate, ge=0, le=1),
+        ]
+        gains_ok = all(p is None for p in problems[:2])
+        if gains_ok and self.kp == 0 and self.ki == 0:
+            problems.append("at least one of kp, ki must be > 0 (otherwise the level never moves)")
+        raise_problems("pid policy", problems)
+
+
+class PidPolicy:
+    """PID on the latency slack, clamped to [0, 1], without wind-up, with bumpless hand-over."""
+
+    def __init__(self, params: PidParams, *, failsafe: FailSafe = FailSafe(), initial_level: float = 1.0) -> None:
+        raise_problems("pid policy", [range_problem("initial_level", initial_level, ge=0, le=1)])
+        if not isinstance(params, PidParams):
+            raise PolicyConfigError(f"pid policy: params must be PidParams, got {type(params).__name__}")
+        self.params = params
+        self._failsafe = FailSafeTracker(failsafe)
+        self._initial_level = float(initial_level)
+        self._pid = self._new_pid()
+        self._level = self._initial_level
+        self._terms: dict[str, float] = {}
+        self.reset()
+
+    def _new_pid(self) -> PID:
+        p = self.params
+        return PID(
+            Kp=p.kp,
+            Ki=p.ki,
+            Kd=p.kd,
+            setpoint=-p.setpoint,
+            sample_time=None,  # every call computes: the controller's tick is the sample
+            output_limits=(0.0, 1.0),
+            auto_mode=False,  # switched on, bumplessly, by the first valid measurement
+            error_map=self._shape_error,
+            time_fn=lambda: 0.0,  # dt is always passed; the policy must not read the clock
+        )
+
+    def _shape_error(self, error: float) -> float:
+        """Dead band around the setpoint, then the violation gain beyond the target.
+
+        ``error`` is ``slack - setpoint``. The result is continuous in the
+        slack: zero inside the band, the band subtracted outside it, and the
+        part of the slack below zero (the actual violation) counted
+        ``violation_gain`` times.
+        """
+        p = self.params
+        band = p.deadband
+        shaped = 0.0 if abs(error) <= band else error - band if error > 0 else error + band
+        violation = min(error + p.setpoint, 0.0)  # the slack, when it is negative
+        return shaped + (p.violation_gain - 1.0) * violation
+
+    @property
+    def level(self) -> float:
+        """The level output by the last step (the initial level before the first)."""
+        return self._level
+
+    @property
+    def terms(self) -> dict[str, float]:
+        """``p``, ``i``, ``d``, ``error`` (shaped slack error) and the fail-safe state, for metrics."""
+        return dict(self._terms)
+
+    def reset(self) -> None:
+        """Forget everything: back to the initial level, PID off until the next valid measurement."""
+        self._pid.set_auto_mode(False)
+        self._pid.reset()
+        self._failsafe.on_success()
+        self._level = self._initial_level
+        self._set_terms(p=0.0, i=self._level, d=0.0, error=0.0)
+
+    def step(self, observation: Observation) -> float:
+        """One control step; returns the new level in [0, 1]."""
+        if observation.status is SensorStatus.SENSOR_ERROR:
+            self._to_manual()
+            self._level = self._failsafe.on_failure(self._level)
+            self._set_terms(p=0.0, i=self._level, d=0.0, error=0.0)
+            return self._level
+
+        self._failsafe.on_success()
+        if observation.status is SensorStatus.NO_DATA:
+            # Nothing to protect: grow gently, outside the PID so that its
+            # integral and derivative memory are not fed an invented latency.
+            self._to_manual()
+            self._level = clamp_level(self._level + self.params.no_data_rate * observation.dt_seconds)
+            self._set_terms(p=0.0, i=self._level, d=0.0, error=0.0)
+            return self._level
+
+        return self._step_pid(observation)
+
+    def _step_pid(self, observation: Observation) -> float:
+        if not self._pid.auto_mode:
+            # Bumpless: the integral starts at the level in force.
+            self._pid.set_auto_mode(True, last_output=self._level)
+        slack = observation.slack
+        error = self._shape_error(slack - self.params.setpoint)
+        integral_before = self._pid.components[1]
+        self._pid(-slack, dt=observation.dt_seconds)
+        p, i, d = self._pid.components
+        limit = 1.0 if error > 0 else 0.0
+        if (error > 0 and p + i + d > 1.0) or (error < 0 and p + i + d < 0.0):
+            # Conditional integration: the output saturates and the error
+            # pushes further in, so integrating would only store error the
+            # output cannot act on (wind-up). The integral moves at most to
+            # where the output just reaches the limit, and never past where
+            # simple-pid would have taken it; if it was already beyond, it
+            # stays where it was.
+            i = min(max(limit - p - d, min(integral_before, i)), max(integral_before, i))
+            # simple-pid keeps the integral in ``_integral`` (read-only as
+            # components[1]); setting it is the one private touch we need.
+            self._pid._integral = i  # type: ignore[attr-defined]  # private, see above
+        self._level = clamp_level(p + i + d)
+        self._set_terms(p=p, i=i, d=d, error=error)
+        return self._level
+
+    def _to_manual(self) -> None:
+        if self._pid.auto_mode:
+            self._pid.set_auto_mode(False)
+
+    def _set_terms(self, *, p: float, i: float, d: float, error: float) -> None:
+        self._terms = {
+            "p": float(p),
+            "i": float(i),
+            "d": float(d),
+            "error": float(error),
+            "sensor_failures": float(self._failsafe.failures),
+            "failsafe_engaged": 1.0 if self._failsafe.engaged else 0.0,
+        }

@@ -1,0 +1,269 @@
+"""The PID policy: closed loop on the simulated plant, wind-up, hand-over, shaping, parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from simple_pid import PID
+
+from policies import FailSafe, PidParams, PidPolicy, PolicyConfigError
+from tests.policies.plant import DT_SECONDS, TARGET_SECONDS, LinearPlant, no_data, ok, run, sensor_error
+
+YAML = PidParams(kp=0.5, ki=0.1, kd=0.0)  # the SLO file's example, as is
+
+
+def latency_at_slack(slack: float) -> float:
+    return TARGET_SECONDS * (1.0 - slack)
+
+
+def moderate_plant() -> LinearPlant:
+    """0.14 s at full LP load, under target below level 0.5: the example gains are stable on it."""
+    return LinearPlant(base_seconds=0.06, span_seconds=0.08)
+
+
+# --- closed loop --------------------------------------------------------------------------
+
+
+def test_pid_brings_latency_under_target_after_a_violation_and_keeps_it_there() -> None:
+    plant = moderate_plant()
+    trace = run(PidPolicy(YAML), plant, 30)
+    assert trace.latencies[0] > TARGET_SECONDS  # starts free, in violation
+    assert trace.first_step_under() == 1
+    assert all(v <= TARGET_SECONDS for v in trace.latencies[6:]), trace.latencies
+    # and it does not over-throttle: it settles near the setpoint (90 % of the target)
+    assert trace.latencies[-1] == pytest.approx(0.09, abs=0.01)
+
+
+def test_pid_gives_the_allowance_back_when_lp_load_goes_away() -> None:
+    plant = moderate_plant()
+    policy = PidPolicy(YAML)
+    settled = run(policy, plant, 30).levels[-1]
+    assert settled < 0.6
+    plant.lp_load = False
+    trace = run(policy, plant, 10)
+    assert trace.levels == sorted(trace.levels)
+    assert trace.levels[-1] == 1.0
+
+
+def test_pid_throttles_again_when_lp_load_returns() -> None:
+    plant = moderate_plant()
+    policy = PidPolicy(YAML)
+    run(policy, plant, 30)
+    plant.lp_load = False
+    run(policy, plant, 20)
+    plant.lp_load = True
+    trace = run(policy, plant, 30)
+    assert trace.latencies[0] > TARGET_SECONDS
+    assert all(v <= TARGET_SECONDS for v in trace.latencies[6:])
+
+
+def test_pid_integrates_over_the_dt_it_is_given() -> None:
+    params = PidParams(kp=0.0, ki=0.1, deadband=0.0, setpoint=0.0)
+    twice = PidPolicy(params, initial_level=0.0)
+    twice.step(ok(latency_at_slack(0.5), dt=5.0))
+    twice.step(ok(latency_at_slack(0.5), dt=5.0))
+    once = PidPolicy(params, initial_level=0.0)
+    once.step(ok(latency_at_slack(0.5), dt=5.0))  # the hand-over step
+    once.step(ok(latency_at_slack(0.5), dt=10.0))
+    assert twice.level == pytest.approx(0.5)  # 2 x 0.1 x 0.5 x 5 s
+    assert once.level == pytest.approx(0.75)  # 0.25 + 0.1 x 0.5 x 10 s
+
+
+# --- wind-up ------------------------------------------------------------------------------
+
+
+def _plain_simple_pid(params: PidParams, start: float) -> PID:
+    """What simple-pid alone does with the same gains: it only clamps the integral to [0, 1]."""
+    return PID(
+        Kp=params.kp,
+        Ki=params.ki,
+        Kd=params.kd,
+        setpoint=-params.setpoint,
+        sample_time=None,
+        output_limits=(0.0, 1.0),
+        starting_output=start,
+        time_fn=lambda: 0.0,
+    )
+
+
+# Symmetric shaping (no dead band, no violation gain), so the plain simple-pid sees the same error.
+SYMMETRIC = PidParams(kp=0.5, ki=0.05, setpoint=0.1, deadband=0.0, violation_gain=1.0)
+
+
+@pytest.mark.parametrize(
+    ("saturating_slack", "then_slack", "start", "reaches"),
+    [
+        # from 0.5, HP idles for 1000 s: the level saturates at 1; then a mild violation
+        pytest.param(1.0, -0.2, 0.5, lambda level: level <= 0.5, id="idle-at-full-then-violation"),
+        # from 0.6, HP is overloaded on its own for 1000 s (level 0 cannot help); then headroom
+        pytest.param(-3.0, 0.3, 0.6, lambda level: level >= 0.6, id="overloaded-at-zero-then-headroom"),
+    ],
+)
+def test_pid_does_not_wind_up_while_clamped(saturating_slack: float, then_slack: float, start: float, reaches) -> None:  # type: ignore[no-untyped-def]
+    """Long saturation, then the error changes sign: we react within a step or two; plain simple-pid lags."""
+    ours = PidPolicy(SYMMETRIC, initial_level=start)
+    plain = _plain_simple_pid(SYMMETRIC, start)
+    for _ in range(200):
+        ours.step(ok(latency_at_slack(saturating_slack)))
+        plain(-saturating_slack, dt=DT_SECONDS)
+
+    def steps_until(step) -> int:  # type: ignore[no-untyped-def]
+        for k in range(1, 100):
+            if reaches(step()):
+                return k
+        return 100
+
+    ours_steps = steps_until(lambda: ours.step(ok(latency_at_slack(then_slack))))
+    plain_steps = steps_until(lambda: plain(-then_slack, dt=DT_SECONDS))
+    assert ours_steps <= 2
+    assert plain_steps >= ours_steps + 3
+
+
+def test_pid_keeps_integrating_while_the_output_is_not_saturated() -> None:
+    policy = PidPolicy(PidParams(kp=0.0, ki=0.01, deadband=0.0, setpoint=0.1), initial_level=0.5)
+    levels = [policy.step(ok(latency_at_slack(0.3))) for _ in range(5)]
+    assert levels == pytest.approx([0.51, 0.52, 0.53, 0.54, 0.55])
+    assert policy.terms["i"] == pytest.approx(0.55)
+
+
+# --- hand-over ----------------------------------------------------------------------------
+
+
+AT_SETPOINT = latency_at_slack(YAML.setpoint)
+
+
+def _after_start(policy: PidPolicy) -> None:
+    pass
+
+
+def _after_failsafe(policy: PidPolicy) -> None:
+    for _ in range(5):
+        policy.step(sensor_error())
+
+
+def _after_no_data(policy: PidPolicy) -> None:
+    for _ in range(3):
+        policy.step(no_data())
+
+
+def _after_reset(policy: PidPolicy) -> None:
+    policy.step(ok(0.5))
+    policy.reset()
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        pytest.param(_after_start, id="start"),
+        pytest.param(_after_failsafe, id="after-failsafe"),
+        pytest.param(_after_no_data, id="after-no-data"),
+        pytest.param(_after_reset, id="after-reset"),
+    ],
+)
+def test_pid_takes_over_without_a_bump(before) -> None:  # type: ignore[no-untyped-def]
+    policy = PidPolicy(YAML, failsafe=FailSafe(after=1, level=0.2), initial_level=0.4)
+    before(policy)
+    level = policy.level
+    # At the setpoint the error is zero: the level must not move at all.
+    assert policy.step(ok(AT_SETPOINT)) == pytest.approx(level)
+    assert policy.step(ok(AT_SETPOINT)) == pytest.approx(level)
+
+
+def test_pid_hand_over_with_an_error_moves_by_one_step_from_the_level_in_force() -> None:
+    policy = PidPolicy(YAML, failsafe=FailSafe(after=0, level=0.2))
+    policy.step(sensor_error())
+    slack = 0.5  # error 0.4, shaped 0.35 by the dead band
+    level = policy.step(ok(latency_at_slack(slack)))
+    assert level == pytest.approx(0.2 + 0.5 * 0.35 + 0.1 * 0.35 * DT_SECONDS)
+
+
+def test_pid_no_data_ramp_follows_dt() -> None:
+    policy = PidPolicy(PidParams(no_data_rate=0.01), initial_level=0.0)
+    assert policy.step(no_data(dt=5.0)) == pytest.approx(0.05)
+    assert policy.step(no_data(dt=20.0)) == pytest.approx(0.25)
+    assert PidPolicy(PidParams(no_data_rate=0.0), initial_level=0.3).step(no_data()) == 0.3
+
+
+# --- error shaping ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("slack", "expected_error"),
+    [
+        pytest.param(0.1, 0.0, id="at-setpoint"),
+        pytest.param(0.14, 0.0, id="inside-band-above"),
+        pytest.param(0.06, 0.0, id="inside-band-below"),
+        pytest.param(0.5, 0.35, id="headroom-minus-band"),
+        pytest.param(0.0, -0.05, id="at-target-no-gain-yet"),
+        pytest.param(-0.5, -0.55 - 0.5, id="violation-counted-twice"),
+    ],
+)
+def test_pid_error_has_a_dead_band_and_cuts_harder_beyond_the_target(slack: float, expected_error: float) -> None:
+    policy = PidPolicy(YAML, initial_level=0.5)
+    policy.step(ok(latency_at_slack(slack)))
+    assert policy.terms["error"] == pytest.approx(expected_error)
+
+
+def test_pid_sheds_a_violation_faster_than_it_takes_up_equal_headroom() -> None:
+    down = PidPolicy(YAML, initial_level=0.5)
+    up = PidPolicy(YAML, initial_level=0.5)
+    cut = 0.5 - down.step(ok(latency_at_slack(YAML.setpoint - 0.2)))
+    grow = up.step(ok(latency_at_slack(YAML.setpoint + 0.2))) - 0.5
+    assert cut > 1.5 * grow > 0
+
+
+def test_pid_terms_name_p_i_d_and_error() -> None:
+    policy = PidPolicy(YAML, initial_level=0.5)
+    policy.step(ok(latency_at_slack(0.5)))
+    terms = policy.terms
+    assert {"p", "i", "d", "error"} <= terms.keys()
+    assert terms["p"] + terms["i"] + terms["d"] == pytest.approx(policy.level)
+
+
+# --- parameters ---------------------------------------------------------------------------
+
+
+def test_pid_defaults_are_the_documented_ones() -> None:
+    assert dataclasses.asdict(PidParams()) == {
+        "kp": 0.5,
+        "ki": 0.1,
+        "kd": 0.0,
+        "setpoint": 0.1,
+        "deadband": 0.05,
+        "violation_gain": 2.0,
+        "no_data_rate": 0.01,
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"kp": -0.1}, "kp must be >= 0, got -0.1", id="negative-kp"),
+        pytest.param({"ki": float("nan")}, "ki must be >= 0", id="nan-ki"),
+        pytest.param({"kd": float("inf")}, "kd must be >= 0", id="infinite-kd"),
+        pytest.param({"kp": "0.5"}, "kp must be a number >= 0, got '0.5' (str)", id="string-kp"),
+        pytest.param({"ki": True}, "ki must be a number >= 0, got True (bool)", id="bool-ki"),
+        pytest.param({"setpoint": 1.0}, "setpoint must be in [0, 1), got 1.0", id="setpoint-at-one"),
+        pytest.param({"deadband": -0.01}, "deadband must be in [0, 1)", id="negative-deadband"),
+        pytest.param({"violation_gain": 0.5}, "violation_gain must be >= 1", id="soft-violation-gain"),
+        pytest.param({"no_data_rate": 2}, "no_data_rate must be in [0, 1]", id="fast-no-data-rate"),
+        pytest.param({"kp": 0, "ki": 0}, "at least one of kp, ki must be > 0", id="no-gain"),
+    ],
+)
+def test_pid_params_refuse_bad_values_naming_field_and_range(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(PolicyConfigError) as info:
+        PidParams(**kwargs)  # type: ignore[arg-type]
+    assert message in str(info.value)
+    assert str(info.value).startswith("pid policy: ")
+
+
+def test_pid_params_report_every_problem_at_once() -> None:
+    with pytest.raises(PolicyConfigError) as info:
+        PidParams(kp=-1, ki="x", setpoint=2)  # type: ignore[arg-type]
+    assert [p.split(" ")[0] for p in info.value.problems] == ["kp", "ki", "setpoint"]
+
+
+def test_pid_accepts_integers_from_yaml() -> None:
+    policy = PidPolicy(PidParams(kp=1, ki=0, kd=0))
+    assert policy.step(ok(0.0)) == 1.0
