@@ -267,3 +267,22 @@ def test_pid_params_report_every_problem_at_once() -> None:
 def test_pid_accepts_integers_from_yaml() -> None:
     policy = PidPolicy(PidParams(kp=1, ki=0, kd=0))
     assert policy.step(ok(0.0)) == 1.0
+
+
+# --- derivative ---------------------------------------------------------------------------
+
+
+def test_pid_derivative_brakes_against_rising_latency() -> None:
+    policy = PidPolicy(PidParams(kp=0.0, ki=0.01, kd=1.0, deadband=0.0), initial_level=0.5)
+    policy.step(ok(latency_at_slack(0.5)))
+    policy.step(ok(latency_at_slack(0.3), dt=5.0))  # slack fell by 0.2 in 5 s
+    assert policy.terms["d"] == pytest.approx(-0.2 / 5.0)
+
+
+@pytest.mark.parametrize("outage", [sensor_error, no_data], ids=["sensor-error", "no-data"])
+def test_pid_derivative_does_not_kick_across_an_outage(outage) -> None:  # type: ignore[no-untyped-def]
+    policy = PidPolicy(PidParams(kp=0.0, ki=0.01, kd=1.0, deadband=0.0), initial_level=0.5)
+    policy.step(ok(latency_at_slack(0.9)))
+    policy.step(outage())
+    policy.step(ok(latency_at_slack(-0.5)))  # a very different latency after the gap
+    assert policy.terms["d"] == 0.0
