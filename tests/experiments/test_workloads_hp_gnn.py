@@ -1,0 +1,128 @@
+"""The HP GNN service, run as a real subprocess on a free loopback port, driven over real HTTP."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from experiments.prometheus_server import free_port
+from experiments.workloads.hp_gnn import LATENCY_BUCKET_RATIO, LATENCY_BUCKETS_SECONDS
+from experiments.workloads.loadgen import run_load
+from tests.experiments.test_workloads_support import buckets, histogram_quantile, run_workload, scrape
+from tests.experiments.test_workloads_support import scratch  # noqa: F401  (fixture)
+
+NODES = "2048"  # 8 MiB store: built in well under a second, still one O_DIRECT read per record
+
+
+@pytest.fixture(scope="module")
+def hp_service() -> Iterator[str]:
+    """The service as a subprocess; yields its base URL; stopped and its data dir removed afterwards."""
+    data_dir = Path(tempfile.mkdtemp(prefix="drcio-hp-test-"))
+    port = free_port()
+    try:
+        with run_workload("hp_gnn", "--data-dir", str(data_dir), "--port", str(port), "--nodes", NODES) as hp:
+            ready = hp.wait_for_event("ready")
+            yield str(ready["url"])
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_latency_buckets_are_a_fine_geometric_ladder_from_0_1_ms_to_10_s() -> None:
+    edges = LATENCY_BUCKETS_SECONDS
+    assert edges[0] == 0.0001 and edges[-1] == 10.0
+    assert {0.001, 0.01, 0.1, 1.0} <= set(edges)  # round targets sit exactly on an edge
+    ratios = [b / a for a, b in zip(edges, edges[1:])]
+    assert max(ratios) <= LATENCY_BUCKET_RATIO * 1.001 and LATENCY_BUCKET_RATIO < 1.2
+
+
+def test_a_scoring_request_returns_a_score_in_0_1_and_bumps_the_metrics(hp_service: str) -> None:
+    before = scrape(f"{hp_service}/metrics")
+    response = httpx.get(f"{hp_service}/score", params={"tx": 42}, timeout=10)
+    after = scrape(f"{hp_service}/metrics")
+
+    body = response.json()
+    assert response.status_code == 200
+    assert body["tx"] == 42 and 0.0 <= body["score"] <= 1.0
+    assert 1 <= len(body["neighbours"]) <= 4 and body["reads"] >= 2
+
+    def delta(name: str, labels: tuple[tuple[str, str], ...] = ()) -> float:
+        return after[(name, labels)] - before.get((name, labels), 0.0)
+
+    assert delta("gnn_request_latency_seconds_count") == 1
+    assert delta("gnn_requests_total", (("status", "200"),)) == 1
+    assert delta("gnn_risk_score_count") == 1
+    assert delta("gnn_feature_reads_total") == body["reads"]
+    assert after[("gnn_active_requests", ())] == 0
+
+
+def test_the_same_transaction_gets_the_same_score_by_get_and_by_post(hp_service: str) -> None:
+    by_get = httpx.get(f"{hp_service}/score", params={"tx": 7}, timeout=10).json()
+    by_post = httpx.post(f"{hp_service}/score", json={"tx": 7}, timeout=10).json()
+    assert by_get == by_post
+
+
+@pytest.mark.parametrize("tx", ["-1", "abc", "1.5"], ids=["negative", "not-a-number", "fraction"])
+def test_a_bad_transaction_id_is_a_400_that_says_what_is_wrong(hp_service: str, tx: str) -> None:
+    response = httpx.get(f"{hp_service}/score", params={"tx": tx}, timeout=10)
+    assert response.status_code == 400
+    assert response.json()["error"] == f"tx must be a non-negative integer, got {tx!r}"
+
+
+def test_health_names_the_store(hp_service: str) -> None:
+    assert httpx.get(f"{hp_service}/health", timeout=10).json()["nodes"] == int(NODES)
+
+
+def test_server_and_client_p95_agree_within_the_histograms_resolution(hp_service: str) -> None:
+    """The open-loop client's own P95 is an independent check on the server histogram.
+
+    The server's timer covers a sub-interval of the client's (it cannot see the
+    loopback hop, HTTP parsing before the app runs, or the client's event loop),
+    and ``histogram_quantile`` interpolates inside a bucket: so the server's P95
+    may not exceed the client's by more than one bucket ratio, and the client's may
+    exceed the server's by one bucket ratio plus that small unseen part.
+    """
+    before = buckets(scrape(f"{hp_service}/metrics"), "gnn_request_latency_seconds")
+    result = run_load(f"{hp_service}/score", 100.0, 4.0, seed=5, max_in_flight=64, timeout_seconds=5.0)
+    after = buckets(scrape(f"{hp_service}/metrics"), "gnn_request_latency_seconds")
+
+    assert result.count("ok") == len(result.records) >= 300
+    window = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
+    assert window[-1][1] == len(result.records)  # the histogram saw exactly this run's requests
+    server_p95 = histogram_quantile(0.95, window)
+    client_p95 = float(result.summary()["p95_ms"]) / 1000.0  # type: ignore[arg-type]
+    unseen_seconds = 0.002  # loopback + HTTP parsing + event-loop hand-over on a shared 2-core machine
+    assert server_p95 <= client_p95 * LATENCY_BUCKET_RATIO
+    assert client_p95 <= server_p95 * LATENCY_BUCKET_RATIO + unseen_seconds
+    assert math.isfinite(server_p95)
+
+
+def test_sigterm_stops_the_service_cleanly() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="drcio-hp-test-"))
+    try:
+        with run_workload("hp_gnn", "--data-dir", str(data_dir), "--port", str(free_port()),
+                          "--nodes", "64") as hp:
+            hp.wait_for_event("ready")
+            hp.proc.send_signal(signal.SIGTERM)
+            assert hp.proc.wait(timeout=15) == 0
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_setup_only_builds_the_store_and_exits(scratch: Path) -> None:
+    with run_workload("hp_gnn", "--data-dir", str(scratch), "--setup-only", "--nodes", "64") as hp:
+        setup = hp.wait_for_event("setup")
+        assert hp.proc.wait(timeout=15) == 0
+    assert setup["built"] is True and setup["nodes"] == 64
+    assert (scratch / "manifest.json").exists()
+
+
+def test_a_missing_port_is_a_usage_error(scratch: Path) -> None:
+    with run_workload("hp_gnn", "--data-dir", str(scratch)) as hp:
+        assert hp.proc.wait(timeout=15) == 2
