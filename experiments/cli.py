@@ -1,12 +1,388 @@
-"""Placeholder until run-experiment lands."""
+"""The ``run-experiment`` and ``export-metrics`` commands.
+
+Thin by design: parse and check the options, build the plan and the backend,
+call :func:`experiments.scenarios.run_plan` with a rich progress display, and
+turn failures into readable messages and exit codes: 0 done, 2 bad options or
+this machine cannot run the backend (the message says what is missing and
+what could run instead), 1 a failure while running, 130 interrupted (Ctrl-C
+or SIGTERM; every process, cgroup and temp dir is cleaned up and the results
+of finished scenarios are kept).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import shutil
+import signal
 import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from experiments.backends import BACKENDS, BackendUnavailable
+from experiments.export import ExportError, SeriesQueries, export_range, write_export
+from experiments.report import write_report
+from experiments.scenarios import (
+    SCENARIO_CHOICES,
+    PlanConfig,
+    RunConfig,
+    ScenarioSpec,
+    SloError,
+    TargetSetting,
+    load_base_slo,
+    load_results,
+    plan_scenarios,
+    run_plan,
+    slo_target_text,
+)
+
+__all__ = ["main", "export_main", "run_experiment", "export_metrics"]
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+#: Files a run writes at the top of its output dir; a rerun into the same dir replaces exactly these.
+_OUTPUT_GLOBS = ("run.json", "summary.csv", "report.md", "*.png", "*.csv")
+
+
+class RichProgress:
+    """Renders the run loop's progress: overall bar, current scenario i/n with elapsed and remaining time."""
+
+    def __init__(self, console: Console, total_seconds: float) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TextColumn("left"),
+            TimeRemainingColumn(), console=console, transient=False,
+        )
+        self.total_task: TaskID = self.progress.add_task("[bold]all scenarios", total=total_seconds)
+        self.task: TaskID | None = None
+        self._done_seconds = 0.0
+        self._label = ""
+        self._pause_seconds = 0.0
+
+    def __enter__(self) -> RichProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def scenario_started(self, index: int, total: int, spec: ScenarioSpec) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self._done_seconds += self._pause_seconds
+        self._pause_seconds = 0.0
+        self._label = f"[{index}/{total}] {spec.name}"
+        self.task = self.progress.add_task(self._label, total=spec.duration_seconds)
+
+    def tick(self, elapsed: float, total: float, status: str) -> None:
+        if status == "pause":
+            self._pause_seconds = total
+        elif self.task is not None:
+            self.progress.update(self.task, completed=elapsed, description=f"{self._label}: {status}")
+        self.progress.update(self.total_task, completed=self._done_seconds + min(elapsed, total))
+
+    def scenario_finished(self, spec: ScenarioSpec, row: dict[str, object] | None) -> None:
+        self._done_seconds += spec.duration_seconds
+        if row is not None:
+            self.console.print(
+                f"  {spec.name}: P95 {_num(row.get('p95_ms'))} ms (client {_num(row.get('client_p95_ms'))} ms), "
+                f"LP {_num(row.get('lp_mbps'))} MiB/s, SLO met in {_pct(row.get('slo_attainment'))} of intervals"
+            )
+
+    def message(self, text: str) -> None:
+        self.console.print(f"[dim]{text}[/dim]")
+
+
+def _num(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) and not math.isnan(value) else "–"
+
+
+def _pct(value: object) -> str:
+    return f"{value:.0%}" if isinstance(value, float) and not math.isnan(value) else "–"
+
+
+class _Interrupts:
+    """SIGINT/SIGTERM -> KeyboardInterrupt once; later signals while cleaning up only print a note.
+
+    Without this a second Ctrl-C would abort the clean-up and leave cgroups
+    and processes behind.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.fired = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.fired:
+            self.console.print("[yellow]still cleaning up (stopping processes, removing cgroups); please wait[/yellow]")
+            return
+        self.fired = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _parse_target(text: str) -> float:
+    from controller.units import parse_duration
+
+    seconds = parse_duration(text)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"the target must be a positive duration, got {text!r}")
+    return seconds * 1000.0
+
+
+def _prepare_output(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise click.BadParameter(f"{output} exists and is not a directory", param_hint="--output")
+    if output.is_dir() and any(output.iterdir()):
+        if not (output / "run.json").exists():
+            raise click.BadParameter(
+                f"{output} is not empty and holds no earlier run (no run.json); choose a new or empty directory",
+                param_hint="--output")
+        # An earlier run's output: replace exactly what a run writes.
+        shutil.rmtree(output / "raw", ignore_errors=True)
+        for pattern in _OUTPUT_GLOBS:
+            for path in output.glob(pattern):
+                path.unlink()
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def _default_output() -> Path:
+    return Path("results") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+@click.command(context_settings=_CONTEXT)
+@click.option("--scenario", type=click.Choice(SCENARIO_CHOICES), default="all", show_default=True,
+              help="baseline: HP alone. contention: HP + unthrottled LP. static-max: LP fixed at read 200M / "
+                   "write 50M. static-weight: HP/LP I/O weights 10000/10 with the BFQ scheduler. sweep: LP at "
+                   "fixed levels from floor to ceiling of the SLO's throttle range (the static frontier and the "
+                   "oracle). drcio: the closed-loop controller. all: baseline, contention, static-max, sweep, drcio.")
+@click.option("--duration", type=click.FloatRange(min=1), default=40.0, show_default=True,
+              help="Seconds of each scenario's measured run (HP load on), warm-up included.")
+@click.option("--load-level", type=click.Choice(["low", "medium", "high"]), default="medium", show_default=True,
+              help="HP request rate (open-loop Poisson), see experiments/workloads/levels.py.")
+@click.option("--slo", "slo_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="SLO file whose first SLO supplies the policy (for drcio), window, throttle range (swept by "
+                   "sweep) and, unless --target is given, the target. Default: experiments/templates/slo.yaml. "
+                   "Its wiring (URLs, token, selectors) is replaced by the experiment's own.")
+@click.option("--target", default=None, metavar="auto|DURATION",
+              help="HP P95 target, e.g. 5ms, or 'auto' = --target-multiple x the baseline's P95, rounded up to "
+                   "the next histogram bucket edge (a baseline is run first if not planned). "
+                   "Default: the --slo file's target, else auto.")
+@click.option("--target-multiple", type=click.FloatRange(min=1, min_open=True), default=2.0, show_default=True,
+              help="For --target auto: the target as a multiple of the baseline's P95.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output directory (per-scenario CSVs, summary.csv, plots, report.md, raw/ logs). "
+                   "Default: results/<UTC time>. An earlier run's output dir is replaced.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True,
+              help="Where to run: local = this machine with real Prometheus, cgroups and disk (needs root).")
+@click.option("--warmup", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds at the start of each scenario left out of every figure.")
+@click.option("--pause", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds of idle between scenarios, so the host's write-back of the previous one settles.")
+@click.option("--sweep-levels", type=click.IntRange(min=2), default=8, show_default=True,
+              help="Number of fixed levels in the sweep (0 = floor ... 1 = ceiling, geometric in bandwidth).")
+@click.option("--sweep-duration", type=click.FloatRange(min=1), default=None,
+              help="Seconds per sweep level. Default: half of --duration, at least 15.")
+@click.option("--lp-mode", type=click.Choice(["read", "write", "mixed"]), default="mixed", show_default=True,
+              help="The LP batch job's I/O: large O_DIRECT reads, writes, or both (half the workers each).")
+@click.option("--lp-workers", type=click.IntRange(min=1), default=8, show_default=True,
+              help="LP I/O threads (its I/O depth).")
+@click.option("--work-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=Path("/var/tmp"),
+              show_default=True, help="Parent of the run's temp dir (data files, Prometheus); must be a real disk.")
+@click.option("--cgroup-root", default="auto", show_default=True,
+              help="The cgroup io/blkio hierarchy root, or auto (v2 with io, else v1 blkio).")
+@click.option("--report-only", is_flag=True,
+              help="Run nothing: rebuild summary.csv, plots and report.md from the raw data in --output.")
+def _run_command(**options: Any) -> None:
+    """Run drcio's experiments on this machine and write CSVs, plots and a report.
+
+    Example: run-experiment --scenario all --duration 40 --output results/latest
+    """
+    sys.exit(run_experiment(**options))
+
+
+def run_experiment(
+    *,
+    scenario: str,
+    duration: float,
+    load_level: str,
+    slo_path: Path | None,
+    target: str | None,
+    target_multiple: float,
+    output: Path | None,
+    backend: str,
+    warmup: float,
+    pause: float,
+    sweep_levels: int,
+    sweep_duration: float | None,
+    lp_mode: str,
+    lp_workers: int,
+    work_dir: Path,
+    cgroup_root: str,
+    report_only: bool,
+    console: Console | None = None,
+) -> int:
+    """The body of ``run-experiment``; returns the exit code."""
+    console = console or Console(stderr=True)
+    if report_only:
+        return _report_only(output, console)
+    try:
+        base_slo, slo_source = load_base_slo(slo_path)
+        target_text = target if target is not None else (slo_target_text(base_slo) if slo_path else "auto")
+        if target_text is None:
+            raise SloError(f"{slo_path}: slos[0] has no target; give one there or pass --target")
+        if target_text == "auto":
+            setting = TargetSetting(None, "auto", multiple=target_multiple)
+        else:
+            how = "given with --target" if target is not None else f"given in the SLO file {slo_source}"
+            setting = TargetSetting(_parse_target(target_text), how)
+        plan_config = PlanConfig(duration, warmup, sweep_levels, sweep_duration)
+        plan = plan_scenarios(scenario, plan_config, need_baseline=setting.target_ms is None)
+        output = output or _default_output()
+        _prepare_output(output)
+    except (SloError, ValueError) as exc:
+        console.print(f"[red]run-experiment: {exc}[/red]")
+        return 2
+    except click.BadParameter as exc:
+        console.print(f"[red]run-experiment: {exc.format_message()}[/red]")
+        return 2
+
+    from experiments.backends.local import LocalBackend, LocalConfig
+
+    local = LocalBackend(
+        LocalConfig(load_level=load_level, lp_mode=lp_mode, lp_workers=lp_workers, work_root=work_dir,
+                    cgroup_root=cgroup_root, base_slo=base_slo,
+                    needs_scheduler=tuple(sorted({s.scheduler for s in plan if s.scheduler}))),
+        status=lambda text: console.print(f"[dim]{text}[/dim]"),
+    )
+    local.set_log_dir(output / "raw" / "logs")
+    total = sum(s.duration_seconds for s in plan) + pause * (len(plan) - 1)
+    console.print(f"run-experiment: {len(plan)} scenarios ({', '.join(s.name for s in plan)}), "
+                  f"about {total / 60:.0f} min of measurement; output in {output}")
+    run_info = {
+        "command": shlex.join(["run-experiment", *sys.argv[1:]]) if sys.argv[0].endswith("run-experiment")
+        else shlex.join(sys.argv),
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "SLO file": slo_source,
+        "durations": f"{duration:g} s per scenario, sweep levels {plan_config.sweep_seconds:g} s, "
+                     f"warm-up {warmup:g} s, pause {pause:g} s",
+    }
+    started = time.monotonic()
+    with _Interrupts(console) as interrupts:
+        try:
+            with local:
+                run_info.update(local.describe())
+                with RichProgress(console, total) as progress:
+                    run_plan(plan, local, RunConfig(output, setting, pause, run_info), progress)
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted: every process stopped, cgroups and temp dirs removed; "
+                          f"results of finished scenarios are in {output}[/yellow]")
+            return 130
+        except BackendUnavailable as exc:
+            console.print(f"[red]run-experiment: the {backend} backend cannot run here: {exc.missing}[/red]\n"
+                          f"{exc.alternative}")
+            return 2
+        except SloError as exc:
+            console.print(f"[red]run-experiment: bad SLO: {exc}[/red]")
+            return 2
+        except Exception as exc:  # noqa: BLE001 - the CLI's last word: say what failed, exit 1
+            console.print(f"[red]run-experiment failed: {exc.__class__.__name__}: {exc}[/red]\n"
+                          f"Processes stopped, cgroups and temp dirs removed; finished scenarios are in {output}.")
+            return 1
+        if interrupts.fired:
+            return 130
+    console.print(f"done in {(time.monotonic() - started) / 60:.1f} min: {output / 'report.md'}, "
+                  f"{output / 'summary.csv'}")
+    return 0
+
+
+def _report_only(output: Path | None, console: Console) -> int:
+    if output is None or not (output / "run.json").exists():
+        console.print("[red]run-experiment --report-only needs --output pointing to an earlier run (with run.json)[/red]")
+        return 2
+    results, target, info = load_results(output)
+    if not results or target is None:
+        console.print(f"[red]{output} holds no finished scenario with a known target; nothing to report[/red]")
+        return 2
+    planned = [s["name"] for s in json.loads((output / "run.json").read_text()).get("plan", [])]
+    done = {r.name for r in results}
+    write_report(output, results, target, run_info=info, pending=[n for n in planned if n not in done])
+    console.print(f"wrote {output / 'report.md'} and {output / 'summary.csv'}")
+    return 0
 
 
 def main() -> None:
-    print("run-experiment: not yet built", file=sys.stderr)
-    sys.exit(2)
+    """Entry point of ``run-experiment``."""
+    _run_command()
+
+
+# --------------------------------------------------------------------------- export-metrics
+
+
+@click.command(context_settings=_CONTEXT)
+@click.option("--duration", type=click.FloatRange(min=1), required=True,
+              help="Seconds to export, ending at --end (default now).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The series CSV to write (same columns as run-experiment's per-scenario CSV).")
+@click.option("--prometheus", "url", default="http://127.0.0.1:9090", show_default=True, envvar="PROMETHEUS_URL",
+              help="Base URL of the Prometheus to query. Env: PROMETHEUS_URL.")
+@click.option("--end", type=float, default=None, help="End of the range, unix seconds. Default: now.")
+@click.option("--step", type=click.FloatRange(min=0.001, min_open=True), default=1.0, show_default=True,
+              help="Seconds between rows (raised automatically to stay under Prometheus' 11 000 points).")
+@click.option("--window", type=click.FloatRange(min=1), default=5.0, show_default=True,
+              help="Trailing window (s) of every rate and quantile.")
+@click.option("--hp-selector", default="", help='Extra label matchers for the HP series, e.g. job="hp-gnn".')
+@click.option("--lp-selector", default="", help='Extra label matchers for the LP job series, e.g. job="lp-batch".')
+@click.option("--group-selector", default="", help='Extra label matchers for the LP group, e.g. group="lp".')
+@click.option("--histogram", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the cumulative HP latency histogram (timestamp, le, count) here.")
+def _export_command(duration: float, output: Path, url: str, end: float | None, step: float, window: float,
+                    hp_selector: str, lp_selector: str, group_selector: str, histogram: Path | None) -> None:
+    """Export the experiment's time series (HP P50/P95/P99, request rate, LP bytes/s, throttle level,
+    io.max in force) from any Prometheus into a CSV."""
+    sys.exit(export_metrics(duration=duration, output=output, url=url, end=end, step=step, window=window,
+                            hp_selector=hp_selector, lp_selector=lp_selector, group_selector=group_selector,
+                            histogram=histogram))
+
+
+def export_metrics(*, duration: float, output: Path, url: str, end: float | None, step: float, window: float,
+                   hp_selector: str = "", lp_selector: str = "", group_selector: str = "",
+                   histogram: Path | None = None, console: Console | None = None) -> int:
+    """The body of ``export-metrics``; returns the exit code."""
+    console = console or Console(stderr=True)
+    end = time.time() if end is None else end
+    try:
+        queries = SeriesQueries(window, hp_selector, lp_selector, group_selector)
+        export = export_range(url, end - duration, end, queries=queries, step_seconds=step)
+    except ValueError as exc:
+        console.print(f"[red]export-metrics: {exc}[/red]")
+        return 2
+    except ExportError as exc:
+        console.print(f"[red]export-metrics: {exc}[/red]")
+        return 1
+    write_export(export, output, histogram)
+    filled = [c for c in export.series.columns[2:] if export.series[c].notna().any()]
+    console.print(f"wrote {len(export.series)} rows to {output}; series with data: {', '.join(filled) or 'none'}")
+    return 0
 
 
 def export_main() -> None:
-    print("export-metrics: not yet built", file=sys.stderr)
-    sys.exit(2)
+    """Entry point of ``export-metrics``."""
+    _export_command()
+

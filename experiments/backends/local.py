@@ -1,0 +1,667 @@
+"""The ``local`` backend: every part real, on this machine.
+
+Used by ``run-experiment --backend local`` (the default) through the
+scenario runner. On entry (``with LocalBackend(config):``) it checks the
+prerequisites (root, a cgroup I/O controller, the Prometheus binary, BFQ when
+a scenario needs it) and raises :class:`BackendUnavailable` naming what is
+missing; then it builds the shared stack once:
+
+* a work dir under ``/var/tmp`` (a real disk, not a tmpfs: the workloads use
+  ``O_DIRECT``) with the HP feature store, the LP data file (both written in
+  full before anything is measured) and a random bearer token in a 0600 file;
+* a private Prometheus on loopback, scraping every second the HP service, the
+  LP job, the writer and the controller on ports fixed for the run;
+* the HP GNN service, running for the whole run.
+
+Per scenario it creates two cgroups ``drcio-exp-<run>/<scenario>/{hp,lp}``
+(through :mod:`writer.cgroups`, the only code that touches cgroup files),
+moves the HP service into ``hp``, starts the writer and the controller when
+the scenario applies limits (waiting for the first decision, so a fixed limit
+is in force before LP starts), starts the LP job paused, moves it into ``lp``
+and then releases it together with the open-loop load generator. After the
+scenario it stops the scenario's processes and removes its cgroups (the HP
+service goes back to the root group), so scenarios never inherit limits.
+
+Every process is started in its own session (process group) and tracked by
+one :class:`Supervisor`; a process that dies unexpectedly fails the scenario
+with the tail of its log. On exit, whatever the reason (an error, Ctrl-C,
+SIGTERM turned into ``KeyboardInterrupt`` by the CLI), every process group is
+terminated (then killed), the run's cgroups removed, a switched block
+scheduler restored and the work dir deleted; process logs live in the output
+directory (``raw/``) and stay.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import httpx
+import yaml
+
+from experiments.backends import BackendUnavailable, ScenarioRun, Tick
+from experiments.export import SeriesQueries
+from experiments.prometheus_server import PrometheusServer, PrometheusUnavailable, ScrapeTarget, find_prometheus, free_port
+from experiments.scenarios import LP_GROUP, ScenarioSpec, SloWiring, slo_document, validate_slo
+from writer import cgroups
+from writer.api import MountRef
+from writer.devices import DeviceError, disk_name, resolve_devices
+
+__all__ = [
+    "ALTERNATIVE",
+    "LocalConfig",
+    "LocalBackend",
+    "ProcessFailed",
+    "Supervisor",
+    "SchedulerSwitch",
+    "check_prerequisites",
+]
+
+log = logging.getLogger(__name__)
+
+ALTERNATIVE = (
+    "The `sim` backend (a simulated disk and cgroups, no root needed) will run these scenarios anywhere; "
+    "it comes in a later issue. Until then run as root on a Linux machine with cgroup v2 `io` or v1 `blkio`."
+)
+HP_JOB = "hp-gnn"
+LP_JOB = "lp-batch"
+_LOCAL = "127.0.0.1"
+
+
+# --------------------------------------------------------------------------- process supervision
+
+
+class ProcessFailed(RuntimeError):
+    """A supervised process exited when it should have kept running (or failed to become ready)."""
+
+
+@dataclass
+class _Managed:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    expect_exit: bool
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (empty log)"
+
+
+class Supervisor:
+    """Starts processes each in a new session and stops them as whole process groups.
+
+    ``started_pids`` keeps every pid ever started (tests check that none is
+    left). ``stop`` sends SIGTERM to the group, waits ``timeout``, then
+    SIGKILLs the group (which also reaches grandchildren that outlived their
+    parent).
+    """
+
+    def __init__(self, *, stop_timeout_seconds: float = 10.0) -> None:
+        self.stop_timeout_seconds = stop_timeout_seconds
+        self._running: list[_Managed] = []
+        self.started_pids: list[int] = []
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        stdout_path: Path | None = None,
+        expect_exit: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv``; stderr (and stdout unless ``stdout_path``) go to ``log_path``."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        err: IO[bytes] = open(log_path, "ab")
+        out: IO[bytes] = open(stdout_path, "ab") if stdout_path is not None else err
+        try:
+            proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
+        except OSError as exc:
+            raise ProcessFailed(f"cannot start {name} ({argv[0]}): {exc.strerror}") from exc
+        finally:
+            err.close()
+            if out is not err:
+                out.close()
+        self._running.append(_Managed(name, proc, log_path, expect_exit))
+        self.started_pids.append(proc.pid)
+        return proc
+
+    def check(self) -> None:
+        """Raise :class:`ProcessFailed` if a process that should be running has exited."""
+        for m in self._running:
+            code = m.proc.poll()
+            if code is not None and not (m.expect_exit and code == 0):
+                raise ProcessFailed(f"{m.name} (pid {m.proc.pid}) exited with status {code}; "
+                                    f"last lines of {m.log_path}:\n{_tail(m.log_path)}")
+
+    def describe_failure(self, proc: subprocess.Popen[bytes]) -> str:
+        m = self._find(proc)
+        return f"{m.name} exited with status {proc.returncode}; last lines of {m.log_path}:\n{_tail(m.log_path)}"
+
+    def _find(self, proc: subprocess.Popen[bytes]) -> _Managed:
+        for m in self._running:
+            if m.proc is proc:
+                return m
+        raise KeyError(proc.pid)
+
+    def stop(self, proc: subprocess.Popen[bytes], *, timeout: float | None = None) -> int | None:
+        """Terminate ``proc``'s process group; returns its exit status."""
+        timeout = self.stop_timeout_seconds if timeout is None else timeout
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop within %.0f s of SIGTERM; killing its process group", proc.pid, timeout)
+        _signal_group(proc.pid, signal.SIGKILL)  # stragglers of the group, and the leader if still there
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.error("pid %d survived SIGKILL (uninterruptible I/O?)", proc.pid)
+        self._running = [m for m in self._running if m.proc is not proc]
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        """Stop every running process: SIGTERM to all groups first, so they stop in parallel, then wait."""
+        for m in self._running:
+            _signal_group(m.proc.pid, signal.SIGTERM)
+        for m in list(reversed(self._running)):
+            self.stop(m.proc)
+
+    @property
+    def running(self) -> list[int]:
+        return [m.proc.pid for m in self._running if m.proc.poll() is None]
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _entry(script: str, module: str) -> list[str]:
+    """The console script beside this interpreter, else the same ``main`` through ``-c``."""
+    candidate = Path(sys.executable).parent / script
+    if candidate.exists():
+        return [str(candidate)]
+    return [sys.executable, "-c", f"import sys; from {module} import main; sys.argv[0] = {script!r}; main()"]
+
+
+def _wait_until(what: str, ready: Callable[[], bool], *, proc: subprocess.Popen[bytes] | None,
+                supervisor: Supervisor, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ProcessFailed(f"{what}: {supervisor.describe_failure(proc)}")
+        if ready():
+            return
+        time.sleep(0.1)
+    raise ProcessFailed(f"{what}: not ready within {timeout:g} s")
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+    return ready
+
+
+def _json_event(path: Path, event: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            return False
+        for line in lines:
+            try:
+                if json.loads(line).get("event") == event:
+                    return True
+            except (ValueError, AttributeError):
+                continue
+        return False
+    return ready
+
+
+def _nonempty(path: Path) -> Callable[[], bool]:
+    return lambda: path.exists() and path.stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- block scheduler
+
+
+@dataclass
+class SchedulerSwitch:
+    """Switch one disk's block scheduler and put the previous one back.
+
+    The scheduler file is not a cgroup file, so the experiment may write it.
+    """
+
+    disk: str
+    sys_root: Path = Path("/sys")
+    previous: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.sys_root / "block" / self.disk / "queue" / "scheduler"
+
+    def available(self) -> list[str]:
+        try:
+            return self.path.read_text().replace("[", "").replace("]", "").split()
+        except OSError:
+            return []
+
+    def active(self) -> str | None:
+        try:
+            match = re.search(r"\[([^\]]+)\]", self.path.read_text())
+        except OSError:
+            return None
+        return match.group(1) if match else None
+
+    def switch(self, scheduler: str) -> None:
+        if scheduler not in self.available():
+            raise BackendUnavailable(
+                f"the block scheduler {scheduler!r} is not available for {self.disk} ({self.path} lists "
+                f"{', '.join(self.available()) or 'nothing'}); try `modprobe {scheduler}`",
+                "Run the scenarios that do not need it (all but static-weight).",
+            )
+        current = self.active()
+        if current == scheduler:
+            return
+        if self.previous is None:
+            self.previous = current
+        self.path.write_text(scheduler)
+
+    def restore(self) -> None:
+        if self.previous is not None and self.active() != self.previous:
+            self.path.write_text(self.previous)
+        self.previous = None
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Settings of the local stack.
+
+    load_level: the HP load generator's rate, from ``experiments.workloads.levels``.
+    lp_mode / lp_workers: the LP job's I/O (``mixed`` = half the threads read, half
+        write) and its I/O depth. 8 workers of 1 MiB keep the disk saturated.
+    lp_file_size: the LP data file; 1 GiB is far beyond what the limits let
+        through in a scenario, so LP never re-reads a cached region.
+    work_root: parent of the run's work dir; must be a real disk (O_DIRECT).
+    cgroup_root: ``auto`` or the io/blkio hierarchy root (as for the writer).
+    scrape_interval_seconds: Prometheus' scrape interval; 1 s as the issue asks.
+    export_window_seconds: trailing window of every exported rate and quantile.
+    needs_scheduler: schedulers the planned scenarios switch to (checked on entry).
+    """
+
+    load_level: str = "medium"
+    lp_mode: str = "mixed"
+    lp_workers: int = 8
+    lp_file_size: str = "1G"
+    work_root: Path = Path("/var/tmp")
+    cgroup_root: str = "auto"
+    scrape_interval_seconds: float = 1.0
+    export_window_seconds: float = 5.0
+    stop_timeout_seconds: float = 10.0
+    needs_scheduler: tuple[str, ...] = ()
+    base_slo: dict[str, Any] = field(default_factory=dict)
+
+
+def load_rate(level: str) -> float:
+    """Requests per second of a load level (``low`` / ``medium`` / ``high``)."""
+    from experiments.workloads.levels import LOAD_LEVELS
+
+    try:
+        entry: Any = LOAD_LEVELS[level]
+    except KeyError:
+        raise ValueError(f"unknown load level {level!r} (choose from {', '.join(LOAD_LEVELS)})") from None
+    for attr in ("rate_per_second", "rate", "rps"):
+        if hasattr(entry, attr):
+            return float(getattr(entry, attr))
+    return float(entry)
+
+
+def check_prerequisites(
+    config: LocalConfig,
+    *,
+    euid: Callable[[], int] = os.geteuid,
+    detect: Callable[[str], cgroups.Hierarchy] = cgroups.detect_hierarchy,
+    prometheus: Callable[[], str] = find_prometheus,
+) -> cgroups.Hierarchy:
+    """Raise :class:`BackendUnavailable` saying what is missing; return the cgroup hierarchy to use."""
+    if euid() != 0:
+        raise BackendUnavailable(
+            f"the local backend needs root (running as uid {euid()}): it creates cgroups, moves processes into "
+            "them and writes their I/O limits. Run it with sudo.",
+            ALTERNATIVE,
+        )
+    try:
+        hierarchy = detect(config.cgroup_root)
+    except cgroups.WriterError as exc:
+        raise BackendUnavailable(f"no cgroup I/O control on this machine: {exc}", ALTERNATIVE) from exc
+    try:
+        prometheus()
+    except PrometheusUnavailable as exc:
+        raise BackendUnavailable(str(exc), "Install it with `scripts/setup.sh` (or `make setup`).") from exc
+    if not config.work_root.is_dir():
+        raise BackendUnavailable(f"the work dir parent {config.work_root} does not exist",
+                                 "Pass --work-dir pointing to a directory on a real disk.")
+    return hierarchy
+
+
+class LocalBackend:
+    """See the module docstring. Enter it to build the shared stack; every exit path cleans up."""
+
+    def __init__(self, config: LocalConfig, *, status: Callable[[str], None] = lambda _: None) -> None:
+        self.config = config
+        self.status = status
+        self.supervisor = Supervisor(stop_timeout_seconds=config.stop_timeout_seconds)
+        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        self.cgroup_parent = f"drcio-exp-{self.run_id}"
+        self.hierarchy: cgroups.Hierarchy | None = None
+        self.workdir: Path | None = None
+        self.prometheus: PrometheusServer | None = None
+        self.scheduler: SchedulerSwitch | None = None
+        self.hp_proc: subprocess.Popen[bytes] | None = None
+        self.devices: list[str] = []
+        self.rate = 0.0
+        self.ports: dict[str, int] = {}
+        self._logs: Path | None = None
+        self._prometheus_pid: int | None = None
+
+    # -- Backend protocol ------------------------------------------------------
+
+    @property
+    def prometheus_url(self) -> str:
+        assert self.prometheus is not None, "backend not entered"
+        return self.prometheus.url
+
+    @property
+    def queries(self) -> SeriesQueries:
+        return SeriesQueries(
+            window_seconds=self.config.export_window_seconds,
+            hp_matcher=f'job="{HP_JOB}"',
+            lp_matcher=f'job="{LP_JOB}"',
+            group_matcher=f'group="{LP_GROUP}"',
+        )
+
+    def describe(self) -> dict[str, str]:
+        h = self.hierarchy
+        disk = ", ".join(f"{d} ({disk_name(d)})" for d in self.devices) if self.devices else "?"
+        return {
+            "backend": "local (real Prometheus, real cgroups, real disk)",
+            "host": f"{platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs",
+            "disk under test": disk + (f", scheduler {self.scheduler.active()}" if self.scheduler else ""),
+            "cgroups": f"v{h.version} at {h.root}" if h else "?",
+            "HP load": f"{self.config.load_level} = {self.rate:g} requests/s, open loop (Poisson)",
+            "LP job": f"{self.config.lp_mode}, {self.config.lp_workers} workers x 1 MiB O_DIRECT, "
+                      f"{self.config.lp_file_size} file",
+        }
+
+    def __enter__(self) -> LocalBackend:
+        self.hierarchy = check_prerequisites(self.config)
+        self.rate = load_rate(self.config.load_level)
+        try:
+            self._start_stack()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._cleanup()
+
+    # -- set-up ------------------------------------------------------------------
+
+    def set_log_dir(self, path: Path) -> None:
+        """Where the long-lived processes' logs go (the output dir, so they survive the run)."""
+        self._logs = path
+
+    def _start_stack(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"drcio-run-{self.run_id}-", dir=self.config.work_root))
+        logs = self._logs or self.workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        token = self.workdir / "token"
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        for d in ("hp-data", "lp-data"):
+            (self.workdir / d).mkdir()
+        try:
+            self.devices = resolve_devices([MountRef(mount=str(self.workdir))])
+        except DeviceError as exc:
+            raise BackendUnavailable(f"cannot tell which disk holds {self.workdir}: {exc}",
+                                     "Pass --work-dir on a local disk.") from exc
+        self.scheduler = SchedulerSwitch(disk_name(self.devices[0]))
+        for needed in self.config.needs_scheduler:
+            if needed not in self.scheduler.available():
+                raise BackendUnavailable(
+                    f"a planned scenario needs the {needed} scheduler, which {self.scheduler.path} does not offer",
+                    "Run the other scenarios, or load it with `modprobe " + needed + "`.")
+        self.ports = {name: free_port() for name in ("hp", "lp", "writer", "controller")}
+
+        self.status("building the HP feature store and the LP data file (once per run)")
+        py = sys.executable
+        hp_setup = self.supervisor.start(
+            "hp-gnn setup", [py, "-m", "experiments.workloads.hp_gnn", "--data-dir", str(self.workdir / "hp-data"),
+                             "--setup-only"], log_path=logs / "hp-setup.log", expect_exit=True)
+        lp_setup = self.supervisor.start(
+            "lp-batch prepare", [py, "-m", "experiments.workloads.lp_batch", "--data-dir",
+                                 str(self.workdir / "lp-data"), "--file-size", self.config.lp_file_size,
+                                 "--prepare-only"], log_path=logs / "lp-prepare.log", expect_exit=True)
+        for proc in (hp_setup, lp_setup):
+            if proc.wait() != 0:
+                raise ProcessFailed(self.supervisor.describe_failure(proc))
+        os.sync()  # the set-up's writes reach the disk before anything is measured
+
+        self.status("starting Prometheus and the HP service")
+        self.prometheus = PrometheusServer(
+            targets=[
+                ScrapeTarget(HP_JOB, f"{_LOCAL}:{self.ports['hp']}"),
+                ScrapeTarget(LP_JOB, f"{_LOCAL}:{self.ports['lp']}"),
+                ScrapeTarget("drcio-writer", f"{_LOCAL}:{self.ports['writer']}"),
+                ScrapeTarget("drcio-controller", f"{_LOCAL}:{self.ports['controller']}"),
+            ],
+            scrape_interval_seconds=self.config.scrape_interval_seconds,
+            workdir=self.workdir / "prometheus",
+        )
+        (self.workdir / "prometheus").mkdir()
+        self.prometheus.start()
+        prom_proc = getattr(self.prometheus, "_proc", None)
+        if prom_proc is not None:
+            self._prometheus_pid = int(prom_proc.pid)
+        self.hp_proc = self.supervisor.start(
+            HP_JOB, [py, "-m", "experiments.workloads.hp_gnn", "--data-dir", str(self.workdir / "hp-data"),
+                     "--host", _LOCAL, "--port", str(self.ports["hp"])],
+            log_path=logs / "hp-gnn.log")
+        _wait_until("the HP service", _http_ok(f"http://{_LOCAL}:{self.ports['hp']}/health"),
+                    proc=self.hp_proc, supervisor=self.supervisor, timeout=60)
+        self.prometheus.wait_for_samples(f'up{{job="{HP_JOB}"}} == 1')
+
+    # -- one scenario --------------------------------------------------------------
+
+    def _rel(self, spec: ScenarioSpec, role: str = "") -> str:
+        return f"{self.cgroup_parent}/{spec.name}" + (f"/{role}" if role else "")
+
+    def _writer_yaml(self, spec: ScenarioSpec) -> dict[str, Any]:
+        assert self.workdir is not None and self.hierarchy is not None
+        from importlib import resources
+
+        doc = yaml.safe_load(resources.files("experiments").joinpath("templates/writer.yaml").read_text())
+        doc.update(
+            listen=f"{_LOCAL}:{self.ports['writer']}",
+            token_file=str(self.workdir / "token"),
+            cgroup_root=str(self.hierarchy.root),
+            discovery={"local": [
+                {"name": "lp-batch", "path": self._rel(spec, "lp"), "labels": {"group-id": "lp"}},
+                {"name": "hp-gnn", "path": self._rel(spec, "hp"), "labels": {"group-id": "hp"}},
+            ]},
+        )
+        assert isinstance(doc, dict)
+        return doc
+
+    def wiring(self) -> SloWiring:
+        assert self.workdir is not None
+        return SloWiring(
+            prometheus_url=self.prometheus_url,
+            writer_url=f"http://{_LOCAL}:{self.ports['writer']}",
+            token_file=self.workdir / "token",
+            hp_job=HP_JOB,
+            devices=list(self.devices),
+        )
+
+    def run_scenario(self, spec: ScenarioSpec, *, target_ms: float, raw_dir: Path, tick: Tick) -> ScenarioRun:
+        h, sup = self.hierarchy, self.supervisor
+        assert h is not None and self.workdir is not None and self.hp_proc is not None
+        logs = raw_dir / "logs"
+        py = sys.executable
+        procs: list[subprocess.Popen[bytes]] = []
+        notes: dict[str, str] = {}
+        D = spec.duration_seconds
+        try:
+            tick(0, D, "creating cgroups")
+            cgroups.create_group(h, self._rel(spec, "hp"))
+            cgroups.create_group(h, self._rel(spec, "lp"))
+            cgroups.move_pid(h, self._rel(spec, "hp"), self.hp_proc.pid)
+            if spec.scheduler:
+                assert self.scheduler is not None
+                tick(0, D, f"switching {self.scheduler.disk} to {spec.scheduler}")
+                self.scheduler.switch(spec.scheduler)
+                notes["scheduler"] = spec.scheduler
+            if spec.controlled:
+                tick(0, D, "starting writer and controller")
+                writer_cfg = raw_dir / "writer.yaml"
+                writer_cfg.write_text(yaml.safe_dump(self._writer_yaml(spec), sort_keys=False))
+                slo = slo_document(spec, self.config.base_slo, target_ms=target_ms, wiring=self.wiring())
+                validate_slo(slo, str(raw_dir / "slo.yaml"))
+                (raw_dir / "slo.yaml").write_text(yaml.safe_dump(slo, sort_keys=False))
+                writer = sup.start("drcio-writer", [*_entry("drcio-writer", "writer.cli"), "--config", str(writer_cfg)],
+                                   log_path=logs / "writer.log")
+                procs.append(writer)
+                _wait_until("the writer", _http_ok(f"http://{_LOCAL}:{self.ports['writer']}/health"),
+                            proc=writer, supervisor=sup, timeout=30)
+                decisions = raw_dir / "decisions.jsonl"
+                controller = sup.start(
+                    "drcio-controller",
+                    [*_entry("drcio-controller", "controller.cli"), "--config", str(raw_dir / "slo.yaml"),
+                     "--metrics-listen", f"{_LOCAL}:{self.ports['controller']}", "--decision-log", str(decisions)],
+                    log_path=logs / "controller.log")
+                procs.append(controller)
+                # The first decision is pushed before LP starts: a fixed limit is in force from the first byte.
+                _wait_until("the controller's first decision", _nonempty(decisions), proc=controller,
+                            supervisor=sup, timeout=30)
+            lp = None
+            if spec.lp:
+                tick(0, D, "starting the LP job (paused)")
+                lp_out = logs / "lp-batch.out"
+                lp = sup.start(
+                    LP_JOB, [py, "-m", "experiments.workloads.lp_batch", "--data-dir", str(self.workdir / "lp-data"),
+                             "--host", _LOCAL, "--port", str(self.ports["lp"]), "--mode", self.config.lp_mode,
+                             "--workers", str(self.config.lp_workers), "--file-size", self.config.lp_file_size],
+                    log_path=logs / "lp-batch.log", stdout_path=lp_out)
+                procs.append(lp)
+                _wait_until("the LP job", _json_event(lp_out, "prepared"), proc=lp, supervisor=sup, timeout=120)
+                # Into its cgroup before it does a single I/O.
+                cgroups.move_pid(h, self._rel(spec, "lp"), lp.pid)
+            loadgen = sup.start(
+                "loadgen", [py, "-m", "experiments.workloads.loadgen", "--url",
+                            f"http://{_LOCAL}:{self.ports['hp']}/score", "--rate", f"{self.rate:g}",
+                            "--duration", f"{D:g}", "--out", str(raw_dir / "client.csv")],
+                log_path=logs / "loadgen.log", stdout_path=raw_dir / "loadgen-summary.json", expect_exit=True)
+            procs.append(loadgen)
+            start = time.time()
+            if lp is not None:
+                os.kill(lp.pid, signal.SIGUSR1)
+            while (elapsed := time.time() - start) < D:
+                sup.check()
+                tick(min(elapsed, D), D, "running")
+                time.sleep(min(0.5, max(0.0, D - elapsed)))
+            end = start + D
+            tick(D, D, "finishing")
+            # One more scrape so every series has a sample at the end of the range.
+            time.sleep(self.config.scrape_interval_seconds + 0.5)
+            sup.check()
+            try:
+                loadgen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                raise ProcessFailed(f"the load generator did not finish within 15 s after the scenario ended "
+                                    f"(see {logs / 'loadgen.log'})") from None
+            if loadgen.returncode != 0:
+                raise ProcessFailed(sup.describe_failure(loadgen))
+            return ScenarioRun(spec.name, start, end, raw_dir / "client.csv", raw_dir, notes)
+        finally:
+            for proc in reversed(procs):
+                sup.stop(proc)
+            if spec.scheduler and self.scheduler is not None:
+                self.scheduler.restore()
+            # Moves the HP service back to the root group and removes both groups.
+            cgroups.remove_group(h, self._rel(spec))
+
+    def pause(self, seconds: float, tick: Tick) -> None:
+        start = time.monotonic()
+        while (elapsed := time.monotonic() - start) < seconds:
+            self.supervisor.check()
+            tick(elapsed, seconds, "pause")
+            time.sleep(min(0.5, seconds - elapsed))
+
+    # -- tear-down -------------------------------------------------------------------
+
+    def _cleanup(self) -> None:
+        """Every step runs even if an earlier one fails; failures are logged, the first re-raised at the end."""
+        errors: list[BaseException] = []
+
+        def attempt(what: str, fn: Callable[[], None]) -> None:
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - cleanup must go on
+                log.error("cleanup: %s failed: %s", what, exc)
+                errors.append(exc)
+
+        attempt("stopping processes", self.supervisor.stop_all)
+        if self.prometheus is not None:
+            attempt("stopping Prometheus", self.prometheus.stop)
+        if self.scheduler is not None:
+            attempt("restoring the block scheduler", self.scheduler.restore)
+        if self.hierarchy is not None:
+            h = self.hierarchy
+            attempt("removing cgroups", lambda: cgroups.remove_group(h, self.cgroup_parent))
+        if self.workdir is not None:
+            workdir = self.workdir
+            attempt("removing the work dir", lambda: shutil.rmtree(workdir))
+            self.workdir = None
+        if errors:
+            raise errors[0]
+
+    @property
+    def all_pids(self) -> list[int]:
+        """Every pid this backend started (Prometheus included), for leak checks."""
+        pids = list(self.supervisor.started_pids)
+        return pids + ([self._prometheus_pid] if self._prometheus_pid is not None else [])

@@ -1,0 +1,431 @@
+"""Scenarios of ``run-experiment``: what each one runs, the SLO it gives the controller, and the run loop.
+
+Called by :mod:`experiments.cli`. Three parts:
+
+* **Plan** (:func:`plan_scenarios`): the list of :class:`ScenarioSpec` for a
+  ``--scenario`` choice. ``all`` = baseline, contention, static-max, sweep,
+  drcio. With an automatic target a baseline is always planned first, since
+  the target is derived from it.
+* **SLO per scenario** (:func:`slo_document`): every scenario with limits
+  goes through the same controller and writer, so a fixed limit is applied
+  exactly as drcio would apply it. The base SLO (``templates/slo.yaml`` or
+  ``--slo FILE``) provides the throttle range, window and policy; per
+  scenario:
+
+  - ``drcio``: the base SLO's own policy (PID or AIMD);
+  - ``sweep`` step *i* of *n*: ``{kind: static, level: i/(n-1)}`` over the
+    SAME throttle range, so the limits are geometric from floor to ceiling
+    and each is exactly the limit drcio would set at that level;
+  - ``static-max``: a fixed LP ``io.max`` of read 200M / write 50M (a
+    one-point range, static level 1);
+  - ``static-weight``: weights only, HP ``io.weight`` 10000 / LP 10 (v2
+    scale; the writer maps them onto BFQ's 1000 / 10 on cgroup v1), with the
+    disk's scheduler switched to BFQ for the scenario.
+
+  The wiring (Prometheus URL, writer URL, token file, the HP job label, the LP
+  selector and group, the devices) always comes from the backend, whatever
+  the file says, because the experiment runs its own private stack.
+* **Run** (:func:`run_plan`): for each scenario: run it on the backend,
+  export its series from Prometheus, write its files, derive the target
+  after the baseline when it is automatic, rewrite summary/plots/report.
+  Results are written as each scenario finishes, so an interrupted run keeps
+  everything finished before the interrupt.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import pandas as pd
+import yaml
+
+from experiments.backends import Backend, ScenarioRun
+from experiments.export import export_range, write_export
+from experiments.report import ScenarioResult, TargetChoice, auto_target_ms, histogram_quantile, period_buckets, write_report
+
+__all__ = [
+    "SCENARIO_CHOICES",
+    "Kind",
+    "ScenarioSpec",
+    "PlanConfig",
+    "SloWiring",
+    "TargetSetting",
+    "RunConfig",
+    "ProgressSink",
+    "SloError",
+    "plan_scenarios",
+    "load_base_slo",
+    "slo_document",
+    "read_client_csv",
+    "load_results",
+    "run_plan",
+]
+
+Kind = Literal["baseline", "contention", "static-max", "static-weight", "sweep", "drcio"]
+SCENARIO_CHOICES = ("baseline", "contention", "static-max", "static-weight", "sweep", "drcio", "all")
+_ALL: tuple[Kind, ...] = ("baseline", "contention", "static-max", "sweep", "drcio")
+
+#: static-max: the classic fixed io.max (bytes/s as size strings of the SLO file).
+STATIC_MAX_RBPS = "200M"
+STATIC_MAX_WBPS = "50M"
+#: static-weight, in the cgroup v2 io.weight scale (v1 BFQ: 1000 and 10).
+STATIC_WEIGHT_HP = 10_000
+STATIC_WEIGHT_LP = 10
+#: The LP group's name on the wire and in metrics, and its selector.
+LP_GROUP = "lp"
+LP_SELECTOR = {"group-id": "lp"}
+HP_GROUP = "hp"
+HP_SELECTOR = {"group-id": "hp"}
+
+
+class SloError(ValueError):
+    """The SLO file given to run-experiment is unusable; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    """One scenario to run.
+
+    lp: the LP batch job runs. controlled: the controller and the writer run
+    (limits or weights are applied). level: a sweep step's fixed level.
+    scheduler: the block scheduler the scenario needs (``bfq``), restored after.
+    """
+
+    name: str
+    kind: Kind
+    duration_seconds: float
+    warmup_seconds: float
+    lp: bool
+    controlled: bool
+    level: float | None = None
+    scheduler: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Durations and the sweep's shape.
+
+    duration_seconds: each main scenario's measured run. Default 40 s: with a
+        5 s warm-up that leaves 35 one-second intervals per scenario, and
+        ``all`` (13 scenarios) ends in about 8 minutes.
+    warmup_seconds: excluded from every figure. Default 5 s = the export and
+        SLO window, so the first counted interval sees only this scenario.
+    sweep_levels: fixed levels from floor (0) to ceiling (1), equally spaced
+        in level = geometric in bandwidth. At least 8 (the issue's frontier).
+    sweep_duration_seconds: each sweep step; default half the duration, at
+        least 15 s: fixed limits settle in a few seconds.
+    """
+
+    duration_seconds: float = 40.0
+    warmup_seconds: float = 5.0
+    sweep_levels: int = 8
+    sweep_duration_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        errors = []
+        if not (math.isfinite(self.duration_seconds) and self.duration_seconds > 0):
+            errors.append(f"duration must be > 0 seconds, got {self.duration_seconds}")
+        if not (math.isfinite(self.warmup_seconds) and self.warmup_seconds >= 0):
+            errors.append(f"warm-up must be >= 0 seconds, got {self.warmup_seconds}")
+        elif self.warmup_seconds >= min(self.duration_seconds, self.sweep_seconds):
+            errors.append(
+                f"warm-up ({self.warmup_seconds:g} s) must be shorter than every scenario "
+                f"(duration {self.duration_seconds:g} s, sweep steps {self.sweep_seconds:g} s)"
+            )
+        if self.sweep_levels < 2:
+            errors.append(f"the sweep needs at least 2 levels, got {self.sweep_levels}")
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    @property
+    def sweep_seconds(self) -> float:
+        if self.sweep_duration_seconds is not None:
+            return self.sweep_duration_seconds
+        return max(15.0, self.duration_seconds / 2)
+
+
+def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = False) -> list[ScenarioSpec]:
+    """The scenarios ``--scenario choice`` runs, in order. ``need_baseline`` prepends a baseline if missing."""
+    if choice not in SCENARIO_CHOICES:
+        raise ValueError(f"unknown scenario {choice!r} (choose from {', '.join(SCENARIO_CHOICES)})")
+    kinds: list[Kind] = list(_ALL) if choice == "all" else [choice]  # type: ignore[list-item]
+    if need_baseline and "baseline" not in kinds:
+        kinds.insert(0, "baseline")
+    d, w = config.duration_seconds, config.warmup_seconds
+    specs: list[ScenarioSpec] = []
+    for kind in kinds:
+        if kind == "sweep":
+            n = config.sweep_levels
+            specs += [
+                ScenarioSpec(f"sweep-{i}", "sweep", config.sweep_seconds, w, lp=True, controlled=True, level=i / (n - 1))
+                for i in range(n)
+            ]
+        elif kind == "baseline":
+            specs.append(ScenarioSpec("baseline", kind, d, w, lp=False, controlled=False))
+        elif kind == "contention":
+            specs.append(ScenarioSpec("contention", kind, d, w, lp=True, controlled=False))
+        elif kind == "static-weight":
+            specs.append(ScenarioSpec(kind, kind, d, w, lp=True, controlled=True, scheduler="bfq"))
+        else:
+            specs.append(ScenarioSpec(kind, kind, d, w, lp=True, controlled=True))
+    return specs
+
+
+# --------------------------------------------------------------------------- SLO documents
+
+
+@dataclass(frozen=True)
+class SloWiring:
+    """What the backend fills into every SLO it hands the controller."""
+
+    prometheus_url: str
+    writer_url: str
+    token_file: Path
+    hp_job: str
+    devices: Any  # "auto" | list of "MAJ:MIN" | {mount: path}
+
+
+def _template() -> dict[str, Any]:
+    text = resources.files("experiments").joinpath("templates/slo.yaml").read_text()
+    loaded = yaml.safe_load(text)
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def load_base_slo(path: Path | None) -> tuple[dict[str, Any], str]:
+    """The base SLO document (first SLO used) and where it came from; ``None`` = the packaged template.
+
+    Raises :class:`SloError` naming the file when it cannot be read or has no SLO.
+    """
+    if path is None:
+        return _template(), "the packaged template experiments/templates/slo.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SloError(f"{path}: cannot read the SLO file: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise SloError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("slos"), list) or not doc["slos"]:
+        raise SloError(f"{path}: needs a 'slos' list with at least one SLO (see README 'SLO file')")
+    if not isinstance(doc["slos"][0], dict) or not isinstance(doc["slos"][0].get("throttle"), dict):
+        raise SloError(f"{path}: slos[0] needs a 'throttle' section (its range is what the experiment sweeps)")
+    return doc, str(path)
+
+
+def slo_target_text(doc: dict[str, Any]) -> str | None:
+    """The first SLO's ``target`` as written (e.g. ``"5ms"``), if any."""
+    target = doc["slos"][0].get("target")
+    return None if target is None else str(target)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.6g}ms"
+
+
+def slo_document(spec: ScenarioSpec, base: dict[str, Any], *, target_ms: float, wiring: SloWiring) -> dict[str, Any]:
+    """The SLO file the controller gets for ``spec`` (see the module docstring for each kind)."""
+    if not spec.controlled:
+        raise ValueError(f"scenario {spec.name} runs no controller")
+    doc = copy.deepcopy(base)
+    slo = copy.deepcopy(doc["slos"][0])
+    doc.update(
+        interval=doc.get("interval", "1s"),
+        mode="active",
+        prometheus={**(doc.get("prometheus") or {}), "url": wiring.prometheus_url},
+        writers={"static": [wiring.writer_url]},
+        token_file=str(wiring.token_file),
+    )
+    slo.pop("query", None)
+    slo.pop("rate_query", None)
+    slo.update(metric=slo.get("metric", "gnn_request_latency_seconds"), target=_ms(target_ms),
+               labels={"job": wiring.hp_job})
+    throttle = dict(slo["throttle"])
+    throttle.update(selector=dict(LP_SELECTOR), group=LP_GROUP, devices=wiring.devices)
+    slos = [slo]
+    if spec.kind == "sweep":
+        assert spec.level is not None
+        slo["policy"] = {"kind": "static", "level": round(spec.level, 6)}
+    elif spec.kind == "static-max":
+        slo["policy"] = {"kind": "static", "level": 1.0}
+        throttle = {k: throttle[k] for k in ("selector", "group", "devices")}
+        throttle.update(rbps={"min": STATIC_MAX_RBPS, "max": STATIC_MAX_RBPS},
+                        wbps={"min": STATIC_MAX_WBPS, "max": STATIC_MAX_WBPS})
+    elif spec.kind == "static-weight":
+        slo["policy"] = {"kind": "static", "level": 1.0}
+        throttle = {k: throttle[k] for k in ("selector", "group", "devices")}
+        throttle["weight"] = {"min": STATIC_WEIGHT_LP, "max": STATIC_WEIGHT_LP}
+        hp = copy.deepcopy(slo)
+        hp.update(name=f"{slo['name']}-hp-weight"[:63],
+                  throttle={"selector": dict(HP_SELECTOR), "group": HP_GROUP, "devices": wiring.devices,
+                            "weight": {"min": STATIC_WEIGHT_HP, "max": STATIC_WEIGHT_HP}})
+        slos.append(hp)
+    slo["throttle"] = throttle
+    doc["slos"] = slos
+    return doc
+
+
+def validate_slo(doc: dict[str, Any], where: str) -> None:
+    """Check a generated SLO document with the controller's own loader; raise :class:`SloError` with every problem."""
+    from controller.config import parse_config
+    from controller.errors import ConfigError
+
+    try:
+        parse_config(doc, source=where)
+    except ConfigError as exc:
+        raise SloError(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------- run loop
+
+
+@dataclass(frozen=True)
+class TargetSetting:
+    """``target_ms`` given (with ``how``), or None = derive ``multiple`` x the baseline P95."""
+
+    target_ms: float | None
+    how: str
+    multiple: float = 2.0
+
+
+@dataclass
+class RunConfig:
+    output: Path
+    target: TargetSetting
+    pause_seconds: float = 5.0
+    run_info: dict[str, str] = field(default_factory=dict)
+
+
+class ProgressSink(Protocol):
+    """Where the run loop reports progress (the CLI renders it with rich)."""
+
+    def scenario_started(self, index: int, total: int, spec: ScenarioSpec) -> None: ...
+
+    def tick(self, elapsed: float, total: float, status: str) -> None: ...
+
+    def scenario_finished(self, spec: ScenarioSpec, row: dict[str, object] | None) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+def read_client_csv(path: Path, start: float) -> pd.DataFrame:
+    """The load generator's CSV as (timestamp, latency_ms, ok); ``sent_s`` is relative to its own start.
+
+    The load generator starts within a fraction of a second after ``start``
+    (process start-up), so its timestamps are at most that much early; the
+    measured period is seconds long, so this does not change a P95.
+    """
+    if not path.exists():
+        return pd.DataFrame({"timestamp": pd.Series(dtype="float64"), "latency_ms": pd.Series(dtype="float64"),
+                             "ok": pd.Series(dtype="bool")})
+    raw = pd.read_csv(path)
+    sent = raw[raw["sent_s"].notna()]
+    return pd.DataFrame({
+        "timestamp": start + sent["sent_s"].astype(float),
+        "latency_ms": 1000.0 * sent["latency_s"].astype(float),
+        "ok": sent["outcome"].astype(str).eq("ok"),
+    }).reset_index(drop=True)
+
+
+def _result_from_files(output: Path, meta: dict[str, Any]) -> ScenarioResult:
+    name = meta["name"]
+    raw = output / "raw" / name
+    series = pd.read_csv(output / f"{name}.csv")
+    histogram = pd.read_csv(raw / "histogram.csv")
+    client = read_client_csv(raw / "client.csv", float(meta["start"]))
+    return ScenarioResult(name=name, kind=meta["kind"], series=series, histogram=histogram, client=client,
+                          warmup_seconds=float(meta["warmup_seconds"]), lp=bool(meta["lp"]), level=meta.get("level"))
+
+
+def load_results(output: Path) -> tuple[list[ScenarioResult], TargetChoice | None, dict[str, str]]:
+    """Read back the scenarios an earlier run wrote into ``output`` (for ``--report-only``)."""
+    results = []
+    for meta_path in sorted((output / "raw").glob("*/scenario.json")):
+        results.append(_result_from_files(output, json.loads(meta_path.read_text())))
+    run_path = output / "run.json"
+    target, info = None, {}
+    if run_path.exists():
+        run = json.loads(run_path.read_text())
+        info = run.get("run_info", {})
+        if run.get("target_ms") is not None:
+            target = TargetChoice(float(run["target_ms"]), str(run["target_how"]))
+    return results, target, info
+
+
+def _baseline_p95_ms(result: ScenarioResult) -> tuple[float, list[float]]:
+    start = float(result.series["timestamp"].min()) + result.warmup_seconds
+    buckets = period_buckets(result.histogram, start, float(result.series["timestamp"].max()))
+    edges = [float(le) for le in buckets.index]
+    return 1000.0 * histogram_quantile(0.95, buckets) if not buckets.empty else math.nan, edges
+
+
+def _write_run_json(config: RunConfig, target: TargetChoice | None, plan: Sequence[ScenarioSpec]) -> None:
+    config.output.mkdir(parents=True, exist_ok=True)
+    (config.output / "run.json").write_text(json.dumps({
+        "run_info": config.run_info,
+        "target_ms": None if target is None else target.target_ms,
+        "target_how": None if target is None else target.how,
+        "plan": [asdict(s) for s in plan],
+    }, indent=2))
+
+
+def run_plan(plan: Sequence[ScenarioSpec], backend: Backend, config: RunConfig, progress: ProgressSink) -> pd.DataFrame | None:
+    """Run every scenario of ``plan`` on ``backend`` (already entered); returns the final summary.
+
+    Each scenario's outputs are written as soon as it finishes; on an
+    exception the report is rewritten with what finished and the exception
+    propagates (the backend's ``__exit__`` cleans up).
+    """
+    out = config.output
+    out.mkdir(parents=True, exist_ok=True)
+    target: TargetChoice | None = (
+        TargetChoice(config.target.target_ms, config.target.how) if config.target.target_ms is not None else None
+    )
+    _write_run_json(config, target, plan)
+    results: list[ScenarioResult] = []
+    summary: pd.DataFrame | None = None
+    done: list[str] = []
+    try:
+        for index, spec in enumerate(plan):
+            if index > 0 and config.pause_seconds > 0:
+                progress.message(f"pausing {config.pause_seconds:g} s (host write-back settles)")
+                backend.pause(config.pause_seconds, progress.tick)
+            progress.scenario_started(index + 1, len(plan), spec)
+            if spec.controlled and target is None:
+                raise RuntimeError(f"scenario {spec.name} needs an SLO target, but none is known yet")
+            raw = out / "raw" / spec.name
+            raw.mkdir(parents=True, exist_ok=True)
+            run: ScenarioRun = backend.run_scenario(
+                spec, target_ms=target.target_ms if target else math.nan, raw_dir=raw, tick=progress.tick
+            )
+            progress.tick(spec.duration_seconds, spec.duration_seconds, "exporting from Prometheus")
+            export = export_range(backend.prometheus_url, run.start, run.end, queries=backend.queries)
+            write_export(export, out / f"{spec.name}.csv", raw / "histogram.csv")
+            meta = {**asdict(spec), "start": export.start, "end": export.end, "notes": run.notes}
+            (raw / "scenario.json").write_text(json.dumps(meta, indent=2))
+            result = _result_from_files(out, meta)
+            results.append(result)
+            done.append(spec.name)
+            if spec.kind == "baseline" and target is None:
+                p95, edges = _baseline_p95_ms(result)
+                value = auto_target_ms(p95, config.target.multiple, edges)
+                target = TargetChoice(value, f"auto: {config.target.multiple:g} x the baseline's measured P95 "
+                                             f"({p95:.3f} ms), rounded up to the next histogram bucket edge")
+                progress.message(f"SLO target {value:g} ms ({target.how})")
+                _write_run_json(config, target, plan)
+            summary = write_report(out, results, target or TargetChoice(math.nan, "not yet known"),
+                                   run_info=config.run_info, pending=[s.name for s in plan[index + 1:]])
+            row = summary[summary["scenario"] == spec.name]
+            progress.scenario_finished(spec, row.iloc[0].to_dict() if not row.empty else None)
+    except BaseException:
+        if results:
+            summary = write_report(out, results, target or TargetChoice(math.nan, "not yet known"),
+                                   run_info=config.run_info, pending=[s.name for s in plan if s.name not in done])
+        raise
+    return summary
