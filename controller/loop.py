@@ -98,7 +98,7 @@ class Controller:
         self.dry_run = dry_run
         self.name = name
         pol = dict(policies) if policies is not None else build_policies(config)
-        self._states = [_SloState(slo, pol[slo.name], level=pol[slo.name].level) for slo in config.slos]  # type: ignore[attr-defined]
+        self._states = [_SloState(slo, pol[slo.name], level=pol[slo.name].level) for slo in config.slos]
         self._generation = 0
         for slo in config.slos:
             self.metrics.target.labels(slo=slo.name).set(slo.target_seconds)

@@ -108,6 +108,11 @@ class Policy(Protocol):
     def reset(self) -> None: ...
 
     @property
+    def level(self) -> float:
+        """The level output by the last step (the initial level before any)."""
+        ...
+
+    @property
     def terms(self) -> dict[str, float]:
         """The policy's internal terms for metrics and the decision log (e.g. PID p/i/d)."""
         ...

@@ -1,0 +1,168 @@
+"""The whole loop with every part real: an HP-like exporter scraped by the real
+Prometheus, ``drcio-controller --once`` as a user runs it, the real
+``drcio-writer`` over HTTP with the token from its file, and the kernel's
+cgroup file the limit lands in."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from experiments.prometheus_server import free_port
+from tests.controller.conftest import (  # noqa: F401 (fixtures shared with the controller tests)
+    BUCKET_WIDTH,
+    LatencyExporter,
+    exponential_inverse_cdf,
+    latency_exporter,
+    prometheus_for,
+)
+from writer.cgroups import Hierarchy, WriterError, create_group, detect_hierarchy, remove_group
+
+pytestmark = [pytest.mark.prometheus, pytest.mark.kernel]
+
+M = 1024**2
+DISK = "254:0"
+
+
+def _hierarchy_or_skip() -> Hierarchy:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create cgroups")
+    try:
+        h = detect_hierarchy("auto")
+    except WriterError as e:
+        pytest.skip(f"no cgroup I/O controller: {e}")
+    if not Path(f"/sys/dev/block/{DISK}").exists():
+        pytest.skip(f"block device {DISK} (the dev/CI machine's disk) is not present")
+    return h
+
+
+@pytest.fixture
+def lp_cgroup() -> Iterator[tuple[Hierarchy, str, Path]]:
+    h = _hierarchy_or_skip()
+    top = f"drcio-e2e-{secrets.token_hex(4)}"
+    rel = f"{top}/lp"
+    path = create_group(h, rel)
+    try:
+        yield h, rel, path
+    finally:
+        remove_group(h, rel)
+        remove_group(h, top)
+        assert not (h.root / top).exists()
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    p = tmp_path / "token"
+    p.write_text(secrets.token_hex(16) + "\n")
+    p.chmod(0o600)
+    return p
+
+
+@pytest.fixture
+def writer_url(tmp_path: Path, lp_cgroup: tuple[Hierarchy, str, Path], token_file: Path) -> Iterator[str]:
+    _, rel, _ = lp_cgroup
+    port = free_port()
+    cfg = {
+        "listen": f"127.0.0.1:{port}",
+        "token_file": str(token_file),
+        "cgroup_root": "auto",
+        "discovery": {"local": [{"name": "lp-batch", "path": rel, "labels": {"group-id": "lp"}}]},
+        "failsafe": {"mode": "hold", "ttl": "30s"},
+    }
+    path = tmp_path / "writer.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log = open(tmp_path / "writer.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from writer.cli import main; main()", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "writer.log").read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def test_a_measured_violation_becomes_a_limit_in_the_lp_cgroup(
+    tmp_path: Path,
+    latency_exporter: LatencyExporter,
+    prometheus_for: Any,
+    writer_url: str,
+    token_file: Path,
+    lp_cgroup: tuple[Hierarchy, str, Path],
+) -> None:
+    h, _, cgroup = lp_cgroup
+    mean = 0.060
+    true_p95 = -mean * math.log(0.05)  # 180 ms: a violation of the 100 ms target
+    latency_exporter.drive(exponential_inverse_cdf(mean))
+    prom = prometheus_for(latency_exporter)
+    slo = {
+        "interval": "5s",
+        "prometheus": {"url": prom.url, "timeout": "2s"},
+        "writers": {"static": [writer_url], "token_file": str(token_file)},
+        "slos": [
+            {
+                "name": "gnn-p95",
+                "metric": "gnn_request_latency_seconds",
+                "labels": {"job": "hp-gnn"},
+                "window": "4s",
+                "target": "100ms",
+                "policy": {"kind": "pid", "kp": 0.5, "ki": 0.1, "kd": 0.0},
+                "throttle": {"selector": {"group-id": "lp"}, "devices": [DISK], "rbps": {"min": "10M", "max": "max"}},
+            }
+        ],
+    }
+    slo_path = tmp_path / "slo.yaml"
+    slo_path.write_text(yaml.safe_dump(slo))
+    prom.wait_for_samples("rate(gnn_request_latency_seconds_count[4s]) > 0")
+    time.sleep(4.5)  # a full window of steady traffic
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "from controller.cli import main; main()", "--config", str(slo_path), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(proc.stdout)
+    assert rec["status"] == "ok", rec
+    assert abs(rec["latency_seconds"] - true_p95) <= BUCKET_WIDTH
+    assert rec["level"] < 0.2  # a violation cuts below the starting (fail-safe) level
+    (push,) = rec["push"]
+    assert push["outcome"] == "ok", push
+    assert [c["outcome"] for c in push["cgroups"]] == ["applied"]
+
+    rbps = rec["targets"]["lp"]["io_max"]["rbps"]
+    assert 10 * M <= rbps < 2560 * M
+    lines = cgroup_file_lines(h, cgroup, "read")
+    assert f"{DISK} {rbps}" in lines, lines
+
+    # The writer's status reads the limit back from the kernel.
+    status = httpx.get(f"{writer_url}/status", headers={"Authorization": f"Bearer {token_file.read_text().strip()}"}).json()
+    assert str(rbps) in json.dumps(status)
+
+
+def cgroup_file_lines(h: Hierarchy, cgroup: Path, direction: str) -> list[str]:
+    name = f"blkio.throttle.{direction}_bps_device" if h.version == 1 else "io.max"
+    return (cgroup / name).read_text().splitlines()
