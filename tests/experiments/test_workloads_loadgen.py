@@ -1,0 +1,136 @@
+"""The open-loop load generator against deliberately slow (or silent) real loopback HTTP servers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from experiments.workloads.loadgen import CSV_COLUMNS, main, poisson_schedule, run_load
+from tests.experiments.test_workloads_support import scratch  # noqa: F401  (fixture)
+
+
+@dataclass
+class SlowServer:
+    url: str
+    release: threading.Event  # set to let every held request answer at once
+    received: list[float]  # monotonic arrival time of each request
+
+
+@pytest.fixture
+def slow_server(request: pytest.FixtureRequest) -> Iterator[SlowServer]:
+    """A real HTTP server on loopback that answers each request after ``delay`` seconds
+    (parametrize indirectly; ``None`` holds every request until the test ends)."""
+    delay: float | None = getattr(request, "param", 0.2)
+    release = threading.Event()
+    received: list[float] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            received.append(time.monotonic())
+            release.wait(timeout=30.0 if delay is None else delay)  # bounded even if a test forgets
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield SlowServer(f"http://127.0.0.1:{server.server_address[1]}/score", release, received)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_the_schedule_is_poisson_at_the_rate_and_reproducible_for_a_seed() -> None:
+    times = poisson_schedule(1000.0, 10.0, seed=1, max_requests=None)
+    assert times == poisson_schedule(1000.0, 10.0, seed=1, max_requests=None)
+    assert times != poisson_schedule(1000.0, 10.0, seed=2, max_requests=None)
+    assert abs(len(times) - 10_000) < 5 * 100  # Poisson: sd = sqrt(10 000)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(0 <= t < 10.0 for t in times) and min(gaps) >= 0
+    assert sum(g > 1 / 1000 for g in gaps) / len(gaps) == pytest.approx(0.368, abs=0.03)  # P(gap > mean) = 1/e
+
+
+def test_requests_follow_the_schedule_not_the_response_time(slow_server: SlowServer) -> None:
+    # 0.2 s per response, ~40 arrivals in one second: a closed-loop client on one connection could send only 5.
+    result = run_load(slow_server.url, 40.0, 1.0, seed=3, max_in_flight=200, timeout_seconds=5.0)
+    scheduled = poisson_schedule(40.0, 1.0, seed=3, max_requests=None)
+    assert len(result.records) == len(scheduled) >= 20
+    assert result.sent == len(scheduled) and result.count("ok") == len(scheduled)
+    first_answer = min(r.sent_s + r.latency_s for r in result.records)  # type: ignore[operator]
+    sent_before_first_answer = sum(1 for r in result.records if r.sent_s is not None and r.sent_s < first_answer)
+    assert sent_before_first_answer > 2  # one connection waiting on each answer would have sent 1
+    assert all(r.latency_s is not None and r.latency_s >= 0.2 for r in result.records)
+
+
+@pytest.mark.parametrize("slow_server", [None], indirect=True, ids=["never-answers"])
+def test_arrivals_beyond_max_in_flight_are_dropped_not_queued(slow_server: SlowServer) -> None:
+    result = run_load(slow_server.url, 100.0, 0.5, seed=4, max_in_flight=5, timeout_seconds=0.5)
+    assert result.sent == 5
+    assert result.count("dropped") == len(result.records) - 5 > 0
+    assert result.count("timeout") == 5  # the run ended by itself although the server never answered
+    assert len(slow_server.received) == 5
+
+
+def test_max_requests_caps_the_run(slow_server: SlowServer) -> None:
+    result = run_load(slow_server.url, 1000.0, 60.0, seed=5, max_requests=12, timeout_seconds=5.0)
+    assert len(result.records) == result.sent == result.count("ok") == 12
+
+
+def test_a_refused_connection_is_an_error_per_request_not_a_crash() -> None:
+    url = "http://127.0.0.1:1/score"  # port 1: nothing listens on loopback
+    result = run_load(url, 50.0, 0.2, seed=6, timeout_seconds=1.0)
+    assert result.count("error") == result.sent == len(result.records) > 0
+    assert "ConnectionRefusedError" in result.records[0].error
+
+
+def test_the_cli_writes_one_csv_row_per_request_and_a_json_summary(slow_server: SlowServer, scratch: Path) -> None:
+    out = scratch / "client.csv"
+    run = CliRunner().invoke(main, ["--url", slow_server.url, "--rate", "50", "--duration", "0.4", "--seed", "7",
+                                    "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    summary = json.loads(run.output.strip().splitlines()[-1])
+    rows = list(csv.DictReader(out.open()))
+    assert tuple(rows[0].keys()) == CSV_COLUMNS
+    assert summary["sent"] == summary["ok"] == len(rows) and summary["dropped"] == summary["errors"] == 0
+    assert {r["outcome"] for r in rows} == {"ok"} and {r["status_code"] for r in rows} == {"200"}
+    assert summary["p95_ms"] >= 200.0  # the server's 0.2 s delay is in every latency
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rate", "0"], "rate must be > 0"),
+        (["--duration", "-1"], "duration must be > 0"),
+        (["--url", "https://example.invalid/score"], "url must be http://"),
+    ],
+    ids=["zero-rate", "negative-duration", "not-plain-http"],
+)
+def test_bad_settings_exit_2_and_say_what_is_wrong(args: list[str], message: str, scratch: Path) -> None:
+    base = {"--url": "http://127.0.0.1:1/score", "--rate": "10", "--duration": "1", "--out": str(scratch / "c.csv")}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    run = CliRunner().invoke(main, [item for pair in base.items() for item in pair])
+    assert run.exit_code == 2
+    assert message in run.output
