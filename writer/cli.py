@@ -41,9 +41,9 @@ def read_token(path: Path | None) -> str:
     try:
         token = path.read_text().strip()
     except OSError as err:
-        raise ConfigError([f"token_file {path}: cannot read: {err.strerror}"]) from err
+        raise ConfigError([f"token_file {path}: cannot read: {err.strerror} (or start with --insecure-no-auth)"]) from err
     if not token:
-        raise ConfigError([f"token_file {path} is empty"])
+        raise ConfigError([f"token_file {path} is empty (or start with --insecure-no-auth)"])
     return token
 
 

@@ -337,7 +337,12 @@ class Reconciler:
             groups = self._groups()
             mode = self._current_mode()
             notes = dict(self._weight_notes)
-        workloads = list(self._discovery.snapshot())
+        try:
+            workloads = list(self._discovery.snapshot())
+        except Exception as err:  # /status and /metrics still answer; the error is recorded
+            with self._lock:
+                self._error("discovery", f"snapshot failed: {err}")
+            workloads = []
         out: list[tuple[Workload, str]] = []
         for w in workloads:
             matched = [g.name for g in groups if _matches(w.labels, g.selector)]

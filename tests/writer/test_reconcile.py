@@ -1,0 +1,155 @@
+"""The reconciler: level-triggered writes, drift healing, churn, vanished cgroups, the background loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from tests.writer.conftest import FakeTree, make_writer, push_body
+from writer.api import TargetsPush
+from writer.cgroups import Limits, read_io_max
+from writer.discovery import Workload
+
+MiB = 1024 * 1024
+
+
+def _push(w: Any, generation: int = 1, **group: Any) -> list[tuple[str, str]]:
+    answer = w.reconciler.push(TargetsPush.model_validate(push_body(generation, **group)))
+    return [(r.group, r.outcome) for r in answer.results]
+
+
+class ScriptedDiscovery:
+    """Discovery whose workloads the test sets; records the on_change callback it is given."""
+
+    def __init__(self, workloads: list[Workload]) -> None:
+        self.workloads = workloads
+        self.on_change: Callable[[], None] | None = None
+        self.fail = False
+        self.stopped = False
+
+    def snapshot(self) -> list[Workload]:
+        if self.fail:
+            raise RuntimeError("API server unreachable")
+        return list(self.workloads)
+
+    def start(self, on_change: Callable[[], None]) -> None:
+        self.on_change = on_change
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def _lp(name: str, d: Path, **labels: str) -> Workload:
+    return Workload(name, "batch", None, MappingProxyType({"group-id": "lp", **labels}), d, "lp")
+
+
+def test_a_round_without_changes_writes_nothing(fake_tree: FakeTree) -> None:
+    fake_tree.group("drcio-demo/lp")
+    w = make_writer(fake_tree)
+    _push(w)
+    before = fake_tree.snapshot()
+    assert [r.outcome for r in w.reconciler.reconcile()] == ["unchanged"]
+    assert fake_tree.snapshot() == before
+
+
+def test_drift_is_healed_by_the_next_round(fake_v2: FakeTree) -> None:
+    d = fake_v2.group("drcio-demo/lp")
+    w = make_writer(fake_v2)
+    _push(w)
+    (d / "io.max").write_text("254:0 rbps=1 wbps=max riops=max wiops=max\n")  # a runtime rewrote it
+    assert [r.outcome for r in w.reconciler.reconcile()] == ["applied"]
+    assert read_io_max(fake_v2.hierarchy, d) == {"254:0": Limits(rbps=10 * MiB)}
+
+
+def test_a_device_dropped_from_the_target_is_reset_to_unlimited(fake_tree: FakeTree) -> None:
+    d = fake_tree.group("drcio-demo/lp")
+    w = make_writer(fake_tree)
+    _push(w, 1, devices=["254:0", "8:0"])
+    assert set(read_io_max(fake_tree.hierarchy, d)) == {"254:0", "8:0"}
+    assert _push(w, 2, devices=["8:0"]) == [("lp", "applied")]
+    assert read_io_max(fake_tree.hierarchy, d) == {"8:0": Limits(rbps=10 * MiB)}
+
+
+def test_a_new_lp_workload_gets_the_current_target_when_discovery_sees_it(fake_tree: FakeTree) -> None:
+    w = make_writer(fake_tree)
+    _push(w)
+    assert w.reconciler.reconcile() == []  # the LP cgroup does not exist yet
+    d = fake_tree.group("drcio-demo/lp")
+    assert [r.outcome for r in w.reconciler.reconcile()] == ["applied"]
+    assert read_io_max(fake_tree.hierarchy, d) == {"254:0": Limits(rbps=10 * MiB)}
+
+
+def test_an_lp_workload_no_group_selects_is_lifted(fake_v2: FakeTree) -> None:
+    d = fake_v2.group("drcio-demo/lp", **{"io.max": "254:0 rbps=5 wbps=max riops=max wiops=max\n"})
+    w = make_writer(fake_v2)
+    assert _push(w, selector={"group-id": "someone-else"}) == [("unassigned", "applied")]
+    assert read_io_max(fake_v2.hierarchy, d) == {}
+
+
+def test_a_vanished_cgroup_is_an_event_not_a_crash(fake_v2: FakeTree) -> None:
+    alive = fake_v2.group("pods/alive")
+    discovery = ScriptedDiscovery([_lp("gone", fake_v2.root / "pods/gone"), _lp("alive", alive)])
+    w = make_writer(fake_v2, discovery=discovery)
+    answer = w.reconciler.push(TargetsPush.model_validate(push_body()))
+    by_cgroup = {Path(r.cgroup).name: r for r in answer.results}
+    assert by_cgroup["gone"].outcome == "error" and by_cgroup["gone"].detail.startswith("ENOENT")
+    assert by_cgroup["alive"].outcome == "applied"
+    assert w.metric("drcio_cgroups_vanished_total") == 1
+    assert w.metric("drc_io_controller_errors_total") == 0
+    assert any("vanished" in str(e["event"]) for e in w.reconciler.status()["events"])  # type: ignore[attr-defined]
+
+
+def test_a_kernel_refusal_is_reported_with_its_errno_and_counted(fake_v2: FakeTree) -> None:
+    d = fake_v2.group("drcio-demo/lp")
+    (d / "io.max").unlink()
+    w = make_writer(fake_v2)
+    [res] = w.reconciler.push(TargetsPush.model_validate(push_body())).results
+    assert res.outcome == "error" and "ENOENT" in res.detail
+    assert w.metric("drc_io_controller_errors_total") == 1
+    assert w.reconciler.status()["last_errors"][0]["where"] == str(d)  # type: ignore[index]
+
+
+def test_a_failing_discovery_skips_the_round_and_is_recorded(fake_v2: FakeTree) -> None:
+    discovery = ScriptedDiscovery([])
+    w = make_writer(fake_v2, discovery=discovery)
+    discovery.fail = True
+    assert w.reconciler.reconcile() == []
+    status = w.reconciler.status()  # still answers while discovery is down
+    assert "API server unreachable" in str(status["last_errors"])
+    assert w.metric("drc_io_low_priority_pods") == 0
+
+
+def test_a_workload_selected_by_two_groups_takes_the_first_and_the_overlap_is_reported(fake_v2: FakeTree) -> None:
+    d = fake_v2.group("drcio-demo/lp")
+    w = make_writer(fake_v2)
+    body = push_body()
+    second = {**body["groups"][0], "name": "lp2", "io_max": {"rbps": 1}}
+    body["groups"].append(second)
+    [res] = w.reconciler.push(TargetsPush.model_validate(body)).results
+    assert res.group == "lp"
+    assert read_io_max(fake_v2.hierarchy, d) == {"254:0": Limits(rbps=10 * MiB)}
+    assert "several groups" in str(w.reconciler.status()["last_errors"])
+
+
+def test_start_reads_what_is_in_force_and_the_loop_runs_when_discovery_reports_a_change(fake_v2: FakeTree) -> None:
+    discovery = ScriptedDiscovery([])
+    w = make_writer(fake_v2, discovery=discovery)
+    _push(w)
+    w.reconciler.start(interval_seconds=3600)  # only a change can wake it within the test
+    try:
+        assert discovery.on_change is not None
+        d = fake_v2.group("pods/new")
+        discovery.workloads = [_lp("new", d)]
+        discovery.on_change()
+        deadline = time.monotonic() + 10  # bounded wait for the other thread, not a timing assertion
+        while read_io_max(fake_v2.hierarchy, d) == {} and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert read_io_max(fake_v2.hierarchy, d) == {"254:0": Limits(rbps=10 * MiB)}
+    finally:
+        w.reconciler.stop()
+    assert discovery.stopped
+    assert not any(t.name == "drcio-reconcile" for t in threading.enumerate())
