@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from writer.cgroup_paths import CgroupPathError, safe_join
+
 __all__ = [
     "WriterError",
     "SetupError",
@@ -161,10 +163,12 @@ def _inside(h: Hierarchy, path: Path) -> Path:
 
 
 def _group_path(h: Hierarchy, relative: str) -> Path:
-    rel = Path(relative)
-    if rel.is_absolute() or ".." in rel.parts or "\x00" in relative or not relative.strip("/"):
+    if ".." in Path(relative).parts or not relative.strip("/"):
         raise WriterError(f"group path {relative!r} must be relative, non-empty and without '..'")
-    return _inside(h, rel)
+    try:
+        return safe_join(h.root, relative)
+    except CgroupPathError as err:
+        raise WriterError(str(err)) from err
 
 
 def create_group(h: Hierarchy, relative: str) -> Path:

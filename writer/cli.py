@@ -24,9 +24,9 @@ from writer.api import Devices
 from writer.cgroups import Hierarchy, Limits, WriterError, detect_hierarchy
 from writer.config import ConfigError, WriterConfig, load_config, parse_listen
 from writer.devices import active_scheduler, resolve_devices
-from writer.discovery import KubernetesDiscovery, LocalDiscovery
+from writer.discovery import Discovery, KubernetesDiscovery, LocalDiscovery
 from writer.lease import Failsafe, Lease
-from writer.reconcile import Discovery, Reconciler
+from writer.reconcile import Reconciler
 from writer.server import ServerState, build_app
 
 __all__ = ["main", "build_state", "read_token", "run"]

@@ -31,9 +31,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry
 
@@ -52,10 +52,11 @@ from writer.cgroups import (
     read_weight,
     weight_effective,
 )
+from writer.discovery import Discovery, Workload, matches
 from writer.lease import Failsafe, Lease
 from writer.metrics import CgroupReading, Reading, WriterMetrics
 
-__all__ = ["Workload", "Discovery", "StalePush", "Mode", "Reconciler", "limits_from_io_max"]
+__all__ = ["StalePush", "Mode", "Reconciler", "limits_from_io_max"]
 
 log = logging.getLogger(__name__)
 
@@ -64,39 +65,12 @@ UNASSIGNED = "unassigned"
 _HISTORY = 50
 
 
-class Workload(Protocol):
-    """What the reconciler needs of a discovered workload (``writer.discovery.Workload``)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def namespace(self) -> str | None: ...
-    @property
-    def labels(self) -> Mapping[str, str]: ...
-    @property
-    def cgroup_dir(self) -> Any: ...  # a Path; Any keeps the Protocol satisfiable by a frozen dataclass
-    @property
-    def role(self) -> str: ...
-
-
-class Discovery(Protocol):
-    """Local or Kubernetes discovery (:mod:`writer.discovery`)."""
-
-    def snapshot(self) -> Iterable[Workload]: ...
-    def start(self, on_change: Callable[[], None]) -> None: ...
-    def stop(self) -> None: ...
-
-
 class StalePush(WriterError):
     """A push older than the last accepted one: reject it (409), change nothing."""
 
 
 def limits_from_io_max(io_max: IoMax) -> Limits:
     return Limits(rbps=io_max.rbps, wbps=io_max.wbps, riops=io_max.riops, wiops=io_max.wiops)
-
-
-def _matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
 
 
 @dataclass(frozen=True)
@@ -255,7 +229,7 @@ class Reconciler:
         plans: list[_Plan] = []
         self._weight_notes = {}
         for w in workloads:
-            matched = [g for g in groups if _matches(w.labels, g.selector)]
+            matched = [g for g in groups if matches(w.labels, g.selector)]
             if w.role == "hp":
                 if matched:
                     plans.append(_Plan(w, matched[0].name, None, None, "refusing to throttle a high-priority workload"))
@@ -345,7 +319,7 @@ class Reconciler:
             workloads = []
         out: list[tuple[Workload, str]] = []
         for w in workloads:
-            matched = [g.name for g in groups if _matches(w.labels, g.selector)]
+            matched = [g.name for g in groups if matches(w.labels, g.selector)]
             out.append((w, matched[0] if matched and w.role != "hp" else ("" if w.role != "lp" else UNASSIGNED)))
         return out, notes, mode
 

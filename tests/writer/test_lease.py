@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
-from tests.writer.conftest import FakeClock, FakeTree, WriterUnderTest, make_writer, push_body
+from tests.writer.conftest import FakeClock, FakeTree, WriterUnderTest, make_writer, push_body, serving
 from writer.api import TargetsPush
 from writer.cgroups import UNLIMITED, Limits, read_io_max
 from writer.lease import Failsafe, Lease
+from writer.server import build_app
 
 MiB = 1024 * 1024
 
@@ -77,13 +79,14 @@ def _in_force(w: WriterUnderTest) -> dict[str, Limits]:
 @pytest.mark.parametrize("mode", ["static", "release", "hold"])
 def test_an_expired_lease_says_so_in_status_and_metrics(fake_tree: FakeTree, mode: str) -> None:
     w = _expire_after_push(fake_tree, mode)
-    s = w.reconciler.status()
+    with serving(build_app(w.state)) as url:
+        s = httpx.get(f"{url}/status").json()
+        text = httpx.get(f"{url}/metrics").text
     assert s["mode"] == "failsafe"
-    assert s["failsafe"]["active"] is True and s["failsafe"]["mode"] == mode  # type: ignore[index]
-    assert s["lease"]["expired"] is True  # type: ignore[index]
-    assert any("-> failsafe" in str(e["event"]) for e in s["events"])  # type: ignore[attr-defined]
-    assert w.metric("drcio_lease_expired") == 1
-    assert w.metric("drcio_failsafe_active") == 1
+    assert s["failsafe"]["active"] is True and s["failsafe"]["mode"] == mode
+    assert s["lease"]["expired"] is True and s["lease"]["generation"] == 1
+    assert any("-> failsafe" in e["event"] for e in s["events"])
+    assert "drcio_lease_expired 1.0" in text and "drcio_failsafe_active 1.0" in text
 
 
 def test_static_failsafe_writes_the_configured_limits_on_the_last_devices(fake_tree: FakeTree) -> None:
