@@ -424,16 +424,18 @@ def weight_effective(
     """Per device: does a weight written here actually act?
 
     Only a weight-honouring controller makes weights bite: BFQ as the device's
-    active scheduler (v1 and v2), or on v2 the io.cost controller enabled for
-    the device in the root's ``io.cost.qos`` (``MAJ:MIN enable=1 ...``).
+    active scheduler (v1 and v2), CFQ on old v1 kernels (``blkio.weight``), or
+    on v2 the io.cost controller enabled for the device in the root's
+    ``io.cost.qos`` (``MAJ:MIN enable=1 ...``).
     """
+    honouring = {"bfq"} if h.version == 2 else {"bfq", "cfq"}
     cost_enabled: set[str] = set()
     if h.version == 2:
         for line in _read_words_lines(h.root / "io.cost.qos"):
             parts = line.split()
             if parts and "enable=1" in parts[1:]:
                 cost_enabled.add(parts[0])
-    return {dev: dev in cost_enabled or scheduler_of(dev) == "bfq" for dev in devices}
+    return {dev: dev in cost_enabled or scheduler_of(dev) in honouring for dev in devices}
 
 
 def _read_words_lines(path: Path) -> list[str]:

@@ -232,6 +232,17 @@ def test_weight_acts_only_with_bfq_or_io_cost(fake_v2: FakeTree) -> None:
     assert got == {"8:0": True, "254:0": False, "259:0": True}
 
 
+@pytest.mark.parametrize(
+    ("version", "scheduler", "effective"),
+    [pytest.param(1, "bfq", True, id="v1-bfq"), pytest.param(1, "cfq", True, id="v1-legacy-cfq"),
+     pytest.param(1, "mq-deadline", False, id="v1-mq-deadline"), pytest.param(2, "cfq", False, id="v2-cfq"),
+     pytest.param(1, None, False, id="v1-unknown-device")],
+)
+def test_weight_acts_only_under_a_weight_honouring_scheduler(tmp_path: Path, version: int, scheduler: str | None, effective: bool) -> None:
+    tree = make_tree(tmp_path, version)
+    assert weight_effective(tree.hierarchy, ["254:0"], scheduler_of=lambda dev: scheduler) == {"254:0": effective}
+
+
 # ---------------------------------------------------------------- io bytes
 
 
