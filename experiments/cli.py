@@ -203,6 +203,11 @@ def _default_output() -> Path:
               help="The LP batch job's I/O: large O_DIRECT reads, writes, or both (half the workers each).")
 @click.option("--lp-workers", type=click.IntRange(min=1), default=8, show_default=True,
               help="LP I/O threads (its I/O depth).")
+@click.option("--lp-file-size", default="1G", show_default=True,
+              help="Size of the LP data file (K/M/G), written in full once per run before anything is measured.")
+@click.option("--hp-nodes", type=click.IntRange(min=2), default=None,
+              help="Accounts in the HP service's graph; its feature store is nodes x 4 KiB. Default: the "
+                   "service's own (512 MiB of features).")
 @click.option("--work-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=Path("/var/tmp"),
               show_default=True, help="Parent of the run's temp dir (data files, Prometheus); must be a real disk.")
 @click.option("--cgroup-root", default="auto", show_default=True,
@@ -233,6 +238,8 @@ def run_experiment(
     sweep_duration: float | None,
     lp_mode: str,
     lp_workers: int,
+    lp_file_size: str,
+    hp_nodes: int | None,
     work_dir: Path,
     cgroup_root: str,
     report_only: bool,
@@ -252,6 +259,9 @@ def run_experiment(
         else:
             how = "given with --target" if target is not None else f"given in the SLO file {slo_source}"
             setting = TargetSetting(_parse_target(target_text), how)
+        from experiments.workloads.lp_batch import parse_size
+
+        parse_size(lp_file_size)  # a bad size is a usage error now, not a failed LP job later
         plan_config = PlanConfig(duration, warmup, sweep_levels, sweep_duration)
         plan = plan_scenarios(scenario, plan_config, need_baseline=setting.target_ms is None)
         output = output or _default_output()
@@ -266,7 +276,8 @@ def run_experiment(
     from experiments.backends.local import LocalBackend, LocalConfig
 
     local = LocalBackend(
-        LocalConfig(load_level=load_level, lp_mode=lp_mode, lp_workers=lp_workers, work_root=work_dir,
+        LocalConfig(load_level=load_level, lp_mode=lp_mode, lp_workers=lp_workers, lp_file_size=lp_file_size,
+                    hp_nodes=hp_nodes, work_root=work_dir,
                     cgroup_root=cgroup_root, base_slo=base_slo,
                     needs_scheduler=tuple(sorted({s.scheduler for s in plan if s.scheduler}))),
         status=lambda text: console.print(f"[dim]{text}[/dim]"),

@@ -36,6 +36,7 @@ import pandas as pd
 import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
 
 __all__ = [
     "SERIES_COLUMNS",
@@ -203,7 +204,10 @@ def export_range(
     # Align to whole steps so every query returns the same timestamps.
     start = math.floor(start / step) * step
     end = math.ceil(end / step) * step
-    prom = PrometheusConnect(url=url, disable_ssl=True, timeout=int(max(1, timeout_seconds)))
+    # One quick retry rides out a blip; the client's default (several, with back-off) makes a
+    # wrong URL take many seconds to report.
+    retry = Retry(total=1, backoff_factor=0.1, status_forcelist=(502, 503, 504), allowed_methods=None)
+    prom = PrometheusConnect(url=url, disable_ssl=True, timeout=int(max(1, timeout_seconds)), retry=retry)
     index = pd.Index([start + i * step for i in range(int(round((end - start) / step)) + 1)], name="timestamp")
 
     frame = pd.DataFrame(index=index)

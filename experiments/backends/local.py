@@ -310,6 +310,8 @@ class LocalConfig:
     """Settings of the local stack.
 
     load_level: the HP load generator's rate, from ``experiments.workloads.levels``.
+    rate_per_second: overrides the load level's rate (tests use a light load).
+    hp_nodes: the HP graph's size (store = nodes x 4 KiB); None = the service's default.
     lp_mode / lp_workers: the LP job's I/O (``mixed`` = half the threads read, half
         write) and its I/O depth. 8 workers of 1 MiB keep the disk saturated.
     lp_file_size: the LP data file; 1 GiB is far beyond what the limits let
@@ -322,6 +324,8 @@ class LocalConfig:
     """
 
     load_level: str = "medium"
+    rate_per_second: float | None = None
+    hp_nodes: int | None = None
     lp_mode: str = "mixed"
     lp_workers: int = 8
     lp_file_size: str = "1G"
@@ -427,7 +431,7 @@ class LocalBackend:
 
     def __enter__(self) -> LocalBackend:
         self.hierarchy = check_prerequisites(self.config)
-        self.rate = load_rate(self.config.load_level)
+        self.rate = self.config.rate_per_second or load_rate(self.config.load_level)
         try:
             self._start_stack()
         except BaseException:
@@ -470,9 +474,12 @@ class LocalBackend:
 
         self.status("building the HP feature store and the LP data file (once per run)")
         py = sys.executable
+        hp_args = ["--data-dir", str(self.workdir / "hp-data")]
+        if self.config.hp_nodes is not None:
+            hp_args += ["--nodes", str(self.config.hp_nodes)]
         hp_setup = self.supervisor.start(
-            "hp-gnn setup", [py, "-m", "experiments.workloads.hp_gnn", "--data-dir", str(self.workdir / "hp-data"),
-                             "--setup-only"], log_path=logs / "hp-setup.log", expect_exit=True)
+            "hp-gnn setup", [py, "-m", "experiments.workloads.hp_gnn", *hp_args, "--setup-only"],
+            log_path=logs / "hp-setup.log", expect_exit=True)
         lp_setup = self.supervisor.start(
             "lp-batch prepare", [py, "-m", "experiments.workloads.lp_batch", "--data-dir",
                                  str(self.workdir / "lp-data"), "--file-size", self.config.lp_file_size,
@@ -499,8 +506,7 @@ class LocalBackend:
         if prom_proc is not None:
             self._prometheus_pid = int(prom_proc.pid)
         self.hp_proc = self.supervisor.start(
-            HP_JOB, [py, "-m", "experiments.workloads.hp_gnn", "--data-dir", str(self.workdir / "hp-data"),
-                     "--host", _LOCAL, "--port", str(self.ports["hp"])],
+            HP_JOB, [py, "-m", "experiments.workloads.hp_gnn", *hp_args, "--host", _LOCAL, "--port", str(self.ports["hp"])],
             log_path=logs / "hp-gnn.log")
         _wait_until("the HP service", _http_ok(f"http://{_LOCAL}:{self.ports['hp']}/health"),
                     proc=self.hp_proc, supervisor=self.supervisor, timeout=60)
