@@ -23,7 +23,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.writer.conftest import TOKEN, serving
-from writer.cgroups import Hierarchy, SetupError, create_group, detect_hierarchy, move_pid, remove_group
+from writer.cgroups import Hierarchy, SetupError, create_group, detect_hierarchy, move_pid, remove_group, to_v1_weight, weight_file
 from writer.devices import active_scheduler, resolve_devices
 from writer.discovery import LocalDiscovery, LocalEntry
 from writer.lease import Failsafe, Lease
@@ -123,8 +123,8 @@ def test_a_pushed_read_limit_throttles_a_direct_io_reader_and_lifting_it_frees_i
     state = ServerState(reconciler=reconciler, registry=registry, token=TOKEN)
     auth = {"Authorization": f"Bearer {TOKEN}"}
 
-    def push(generation: int, io_max: dict[str, int]) -> dict[str, Any]:
-        group = {"name": "lp", "selector": {"group-id": "lp"}, "devices": [kernel.device], "io_max": io_max}
+    def push(generation: int, io_max: dict[str, int], **extra: Any) -> dict[str, Any]:
+        group = {"name": "lp", "selector": {"group-id": "lp"}, "devices": [kernel.device], "io_max": io_max, **extra}
         body = {"generation": generation, "lease_ttl_seconds": 300, "groups": [group]}
         r = httpx.put(f"{url}/v1/targets", json=body, headers=auth, timeout=30)
         assert r.status_code == 200, r.text
@@ -132,11 +132,22 @@ def test_a_pushed_read_limit_throttles_a_direct_io_reader_and_lifting_it_frees_i
         return answer
 
     with serving(build_app(state)) as url:
-        answer = push(1, {"rbps": LIMIT})
+        weights = weight_file(kernel.hierarchy, kernel.hierarchy.root / kernel.group)
+        answer = push(1, {"rbps": LIMIT}, **({"io_weight": 200} if weights else {}))
         assert [x["outcome"] for x in answer["results"]] == ["applied"]
-        [lp] = httpx.get(f"{url}/status").json()["lp_workloads"]
+        status = httpx.get(f"{url}/status").json()
+        [lp] = status["lp_workloads"]
         assert lp["io_max_in_force"] == {kernel.device: {"rbps": LIMIT}}
+        if kernel.hierarchy.version == 1 and weights:
+            # v1 weights are mapped onto the file's range and only act under BFQ (or legacy CFQ).
+            assert lp["weight_in_force"] == to_v1_weight(200, *weights[1:])
+            acts = active_scheduler(kernel.device) in ("bfq", "cfq")
+            assert registry.get_sample_value("drcio_io_weight_effective", {"group": "lp"}) == float(acts)
+            assert ("inert" in status["weights"]["lp"]) is not acts
         throttled = _read_inside(kernel, 24 * MiB)
+        labels = {"group": "lp", "workload": "lp-reader", "device": kernel.device}
+        # The kernel's own byte count for the cgroup, through the per-scrape collector.
+        assert (registry.get_sample_value("drcio_io_read_bytes_total", labels) or 0) >= 24 * MiB
 
         push(2, {})
         [lp] = httpx.get(f"{url}/status").json()["lp_workloads"]
