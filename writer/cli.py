@@ -160,6 +160,7 @@ def main(config_path: Path, listen: str | None, insecure_no_auth: bool, node_nam
                 parse_listen(listen)
             except ValueError as err:
                 raise ConfigError([f"--listen: {err}"]) from None
+            config = config.model_copy(update={"listen": listen})  # so /status shows what is served
         token = None if insecure_no_auth else read_token(config.token_file)
         state = build_state(config, token=token, node_name=node_name)
     except (ConfigError, WriterError, ValueError) as err:
@@ -167,7 +168,7 @@ def main(config_path: Path, listen: str | None, insecure_no_auth: bool, node_nam
     if token is None:
         log.warning("serving WITHOUT authentication (--insecure-no-auth)")
     try:
-        run(config, state, listen=listen or config.listen, log_level=log_level)
+        run(config, state, listen=config.listen, log_level=log_level)
     except Exception as err:  # exit 1, with the reason, for anything that stops a configured writer
         log.exception("writer stopped")
         click.echo(f"drcio-writer: {err}", err=True)
