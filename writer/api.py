@@ -24,6 +24,10 @@ __all__ = [
     "MAX_BODY_BYTES",
     "MAX_GROUPS",
     "DeviceNumber",
+    "Devices",
+    "GroupName",
+    "LabelKey",
+    "LabelValue",
     "MountRef",
     "IoMax",
     "GroupTarget",
@@ -133,8 +137,9 @@ class TargetsPush(BaseModel):
     """Body of ``PUT /v1/targets``: the whole desired state for every LP group."""
 
     model_config = _STRICT
-    #: Monotonic per controller start; a push with a lower generation than the
-    #: last accepted one is refused (409). An equal generation is a replay.
+    #: Strictly increasing, also across controller restarts (the controller uses
+    #: wall-clock milliseconds); a push with a lower generation than the last
+    #: accepted one is refused (409). An equal generation is a replay.
     generation: Annotated[int, Field(ge=0, le=2**63 - 1)]
     #: Without a valid push within this many seconds the writer applies its fail-safe.
     lease_ttl_seconds: Annotated[float, Field(gt=0.0, le=86_400.0, allow_inf_nan=False)]
