@@ -36,12 +36,15 @@ from experiments.scenarios import (
     RunConfig,
     ScenarioSpec,
     SloError,
+    SloWiring,
     TargetSetting,
     load_base_slo,
     load_results,
     plan_scenarios,
     run_plan,
+    slo_document,
     slo_target_text,
+    validate_slo,
 )
 
 __all__ = ["main", "export_main", "run_experiment", "export_metrics"]
@@ -146,6 +149,18 @@ def _parse_target(text: str) -> float:
     return seconds * 1000.0
 
 
+def _check_slo(base_slo: dict[str, Any], source: str, setting: TargetSetting) -> None:
+    """Validate the SLO drcio would get (with placeholder wiring) before anything starts."""
+    wiring = SloWiring(prometheus_url="http://127.0.0.1:9090", writer_url="http://127.0.0.1:9100",
+                       token_file=Path("/nonexistent/token"), hp_job="hp-gnn", devices="auto")
+    spec = ScenarioSpec("drcio", "drcio", 1.0, 0.0, lp=True, controlled=True)
+    try:
+        document = slo_document(spec, base_slo, target_ms=setting.target_ms or 1.0, wiring=wiring)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise SloError(f"{source}: slos[0] is not an SLO the experiment can use ({exc})") from exc
+    validate_slo(document, source)
+
+
 def _prepare_output(output: Path) -> None:
     if output.exists() and not output.is_dir():
         raise click.BadParameter(f"{output} exists and is not a directory", param_hint="--output")
@@ -159,7 +174,10 @@ def _prepare_output(output: Path) -> None:
         for pattern in _OUTPUT_GLOBS:
             for path in output.glob(pattern):
                 path.unlink()
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create {output}: {exc.strerror}", param_hint="--output") from exc
 
 
 def _default_output() -> Path:
@@ -246,7 +264,7 @@ def run_experiment(
     console: Console | None = None,
 ) -> int:
     """The body of ``run-experiment``; returns the exit code."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     if report_only:
         return _report_only(output, console)
     try:
@@ -264,24 +282,30 @@ def run_experiment(
         parse_size(lp_file_size)  # a bad size is a usage error now, not a failed LP job later
         plan_config = PlanConfig(duration, warmup, sweep_levels, sweep_duration)
         plan = plan_scenarios(scenario, plan_config, need_baseline=setting.target_ms is None)
-        output = output or _default_output()
-        _prepare_output(output)
+        _check_slo(base_slo, slo_source, setting)
     except (SloError, ValueError) as exc:
         console.print(f"[red]run-experiment: {exc}[/red]")
+        return 2
+
+    from experiments.backends.local import LocalBackend, LocalConfig, check_prerequisites
+
+    local_config = LocalConfig(
+        load_level=load_level, lp_mode=lp_mode, lp_workers=lp_workers, lp_file_size=lp_file_size,
+        hp_nodes=hp_nodes, work_root=work_dir, cgroup_root=cgroup_root, base_slo=base_slo,
+        needs_scheduler=tuple(sorted({s.scheduler for s in plan if s.scheduler})),
+    )
+    try:
+        check_prerequisites(local_config)  # before anything is created
+        output = output or _default_output()
+        _prepare_output(output)
+    except BackendUnavailable as exc:
+        console.print(f"[red]run-experiment: the {backend} backend cannot run here: {exc.missing}[/red]\n"
+                      f"{exc.alternative}")
         return 2
     except click.BadParameter as exc:
         console.print(f"[red]run-experiment: {exc.format_message()}[/red]")
         return 2
-
-    from experiments.backends.local import LocalBackend, LocalConfig
-
-    local = LocalBackend(
-        LocalConfig(load_level=load_level, lp_mode=lp_mode, lp_workers=lp_workers, lp_file_size=lp_file_size,
-                    hp_nodes=hp_nodes, work_root=work_dir,
-                    cgroup_root=cgroup_root, base_slo=base_slo,
-                    needs_scheduler=tuple(sorted({s.scheduler for s in plan if s.scheduler}))),
-        status=lambda text: console.print(f"[dim]{text}[/dim]"),
-    )
+    local = LocalBackend(local_config, status=lambda text: console.print(f"[dim]{text}[/dim]"))
     local.set_log_dir(output / "raw" / "logs")
     total = sum(s.duration_seconds for s in plan) + pause * (len(plan) - 1)
     console.print(f"run-experiment: {len(plan)} scenarios ({', '.join(s.name for s in plan)}), "
@@ -376,7 +400,7 @@ def export_metrics(*, duration: float, output: Path, url: str, end: float | None
                    hp_selector: str = "", lp_selector: str = "", group_selector: str = "",
                    histogram: Path | None = None, console: Console | None = None) -> int:
     """The body of ``export-metrics``; returns the exit code."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     end = time.time() if end is None else end
     try:
         queries = SeriesQueries(window, hp_selector, lp_selector, group_selector)

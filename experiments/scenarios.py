@@ -22,7 +22,7 @@ Called by :mod:`experiments.cli`. Three parts:
     scale; the writer maps them onto BFQ's 1000 / 10 on cgroup v1), with the
     disk's scheduler switched to BFQ for the scenario.
 
-  The wiring (Prometheus URL, writer URL, token file, the HP job label, the LP
+  The wiring (Prometheus URL and timeout, writer URL, token file, the HP job label, the LP
   selector and group, the devices) always comes from the backend, whatever
   the file says, because the experiment runs its own private stack.
 * **Run** (:func:`run_plan`): for each scenario: run it on the backend,
@@ -63,6 +63,8 @@ __all__ = [
     "plan_scenarios",
     "load_base_slo",
     "slo_document",
+    "slo_target_text",
+    "validate_slo",
     "read_client_csv",
     "load_results",
     "run_plan",
@@ -238,7 +240,9 @@ def slo_document(spec: ScenarioSpec, base: dict[str, Any], *, target_ms: float, 
     doc.update(
         interval=doc.get("interval", "1s"),
         mode="active",
-        prometheus={**(doc.get("prometheus") or {}), "url": wiring.prometheus_url},
+        # The private Prometheus is on loopback: answers take milliseconds, and a short timeout
+        # keeps any interval of 1 s or more valid.
+        prometheus={"url": wiring.prometheus_url, "timeout": "500ms", "retries": 0},
         writers={"static": [wiring.writer_url]},
         token_file=str(wiring.token_file),
     )

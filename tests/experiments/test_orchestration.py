@@ -1,0 +1,309 @@
+"""Orchestration without the kernel: the supervisor on real processes, the plan, per-scenario SLOs,
+the prerequisite messages and the CLI's answers to bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from experiments.backends import BackendUnavailable
+from experiments.backends.local import LocalConfig, ProcessFailed, SchedulerSwitch, Supervisor, check_prerequisites
+from experiments.cli import _run_command
+from experiments.scenarios import (
+    PlanConfig,
+    ScenarioSpec,
+    SloWiring,
+    load_base_slo,
+    plan_scenarios,
+    slo_document,
+    validate_slo,
+)
+from writer.cgroups import Hierarchy, SetupError
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+# --------------------------------------------------------------------------- supervisor
+
+
+def test_supervisor_stops_a_whole_process_group_including_grandchildren(tmp_path: Path) -> None:
+    sup = Supervisor(stop_timeout_seconds=5)
+    proc = sup.start("tree", ["sh", "-c", "sleep 60 & sleep 60 & wait"], log_path=tmp_path / "tree.log")
+    deadline = time.monotonic() + 5
+    while len(_group_members(proc.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    members = _group_members(proc.pid)
+    assert len(members) == 3  # sh and its two sleeps, in the group the supervisor created
+    sup.stop(proc)
+    time.sleep(0.2)  # orphaned grandchildren are reaped by init
+    assert [pid for pid in members if _alive(pid)] == []
+    assert sup.running == []
+
+
+def test_supervisor_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
+    sup = Supervisor(stop_timeout_seconds=0.5)
+    script = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    proc = sup.start("stubborn", [sys.executable, "-c", script], log_path=tmp_path / "s.log")
+    deadline = time.monotonic() + 10
+    while "up" not in (tmp_path / "s.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sup.stop(proc) == -signal.SIGKILL
+    assert not _alive(proc.pid)
+
+
+def test_supervisor_reports_an_unexpected_exit_with_the_log_tail(tmp_path: Path) -> None:
+    sup = Supervisor()
+    proc = sup.start("crasher", ["sh", "-c", "echo 'cannot open the store' >&2; exit 3"], log_path=tmp_path / "c.log")
+    proc.wait(timeout=5)
+    with pytest.raises(ProcessFailed, match=r"(?s)crasher .* exited with status 3.*cannot open the store"):
+        sup.check()
+    sup.stop_all()
+
+
+def test_supervisor_accepts_a_clean_exit_of_a_process_expected_to_finish(tmp_path: Path) -> None:
+    sup = Supervisor()
+    proc = sup.start("oneshot", ["true"], log_path=tmp_path / "o.log", expect_exit=True)
+    proc.wait(timeout=5)
+    sup.check()
+    sup.stop_all()
+    assert sup.started_pids == [proc.pid]
+
+
+def test_stop_all_stops_everything_started(tmp_path: Path) -> None:
+    sup = Supervisor(stop_timeout_seconds=5)
+    procs = [sup.start(f"p{i}", ["sleep", "60"], log_path=tmp_path / f"{i}.log") for i in range(3)]
+    sup.stop_all()
+    assert [p.pid for p in procs if _alive(p.pid)] == []
+
+
+def test_a_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ProcessFailed, match="cannot start ghost"):
+        Supervisor().start("ghost", [str(tmp_path / "no-such-binary")], log_path=tmp_path / "g.log")
+
+
+# --------------------------------------------------------------------------- scheduler switch
+
+
+def test_scheduler_switch_restores_the_previous_scheduler(tmp_path: Path) -> None:
+    queue = tmp_path / "block" / "vdz" / "queue"
+    queue.mkdir(parents=True)
+    (queue / "scheduler").write_text("none [mq-deadline] kyber bfq\n")
+    switch = SchedulerSwitch("vdz", sys_root=tmp_path)
+
+    def fake_kernel_write(name: str) -> None:  # a plain file keeps what is written; the kernel shows brackets
+        options = ["none", "mq-deadline", "kyber", "bfq"]
+        (queue / "scheduler").write_text(" ".join(f"[{o}]" if o == name else o for o in options) + "\n")
+
+    switch.switch("bfq")
+    fake_kernel_write((queue / "scheduler").read_text().strip())
+    assert switch.active() == "bfq"
+    switch.restore()
+    assert (queue / "scheduler").read_text().strip() == "mq-deadline"
+
+
+def test_scheduler_switch_refuses_an_unavailable_scheduler(tmp_path: Path) -> None:
+    queue = tmp_path / "block" / "vdz" / "queue"
+    queue.mkdir(parents=True)
+    (queue / "scheduler").write_text("none [mq-deadline]\n")
+    with pytest.raises(BackendUnavailable, match="'bfq' is not available"):
+        SchedulerSwitch("vdz", sys_root=tmp_path).switch("bfq")
+    assert (queue / "scheduler").read_text() == "none [mq-deadline]\n"
+
+
+# --------------------------------------------------------------------------- prerequisites
+
+
+def test_not_root_says_so_and_names_the_backend_that_could_run() -> None:
+    with pytest.raises(BackendUnavailable) as err:
+        check_prerequisites(LocalConfig(), euid=lambda: 1000)
+    assert "needs root (running as uid 1000)" in err.value.missing
+    assert "`sim` backend" in err.value.alternative and "later issue" in err.value.alternative
+
+
+def test_no_cgroup_io_controller_says_what_is_missing() -> None:
+    def no_io(root: str) -> Hierarchy:
+        raise SetupError("no cgroup I/O controller found: need a cgroup v2 mount whose cgroup.controllers lists 'io'")
+
+    with pytest.raises(BackendUnavailable) as err:
+        check_prerequisites(LocalConfig(), euid=lambda: 0, detect=no_io, prometheus=lambda: "/usr/bin/prometheus")
+    assert "no cgroup I/O control on this machine" in err.value.missing
+    assert "`sim` backend" in err.value.alternative
+
+
+def test_the_cli_exits_2_without_root_and_creates_nothing(tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)
+    out = tmp_path / "out"
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path)}
+    script = Path(sys.executable).parent / "run-experiment"
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(script),
+                             "--scenario", "baseline", "--output", str(out)],
+                            capture_output=True, text=True, timeout=60, env=env)
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to another user with setpriv")
+    assert result.returncode == 2, result.stderr
+    assert "needs root" in result.stderr and "sim" in result.stderr
+    assert not out.exists()
+
+
+def test_the_cli_exits_2_when_the_cgroup_root_has_no_io_control(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("as non-root the root check answers first (covered above)")
+    empty = tmp_path / "not-a-cgroup"
+    empty.mkdir()
+    result = CliRunner().invoke(_run_command, ["--scenario", "baseline", "--cgroup-root", str(empty),
+                                               "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "no cgroup I/O control" in result.output and "sim" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- bad options
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--target", "banana"], "banana", id="target-not-a-duration"),
+        pytest.param(["--duration", "10", "--warmup", "20"], "warm-up (20 s) must be shorter", id="warmup-too-long"),
+        pytest.param(["--lp-file-size", "lots"], "not a size", id="bad-lp-file-size"),
+    ],
+)
+def test_bad_options_exit_2_with_the_reason_and_create_nothing(tmp_path: Path, args: list[str], message: str) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(_run_command, [*args, "--output", str(out)])
+    assert result.exit_code == 2
+    assert message in result.output.replace("\n", " ")
+    assert not out.exists()
+
+
+def test_a_bad_slo_file_is_reported_with_file_and_field(tmp_path: Path) -> None:
+    slo = tmp_path / "slo.yaml"
+    doc, _ = load_base_slo(None)
+    doc["slos"][0]["policy"] = {"kind": "pid", "kq": 1}
+    doc["slos"][0]["throttle"]["rbps"] = {"min": "lots"}
+    slo.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(_run_command, ["--slo", str(slo), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    text = result.output.replace("\n", " ")
+    assert str(slo) in text and "kq" in text and "rbps" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_slo_file_without_slos_is_refused(tmp_path: Path) -> None:
+    slo = tmp_path / "slo.yaml"
+    slo.write_text("interval: 1s\n")
+    result = CliRunner().invoke(_run_command, ["--slo", str(slo), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "needs a 'slos' list" in result.output
+
+
+def test_a_non_empty_output_dir_that_is_not_a_run_is_left_alone(tmp_path: Path) -> None:
+    precious = tmp_path / "notes.txt"
+    precious.write_text("mine")
+    result = CliRunner().invoke(_run_command, ["--output", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "holds no earlier run" in result.output.replace("\n", " ")
+    assert precious.read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- plan and SLOs
+
+
+def test_all_runs_baseline_contention_static_max_an_8_level_sweep_and_drcio() -> None:
+    plan = plan_scenarios("all", PlanConfig(duration_seconds=40))
+    assert [s.name for s in plan] == ["baseline", "contention", "static-max",
+                                      *[f"sweep-{i}" for i in range(8)], "drcio"]
+    levels = [s.level for s in plan if s.kind == "sweep"]
+    assert levels == pytest.approx([i / 7 for i in range(8)])
+    assert {s.duration_seconds for s in plan if s.kind == "sweep"} == {20.0}
+    assert [s.name for s in plan if not s.controlled] == ["baseline", "contention"]
+    assert [s.name for s in plan if not s.lp] == ["baseline"]
+
+
+def test_an_automatic_target_puts_a_baseline_first() -> None:
+    assert [s.name for s in plan_scenarios("drcio", PlanConfig(), need_baseline=True)] == ["baseline", "drcio"]
+    assert [s.name for s in plan_scenarios("drcio", PlanConfig())] == ["drcio"]
+
+
+def test_static_weight_asks_for_bfq() -> None:
+    (spec,) = plan_scenarios("static-weight", PlanConfig())
+    assert spec.scheduler == "bfq" and spec.lp and spec.controlled
+
+
+WIRING = SloWiring("http://127.0.0.1:19090", "http://127.0.0.1:19100", Path("/tmp/token"), "hp-gnn", ["254:0"])
+
+
+def _doc(kind: str, level: float | None = None) -> dict[str, object]:
+    base, _ = load_base_slo(None)
+    spec = ScenarioSpec(kind, kind, 10, 1, lp=True, controlled=True, level=level)  # type: ignore[arg-type]
+    doc = slo_document(spec, base, target_ms=12.5, wiring=WIRING)
+    validate_slo(doc, kind)  # the controller's own loader accepts it
+    return doc
+
+
+def test_a_sweep_step_is_a_static_level_over_the_same_throttle_range_as_drcio() -> None:
+    drcio, sweep = _doc("drcio"), _doc("sweep", 3 / 7)
+    d_slo, s_slo = drcio["slos"][0], sweep["slos"][0]  # type: ignore[index]
+    assert s_slo["throttle"] == d_slo["throttle"]
+    assert s_slo["policy"] == {"kind": "static", "level": pytest.approx(3 / 7)}
+    assert d_slo["policy"]["kind"] in ("pid", "aimd")
+    assert d_slo["target"] == "12.5ms"
+
+
+def test_static_max_is_a_fixed_200m_read_50m_write_limit() -> None:
+    (slo,) = _doc("static-max")["slos"]  # type: ignore[misc]
+    assert slo["policy"] == {"kind": "static", "level": 1.0}
+    assert slo["throttle"]["rbps"] == {"min": "200M", "max": "200M"}
+    assert slo["throttle"]["wbps"] == {"min": "50M", "max": "50M"}
+
+
+def test_static_weight_sets_hp_and_lp_weights_and_no_limit() -> None:
+    lp, hp = _doc("static-weight")["slos"]  # type: ignore[misc]
+    assert lp["throttle"]["weight"] == {"min": 10, "max": 10} and "rbps" not in lp["throttle"]
+    assert hp["throttle"]["selector"] == {"group-id": "hp"}
+    assert hp["throttle"]["weight"] == {"min": 10000, "max": 10000}
+
+
+def test_the_wiring_replaces_whatever_the_users_slo_file_says(tmp_path: Path) -> None:
+    base, _ = load_base_slo(None)
+    base["prometheus"] = {"url": "http://prometheus.monitoring:9090"}
+    base["writers"] = {"kubernetes": {"namespace": "x"}}
+    base["slos"][0]["labels"] = {"job": "prod"}
+    base["slos"][0]["throttle"]["selector"] = {"app": "batch"}
+    doc = slo_document(ScenarioSpec("drcio", "drcio", 10, 1, lp=True, controlled=True), base,
+                       target_ms=5, wiring=WIRING)
+    validate_slo(doc, "user")
+    assert doc["prometheus"]["url"] == WIRING.prometheus_url
+    assert doc["writers"] == {"static": [WIRING.writer_url]}
+    assert doc["token_file"] == "/tmp/token"
+    assert doc["slos"][0]["labels"] == {"job": "hp-gnn"}
+    assert doc["slos"][0]["throttle"]["selector"] == {"group-id": "lp"}
+    assert doc["slos"][0]["throttle"]["devices"] == ["254:0"]
