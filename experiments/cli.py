@@ -187,7 +187,7 @@ def _default_output() -> Path:
 @click.command(context_settings=_CONTEXT)
 @click.option("--scenario", type=click.Choice(SCENARIO_CHOICES), default="all", show_default=True,
               help="baseline: HP alone. contention: HP + unthrottled LP. static-max: LP fixed at read 200M / "
-                   "write 50M. static-weight: HP/LP I/O weights 10000/10 with the BFQ scheduler. sweep: LP at "
+                   "write 50M. static-weight: LP I/O weight 10 (HP keeps the default 100) with the BFQ scheduler. sweep: LP at "
                    "fixed levels from floor to ceiling of the SLO's throttle range (the static frontier and the "
                    "oracle). drcio: the closed-loop controller. all: baseline, contention, static-max, sweep, drcio.")
 @click.option("--duration", type=click.FloatRange(min=1), default=40.0, show_default=True,

@@ -312,7 +312,8 @@ def _throttle_figure(results: Sequence[ScenarioResult], path: Path) -> Path | No
     ax_limit.set_yscale("log")
     ax_limit.set_ylabel("io.max in force (MiB/s)")
     ax_limit.set_xlabel("time since scenario start (s)")
-    ax_limit.legend(fontsize=8, ncol=2)
+    if ax_limit.get_legend_handles_labels()[0]:
+        ax_limit.legend(fontsize=8, ncol=2)
     ax_limit.grid(True, which="both", alpha=0.3)
     fig.savefig(path, dpi=110)
     return path

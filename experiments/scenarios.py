@@ -18,9 +18,12 @@ Called by :mod:`experiments.cli`. Three parts:
     and each is exactly the limit drcio would set at that level;
   - ``static-max``: a fixed LP ``io.max`` of read 200M / write 50M (a
     one-point range, static level 1);
-  - ``static-weight``: weights only, HP ``io.weight`` 10000 / LP 10 (v2
-    scale; the writer maps them onto BFQ's 1000 / 10 on cgroup v1), with the
-    disk's scheduler switched to BFQ for the scenario.
+  - ``static-weight``: weights only: LP ``io.weight`` 10 (v2 scale; the
+    writer maps it onto BFQ's 10 on cgroup v1), HP at the default weight
+    (v2 100 = BFQ 100), with the disk's scheduler switched to BFQ for the
+    scenario. The writer refuses every target for an HP workload (it never
+    touches HP cgroups), so HP's weight cannot be raised to 1000 through it:
+    the ratio is 10:1 rather than the classic 1000:10.
 
   The wiring (Prometheus URL and timeout, writer URL, token file, the HP job label, the LP
   selector and group, the devices) always comes from the backend, whatever
@@ -77,14 +80,11 @@ _ALL: tuple[Kind, ...] = ("baseline", "contention", "static-max", "sweep", "drci
 #: static-max: the classic fixed io.max (bytes/s as size strings of the SLO file).
 STATIC_MAX_RBPS = "200M"
 STATIC_MAX_WBPS = "50M"
-#: static-weight, in the cgroup v2 io.weight scale (v1 BFQ: 1000 and 10).
-STATIC_WEIGHT_HP = 10_000
+#: static-weight: the LP group's weight in the cgroup v2 io.weight scale (v1 BFQ: 10; HP keeps 100).
 STATIC_WEIGHT_LP = 10
 #: The LP group's name on the wire and in metrics, and its selector.
 LP_GROUP = "lp"
 LP_SELECTOR = {"group-id": "lp"}
-HP_GROUP = "hp"
-HP_SELECTOR = {"group-id": "hp"}
 
 
 class SloError(ValueError):
@@ -265,11 +265,6 @@ def slo_document(spec: ScenarioSpec, base: dict[str, Any], *, target_ms: float, 
         slo["policy"] = {"kind": "static", "level": 1.0}
         throttle = {k: throttle[k] for k in ("selector", "group", "devices")}
         throttle["weight"] = {"min": STATIC_WEIGHT_LP, "max": STATIC_WEIGHT_LP}
-        hp = copy.deepcopy(slo)
-        hp.update(name=f"{slo['name']}-hp-weight"[:63],
-                  throttle={"selector": dict(HP_SELECTOR), "group": HP_GROUP, "devices": wiring.devices,
-                            "weight": {"min": STATIC_WEIGHT_HP, "max": STATIC_WEIGHT_HP}})
-        slos.append(hp)
     slo["throttle"] = throttle
     doc["slos"] = slos
     return doc
