@@ -193,7 +193,8 @@ def _default_output() -> Path:
 @click.option("--duration", type=click.FloatRange(min=1), default=40.0, show_default=True,
               help="Seconds of each scenario's measured run (HP load on), warm-up included.")
 @click.option("--load-level", type=click.Choice(["low", "medium", "high"]), default="medium", show_default=True,
-              help="HP request rate (open-loop Poisson), see experiments/workloads/levels.py.")
+              help="Load preset: HP request rate (open-loop Poisson) 100/200/300 per s and the LP job's "
+                   "intensity (low: read x2, medium: mixed x4, high: mixed x8); see experiments/workloads/levels.py.")
 @click.option("--slo", "slo_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="SLO file whose first SLO supplies the policy (for drcio), window, throttle range (swept by "
                    "sweep) and, unless --target is given, the target. Default: experiments/templates/slo.yaml. "
@@ -217,10 +218,10 @@ def _default_output() -> Path:
               help="Number of fixed levels in the sweep (0 = floor ... 1 = ceiling, geometric in bandwidth).")
 @click.option("--sweep-duration", type=click.FloatRange(min=1), default=None,
               help="Seconds per sweep level. Default: half of --duration, at least 15.")
-@click.option("--lp-mode", type=click.Choice(["read", "write", "mixed"]), default="mixed", show_default=True,
-              help="The LP batch job's I/O: large O_DIRECT reads, writes, or both (half the workers each).")
-@click.option("--lp-workers", type=click.IntRange(min=1), default=8, show_default=True,
-              help="LP I/O threads (its I/O depth).")
+@click.option("--lp-mode", type=click.Choice(["read", "write", "mixed"]), default=None,
+              help="Override the load level's LP I/O: large O_DIRECT reads, writes, or both (alternating).")
+@click.option("--lp-workers", type=click.IntRange(min=1), default=None,
+              help="Override the load level's LP I/O threads (its I/O depth).")
 @click.option("--lp-file-size", default="1G", show_default=True,
               help="Size of the LP data file (K/M/G), written in full once per run before anything is measured.")
 @click.option("--hp-nodes", type=click.IntRange(min=2), default=None,
@@ -254,8 +255,8 @@ def run_experiment(
     pause: float,
     sweep_levels: int,
     sweep_duration: float | None,
-    lp_mode: str,
-    lp_workers: int,
+    lp_mode: str | None,
+    lp_workers: int | None,
     lp_file_size: str,
     hp_nodes: int | None,
     work_dir: Path,

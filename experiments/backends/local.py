@@ -57,6 +57,7 @@ import yaml
 from experiments.backends import BackendUnavailable, ScenarioRun, Tick
 from experiments.export import SeriesQueries
 from experiments.prometheus_server import PrometheusServer, PrometheusUnavailable, ScrapeTarget, find_prometheus, free_port
+from experiments.workloads.levels import LoadLevel, load_level
 from experiments.scenarios import LP_GROUP, ScenarioSpec, SloWiring, slo_document, validate_slo
 from writer import cgroups
 from writer.api import MountRef
@@ -309,11 +310,12 @@ class SchedulerSwitch:
 class LocalConfig:
     """Settings of the local stack.
 
-    load_level: the HP load generator's rate, from ``experiments.workloads.levels``.
-    rate_per_second: overrides the load level's rate (tests use a light load).
+    load_level: the preset of ``experiments.workloads.levels``: HP request rate,
+        LP mode, workers and block size (the reasons for each are there).
+    rate_per_second: overrides the level's HP rate (tests use a light load).
     hp_nodes: the HP graph's size (store = nodes x 4 KiB); None = the service's default.
-    lp_mode / lp_workers: the LP job's I/O (``mixed`` = half the threads read, half
-        write) and its I/O depth. 8 workers of 1 MiB keep the disk saturated.
+    lp_mode / lp_workers: override the level's LP I/O (``mixed`` = half the
+        threads read, half write) and its I/O depth.
     lp_file_size: the LP data file; 1 GiB is far beyond what the limits let
         through in a scenario, so LP never re-reads a cached region.
     work_root: parent of the run's work dir; must be a real disk (O_DIRECT).
@@ -326,8 +328,8 @@ class LocalConfig:
     load_level: str = "medium"
     rate_per_second: float | None = None
     hp_nodes: int | None = None
-    lp_mode: str = "mixed"
-    lp_workers: int = 8
+    lp_mode: str | None = None
+    lp_workers: int | None = None
     lp_file_size: str = "1G"
     work_root: Path = Path("/var/tmp")
     cgroup_root: str = "auto"
@@ -338,18 +340,9 @@ class LocalConfig:
     base_slo: dict[str, Any] = field(default_factory=dict)
 
 
-def load_rate(level: str) -> float:
-    """Requests per second of a load level (``low`` / ``medium`` / ``high``)."""
-    from experiments.workloads.levels import LOAD_LEVELS
-
-    try:
-        entry: Any = LOAD_LEVELS[level]
-    except KeyError:
-        raise ValueError(f"unknown load level {level!r} (choose from {', '.join(LOAD_LEVELS)})") from None
-    for attr in ("rate_per_second", "rate", "rps"):
-        if hasattr(entry, attr):
-            return float(getattr(entry, attr))
-    return float(entry)
+def load_preset(name: str) -> LoadLevel:
+    """The ``--load-level`` preset called ``name`` (ValueError listing the valid names)."""
+    return load_level(name)
 
 
 def check_prerequisites(
@@ -396,6 +389,9 @@ class LocalBackend:
         self.hp_proc: subprocess.Popen[bytes] | None = None
         self.devices: list[str] = []
         self.rate = 0.0
+        self.level: LoadLevel | None = None
+        self.lp_mode = ""
+        self.lp_workers = 0
         self.ports: dict[str, int] = {}
         self._logs: Path | None = None
         self._prometheus_pid: int | None = None
@@ -425,13 +421,17 @@ class LocalBackend:
             "disk under test": disk + (f", scheduler {self.scheduler.active()}" if self.scheduler else ""),
             "cgroups": f"v{h.version} at {h.root}" if h else "?",
             "HP load": f"{self.config.load_level} = {self.rate:g} requests/s, open loop (Poisson)",
-            "LP job": f"{self.config.lp_mode}, {self.config.lp_workers} workers x 1 MiB O_DIRECT, "
+            "LP job": f"{self.lp_mode}, {self.lp_workers} workers x "
+                      f"{(self.level.lp_block_size_bytes if self.level else 0) >> 10} KiB O_DIRECT, "
                       f"{self.config.lp_file_size} file",
         }
 
     def __enter__(self) -> LocalBackend:
         self.hierarchy = check_prerequisites(self.config)
-        self.rate = self.config.rate_per_second or load_rate(self.config.load_level)
+        self.level = load_preset(self.config.load_level)
+        self.rate = self.config.rate_per_second or self.level.hp_rate_per_second
+        self.lp_mode = self.config.lp_mode or self.level.lp_mode
+        self.lp_workers = self.config.lp_workers or self.level.lp_workers
         try:
             self._start_stack()
         except BaseException:
@@ -546,7 +546,7 @@ class LocalBackend:
 
     def run_scenario(self, spec: ScenarioSpec, *, target_ms: float, raw_dir: Path, tick: Tick) -> ScenarioRun:
         h, sup = self.hierarchy, self.supervisor
-        assert h is not None and self.workdir is not None and self.hp_proc is not None
+        assert h is not None and self.workdir is not None and self.hp_proc is not None and self.level is not None
         logs = raw_dir / "logs"
         py = sys.executable
         procs: list[subprocess.Popen[bytes]] = []
@@ -590,8 +590,9 @@ class LocalBackend:
                 lp_out = logs / "lp-batch.out"
                 lp = sup.start(
                     LP_JOB, [py, "-m", "experiments.workloads.lp_batch", "--data-dir", str(self.workdir / "lp-data"),
-                             "--host", _LOCAL, "--port", str(self.ports["lp"]), "--mode", self.config.lp_mode,
-                             "--workers", str(self.config.lp_workers), "--file-size", self.config.lp_file_size],
+                             "--host", _LOCAL, "--port", str(self.ports["lp"]), "--mode", self.lp_mode,
+                             "--workers", str(self.lp_workers), "--block-size",
+                             f"{self.level.lp_block_size_bytes >> 10}K", "--file-size", self.config.lp_file_size],
                     log_path=logs / "lp-batch.log", stdout_path=lp_out)
                 procs.append(lp)
                 _wait_until("the LP job", _json_event(lp_out, "prepared"), proc=lp, supervisor=sup, timeout=120)
@@ -600,6 +601,7 @@ class LocalBackend:
             loadgen = sup.start(
                 "loadgen", [py, "-m", "experiments.workloads.loadgen", "--url",
                             f"http://{_LOCAL}:{self.ports['hp']}/score", "--rate", f"{self.rate:g}",
+                            "--max-in-flight", str(self.level.hp_max_in_flight),
                             "--duration", f"{D:g}", "--out", str(raw_dir / "client.csv")],
                 log_path=logs / "loadgen.log", stdout_path=raw_dir / "loadgen-summary.json", expect_exit=True)
             procs.append(loadgen)

@@ -1,0 +1,177 @@
+"""The local backend for real: short runs on the kernel's cgroups, the real disk and a real Prometheus.
+
+They check orchestration, not performance: every process started is gone
+afterwards, the run's cgroups and temp dir are removed, the CSVs have their
+columns, a fixed limit is in force, server- and client-side P95 agree within
+the histogram's resolution, and Ctrl-C mid-run cleans up and keeps the
+finished scenarios. Light settings (small stores, low rate, seconds-long
+scenarios) keep them around a minute in total.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from experiments.backends.local import LocalBackend, LocalConfig
+from experiments.export import SERIES_COLUMNS
+from experiments.prometheus_server import PrometheusUnavailable, find_prometheus
+from experiments.report import SUMMARY_COLUMNS, bucket_bounds, period_buckets
+from experiments.scenarios import PlanConfig, RunConfig, ScenarioSpec, TargetSetting, load_base_slo, plan_scenarios, run_plan
+from writer.cgroups import WriterError, detect_hierarchy
+
+pytestmark = [pytest.mark.kernel, pytest.mark.prometheus]
+
+MIB = 1024 * 1024
+LIGHT = dict(rate_per_second=60.0, hp_nodes=8192, lp_file_size="128M", lp_workers=4)
+
+
+def _require_kernel() -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the local backend creates cgroups and moves processes")
+    try:
+        hierarchy = detect_hierarchy()
+    except WriterError as exc:
+        pytest.skip(f"no cgroup I/O controller: {exc}")
+    try:
+        find_prometheus()
+    except PrometheusUnavailable as exc:
+        pytest.skip(str(exc))
+    return hierarchy.root
+
+
+@pytest.fixture
+def work_root() -> Iterator[Path]:
+    # /var/tmp, not pytest's tmp_path: O_DIRECT needs a real disk, and /tmp may be a tmpfs.
+    path = Path(tempfile.mkdtemp(prefix="drcio-test-", dir="/var/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _processes_mentioning(*needles: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(n in cmdline for n in needles) and _alive(int(entry.name)):
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+class _Quiet:
+    def scenario_started(self, index: int, total: int, spec: ScenarioSpec) -> None: ...
+    def tick(self, elapsed: float, total: float, status: str) -> None: ...
+    def scenario_finished(self, spec: ScenarioSpec, row: dict[str, object] | None) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+def test_a_short_run_writes_its_files_and_leaves_no_process_cgroup_or_temp_dir(
+    tmp_path: Path, work_root: Path
+) -> None:
+    cgroup_root = _require_kernel()
+    base, _ = load_base_slo(None)
+    plan = plan_scenarios("static-max", PlanConfig(duration_seconds=8, warmup_seconds=2), need_baseline=True)
+    assert [s.name for s in plan] == ["baseline", "static-max"]
+    scheduler_before = Path("/sys/block/vda/queue/scheduler").read_text() if Path("/sys/block/vda").exists() else ""
+    backend = LocalBackend(LocalConfig(work_root=work_root, base_slo=base, **LIGHT))  # type: ignore[arg-type]
+    backend.set_log_dir(tmp_path / "raw" / "logs")
+    with backend:
+        workdir = backend.workdir
+        assert workdir is not None and workdir.is_dir()
+        run_plan(plan, backend, RunConfig(tmp_path, TargetSetting(None, "auto", multiple=2.0), pause_seconds=1),
+                 _Quiet())
+    # Nothing left behind.
+    assert backend.all_pids and [p for p in backend.all_pids if _alive(p)] == []
+    assert not (cgroup_root / backend.cgroup_parent).exists()
+    assert not workdir.exists()
+    assert _processes_mentioning(str(workdir), str(tmp_path)) == []
+    if scheduler_before:
+        assert Path("/sys/block/vda/queue/scheduler").read_text() == scheduler_before
+
+    # The files, with their columns.
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert list(summary["scenario"]) == ["baseline", "static-max"]
+    for name in ("baseline", "static-max"):
+        assert list(pd.read_csv(tmp_path / f"{name}.csv").columns) == SERIES_COLUMNS
+    assert (tmp_path / "report.md").read_text().count("auto: 2 x the baseline's measured P95") == 1
+
+    # The fixed limit was in force from the first measured second, through the controller and the writer.
+    static = pd.read_csv(tmp_path / "static-max.csv")
+    measured = static[static["elapsed_seconds"] >= 2]
+    assert (measured["io_max_rbps"] == 200 * MIB).all()
+    assert (measured["io_max_wbps"] == 50 * MIB).all()
+    assert (measured["throttle_level"] == 1.0).all()
+    assert summary.loc[1, "lp_mbps"] <= 100 * 1.1  # mixed mode: writes capped at 50M pace the reads too
+
+    # Server-side and client-side P95 of the baseline agree within the histogram's resolution:
+    # the client's P95 lies in the server's bucket or a neighbour (the client adds HTTP overhead).
+    base_row = summary.iloc[0]
+    histogram = pd.read_csv(tmp_path / "raw" / "baseline" / "histogram.csv")
+    series = pd.read_csv(tmp_path / "baseline.csv")
+    buckets = period_buckets(histogram, float(series["timestamp"].min()) + 2, float(series["timestamp"].max()))
+    edges = sorted(float(e) * 1000 for e in buckets.index if float(e) != float("inf"))
+    lower, upper = bucket_bounds(buckets, base_row["p95_ms"] / 1000)
+    i = edges.index(upper * 1000)
+    assert edges[max(0, i - 2)] <= base_row["client_p95_ms"] <= edges[min(len(edges) - 1, i + 1)], (
+        f"server P95 {base_row['p95_ms']:.2f} ms in ({lower * 1000:.3f}, {upper * 1000:.3f}] ms, "
+        f"client P95 {base_row['client_p95_ms']:.2f} ms")
+
+
+def test_ctrl_c_mid_run_stops_everything_and_keeps_the_finished_scenarios(tmp_path: Path, work_root: Path) -> None:
+    cgroup_root = _require_kernel()
+    before = {p.name for p in cgroup_root.glob("drcio-exp-*")}
+    out = tmp_path / "out"
+    argv = [str(Path(sys.executable).parent / "run-experiment"), "--scenario", "contention",
+            "--warmup", "2", "--pause", "1", "--output", str(out), "--work-dir", str(work_root),
+            "--hp-nodes", "8192", "--lp-file-size", "128M", "--lp-workers", "4", "--load-level", "low",
+            "--duration", "8"]
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path)}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        lp_started = out / "raw" / "contention" / "logs" / "lp-batch.out"
+        deadline = time.monotonic() + 90
+        while not (lp_started.exists() and "prepared" in lp_started.read_text()):
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the contention scenario did not start within 90 s"
+            time.sleep(0.2)
+        time.sleep(2)  # LP and the load generator are running now
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, output
+    assert "interrupted" in output
+    assert _processes_mentioning(str(work_root), str(out)) == []
+    assert {p.name for p in cgroup_root.glob("drcio-exp-*")} == before
+    assert list(work_root.iterdir()) == []
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["scenario"]) == ["baseline"]
+    assert "contention" in (out / "report.md").read_text().split("## Not run")[1]
