@@ -171,6 +171,14 @@ class _Target:
         return cls(parts.hostname, parts.port or 80, path + ("?" + parts.query + "&" if parts.query else "?"))
 
 
+class _ClosedBeforeAnswer(Exception):
+    """A reused keep-alive connection was closed by the server before any response byte."""
+
+
+_MAX_IDLE_SECONDS = 2.0
+"""Idle keep-alive connections older than this are not reused (uvicorn closes them after 5 s)."""
+
+
 class _Connections:
     """A tiny HTTP/1.1 keep-alive client: GET only, Content-Length or chunked bodies.
 
@@ -183,20 +191,48 @@ class _Connections:
 
     def __init__(self, target: _Target) -> None:
         self.target = target
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []  # last used (monotonic)
         self._all: set[asyncio.StreamWriter] = set()
 
     async def get(self, tx: int) -> int:
-        """Send one GET, read the whole response, return the status code."""
-        if self._idle:
-            reader, writer = self._idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.target.host, self.target.port)
-            self._all.add(writer)
+        """Send one GET, read the whole response, return the status code.
+
+        A server closes idle keep-alive connections when it likes (uvicorn after
+        5 s); a request that finds its reused connection closed before a single
+        byte came back was never processed, so it is sent once more on a fresh
+        connection instead of being counted as a server error.
+        """
+        now = time.monotonic()
+        while self._idle:
+            reader, writer, last_used = self._idle.pop()
+            if now - last_used < _MAX_IDLE_SECONDS and not reader.at_eof():
+                try:
+                    return await self._exchange(reader, writer, tx)
+                except _ClosedBeforeAnswer:
+                    break
+            self._drop(writer)
+        reader, writer = await asyncio.open_connection(self.target.host, self.target.port)
+        self._all.add(writer)
+        try:
+            return await self._exchange(reader, writer, tx)
+        except _ClosedBeforeAnswer as e:
+            raise _HttpError("the server closed the connection without answering") from e
+
+    def _drop(self, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        self._all.discard(writer)
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tx: int) -> int:
         keep = False
         try:
             writer.write(f"GET {self.target.path}tx={tx} HTTP/1.1\r\nHost: {self.target.host}\r\n\r\n".encode())
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            try:
+                raw_head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as e:
+                if isinstance(e, asyncio.IncompleteReadError) and e.partial:
+                    raise
+                raise _ClosedBeforeAnswer() from e
+            head = raw_head.decode("latin-1").split("\r\n")
             status_line = head[0].split(" ", 2)
             if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
                 raise _HttpError(f"bad status line {head[0]!r}")
@@ -213,10 +249,9 @@ class _Connections:
             raise _HttpError(f"{type(e).__name__}: {e}") from None
         finally:
             if keep:
-                self._idle.append((reader, writer))
+                self._idle.append((reader, writer, time.monotonic()))
             else:  # cancelled, failed or closed by the server: never reuse a half-read connection
-                writer.close()
-                self._all.discard(writer)
+                self._drop(writer)
 
     async def close(self) -> None:
         for writer in list(self._all):

@@ -29,7 +29,9 @@ class SlowServer:
 def slow_server(request: pytest.FixtureRequest) -> Iterator[SlowServer]:
     """A real HTTP server on loopback that answers each request after ``delay`` seconds
     (parametrize indirectly; ``None`` holds every request until the test ends)."""
-    delay: float | None = getattr(request, "param", 0.2)
+    param = getattr(request, "param", 0.2)
+    hang_up = param == "hang-up"  # answers at once, then closes the connection without saying so
+    delay: float | None = 0.0 if hang_up else param
     release = threading.Event()
     received: list[float] = []
 
@@ -45,11 +47,16 @@ def slow_server(request: pytest.FixtureRequest) -> Iterator[SlowServer]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            self.close_connection = hang_up
 
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass  # a client that gave up (timeout, hard stop) closed its end: expected here
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -91,6 +98,13 @@ def test_arrivals_beyond_max_in_flight_are_dropped_not_queued(slow_server: SlowS
     assert result.count("dropped") == len(result.records) - 5 > 0
     assert result.count("timeout") == 5  # the run ended by itself although the server never answered
     assert len(slow_server.received) == 5
+
+
+@pytest.mark.parametrize("slow_server", ["hang-up"], indirect=True, ids=["closes-after-each-answer"])
+def test_a_keep_alive_connection_the_server_closed_is_retried_not_counted_as_an_error(slow_server: SlowServer) -> None:
+    result = run_load(slow_server.url, 20.0, 1.0, seed=8, timeout_seconds=5.0)
+    assert result.count("ok") == result.sent == len(result.records) > 5
+    assert len(slow_server.received) == result.sent  # nothing was sent twice to the server
 
 
 def test_max_requests_caps_the_run(slow_server: SlowServer) -> None:
