@@ -175,8 +175,9 @@ class HpMetrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.latency = Histogram("gnn_request_latency_seconds", "Whole /score request latency, measured in the "
-                                 "handler (thread-pool wait included)", buckets=LATENCY_BUCKETS_SECONDS, registry=r)
+        self.latency = Histogram("gnn_request_latency_seconds",
+                                 "Whole /score request latency, measured in the app (thread-pool wait and "
+                                 "response write included)", buckets=LATENCY_BUCKETS_SECONDS, registry=r)
         self.requests = Counter("gnn_requests_total", "Scoring requests answered, by HTTP status", ["status"],
                                 registry=r)
         self.active = Gauge("gnn_active_requests", "Scoring requests in progress", registry=r)
@@ -218,15 +219,15 @@ def _parse_tx(raw: object) -> int:
 
 def build_app(scorer: Scorer, metrics: HpMetrics, *, threads: int) -> ASGIApp:
     """The ASGI app: ``/score`` (GET ?tx= / POST {"tx"}), ``/metrics``, ``/health``."""
-    pool: dict[str, ThreadPoolExecutor] = {}
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool["x"] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score")
+        # The pool lives exactly as long as the server: created at start-up, drained at shutdown.
+        app.state.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score")
         try:
             yield
         finally:
-            pool.pop("x").shutdown(wait=True, cancel_futures=True)
+            app.state.pool.shutdown(wait=True, cancel_futures=True)
 
     async def score(request: Request) -> Response:
         status = 200
@@ -247,7 +248,8 @@ def build_app(scorer: Scorer, metrics: HpMetrics, *, threads: int) -> ASGIApp:
                 status = 400
                 return JSONResponse({"error": str(e)}, status_code=400)
             try:
-                result = await asyncio.get_running_loop().run_in_executor(pool["x"], scorer.score, tx)
+                pool: ThreadPoolExecutor = request.app.state.pool
+                result = await asyncio.get_running_loop().run_in_executor(pool, scorer.score, tx)
             except Exception as e:  # a failed read is a 500 with the reason, never a dead service
                 log.exception("scoring tx %d failed", tx)
                 status = 500
@@ -341,7 +343,7 @@ def run(config: ServiceConfig, *, host: str, port: int) -> int:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Where the graph and the feature store live (on a real disk; reused when they match).")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), help="HTTP port (required unless --setup-only).")
+@click.option("--port", type=click.IntRange(1, 65535), help="HTTP port (required unless --setup-only).")
 @click.option("--seed", default=StoreSpec.seed, show_default=True, help="Seed of graph, features and weights.")
 @click.option("--nodes", type=click.IntRange(min=2), default=StoreSpec.nodes, show_default=True,
               help="Graph nodes; the store is nodes x 4 KiB.")

@@ -296,7 +296,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Where the LP data file lives (on the disk under test).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address of /metrics.")
-@click.option("--port", type=click.IntRange(0, 65535), help="Port of /metrics (required unless --prepare-only).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port of /metrics (required unless --prepare-only).")
 @click.option("--mode", type=click.Choice(["read", "write", "mixed"]), default="read", show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="I/O threads (I/O depth).")
 @click.option("--block-size", "block_size", default="1M", show_default=True, callback=_size,
