@@ -18,15 +18,18 @@ recorded as ``dropped``, never queued); each request gives up after ``timeout``;
 and the run ends at ``duration + timeout`` at the latest (hard stop; anything still
 out is cancelled and counted as ``timeout``).
 
-Each request is ``GET <url>?tx=<id>`` (plain HTTP/1.1 over keep-alive connections) with ``id`` drawn uniformly from
-``[0, tx_space)`` (seeded). Per request the CSV has: ``index``, ``tx``,
-``scheduled_s`` and ``sent_s`` (seconds since the run's start), ``latency_s``
-(from send to the end of the response: what the server's histogram should agree
-with), ``latency_from_schedule_s`` (from the scheduled time: includes the
-client's own lag, which shows if the generator itself fell behind), ``outcome``
-(``ok``, ``http_error``, ``error``, ``timeout``, ``dropped``), ``status_code`` and
-``error``. SIGTERM/SIGINT end the CLI run early; the CSV and summary still get written. The summary (stdout, one JSON line) gives counts and P50/P95/P99 in ms
-of the ``ok`` requests' ``latency_s``.
+Each request is ``GET <url>?tx=<id>`` (plain HTTP/1.1 over keep-alive
+connections) with ``id`` drawn uniformly from ``[0, tx_space)`` (seeded). Per
+request the CSV has: ``index``, ``tx``, ``scheduled_s`` and ``sent_s`` (seconds
+since the run's start), ``latency_s`` (from send to the end of the response:
+what the server's histogram should agree with), ``latency_from_schedule_s``
+(from the scheduled time: adds the client's own lag, which shows if the
+generator itself fell behind), ``outcome`` (``ok``, ``http_error``, ``error``,
+``timeout``, ``dropped``), ``status_code``, ``error`` and ``sent_unix_s`` (the
+send time as Unix seconds, to line up with Prometheus series). SIGTERM/SIGINT
+end a CLI run early; the CSV and the summary are still written. The summary
+(stdout, one JSON line) gives counts and P50/P95/P99 in ms of the ``ok``
+requests' ``latency_s``, plus the P95 from the scheduled time.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ __all__ = ["LoadResult", "RequestRecord", "main", "poisson_schedule", "run_load"
 Outcome = Literal["ok", "http_error", "error", "timeout", "dropped"]
 
 CSV_COLUMNS = ("index", "tx", "scheduled_s", "sent_s", "latency_s", "latency_from_schedule_s", "outcome",
-               "status_code", "error")
+               "status_code", "error", "sent_unix_s")
 
 
 @dataclass
@@ -81,6 +84,8 @@ class LoadResult:
     duration_seconds: float
     records: list[RequestRecord] = field(default_factory=list)
     elapsed_seconds: float = 0.0
+    start_unix_seconds: float = 0.0
+    """Wall-clock time of the run's start (``sent_s`` and ``scheduled_s`` count from here)."""
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.records if r.outcome == outcome)
@@ -100,6 +105,7 @@ class LoadResult:
             "url": self.url,
             "rate_per_second": self.rate_per_second,
             "duration_seconds": self.duration_seconds,
+            "start_unix_seconds": round(self.start_unix_seconds, 3),
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "scheduled": len(self.records),
             "sent": self.sent,
@@ -119,7 +125,9 @@ class LoadResult:
             w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
             w.writeheader()
             for r in self.records:
-                w.writerow({k: ("" if v is None else v) for k, v in asdict(r).items()})
+                row: dict[str, object] = {k: ("" if v is None else v) for k, v in asdict(r).items()}
+                row["sent_unix_s"] = "" if r.sent_s is None else f"{self.start_unix_seconds + r.sent_s:.6f}"
+                w.writerow(row)
 
 
 def poisson_schedule(rate: float, duration_seconds: float, *, seed: int, max_requests: int | None) -> list[float]:
@@ -277,6 +285,7 @@ async def run_load_async(url: str, rate: float, duration_seconds: float, *, seed
     connections = _Connections(target)
     in_flight: set[asyncio.Task[None]] = set()
     start = time.perf_counter()
+    result.start_unix_seconds = time.time()
 
     async def send(rec: RequestRecord) -> None:
         sent = time.perf_counter()

@@ -121,8 +121,10 @@ def test_a_refused_connection_is_an_error_per_request_not_a_crash() -> None:
 
 def test_the_cli_writes_one_csv_row_per_request_and_a_json_summary(slow_server: SlowServer, scratch: Path) -> None:
     out = scratch / "client.csv"
+    began = time.time()
     run = CliRunner().invoke(main, ["--url", slow_server.url, "--rate", "50", "--duration", "0.4", "--seed", "7",
                                     "--out", str(out)])
+    ended = time.time()
     assert run.exit_code == 0, run.output
     summary = json.loads(run.output.strip().splitlines()[-1])
     rows = list(csv.DictReader(out.open()))
@@ -130,6 +132,7 @@ def test_the_cli_writes_one_csv_row_per_request_and_a_json_summary(slow_server: 
     assert summary["sent"] == summary["ok"] == len(rows) and summary["dropped"] == summary["errors"] == 0
     assert {r["outcome"] for r in rows} == {"ok"} and {r["status_code"] for r in rows} == {"200"}
     assert summary["p95_ms"] >= 200.0  # the server's 0.2 s delay is in every latency
+    assert all(began <= float(r["sent_unix_s"]) <= ended for r in rows)  # wall-clock, to line up with Prometheus
 
 
 @pytest.mark.parametrize(
