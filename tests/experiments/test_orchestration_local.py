@@ -23,7 +23,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from click.testing import CliRunner
+
 from experiments.backends.local import LocalBackend, LocalConfig
+from experiments.cli import _run_command
 from experiments.export import SERIES_COLUMNS
 from experiments.prometheus_server import PrometheusUnavailable, find_prometheus
 from experiments.report import SUMMARY_COLUMNS, bucket_bounds, period_buckets
@@ -112,8 +115,12 @@ def test_a_short_run_writes_its_files_and_leaves_no_process_cgroup_or_temp_dir(
     if scheduler_before:
         assert Path("/sys/block/vda/queue/scheduler").read_text() == scheduler_before
 
-    # The files, with their columns.
+    # The files, with their columns; --report-only rebuilds the same summary from them.
     summary = pd.read_csv(tmp_path / "summary.csv")
+    (tmp_path / "summary.csv").unlink()
+    rebuilt = CliRunner().invoke(_run_command, ["--report-only", "--output", str(tmp_path)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "summary.csv"), summary)
     assert list(summary.columns) == SUMMARY_COLUMNS
     assert list(summary["scenario"]) == ["baseline", "static-max"]
     for name in ("baseline", "static-max"):
@@ -175,3 +182,24 @@ def test_ctrl_c_mid_run_stops_everything_and_keeps_the_finished_scenarios(tmp_pa
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["scenario"]) == ["baseline"]
     assert "contention" in (out / "report.md").read_text().split("## Not run")[1]
+
+
+@pytest.mark.benchmark
+def test_the_readme_command_runs_all_scenarios_to_the_end(tmp_path: Path, work_root: Path) -> None:
+    """`run-experiment --scenario all` with the default duration (about 8 minutes) writes the whole output dir."""
+    _require_kernel()
+    out = tmp_path / "out"
+    result = subprocess.run([str(Path(sys.executable).parent / "run-experiment"), "--scenario", "all",
+                             "--output", str(out), "--work-dir", str(work_root)],
+                            capture_output=True, text=True, timeout=1200,
+                            env={**os.environ, "MPLCONFIGDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = pd.read_csv(out / "summary.csv")
+    assert {"baseline", "contention", "static-max", "drcio"} <= set(summary["scenario"])
+    assert (summary["kind"] == "sweep").sum() == 8
+    for name in summary["scenario"]:
+        if name != "oracle":
+            assert list(pd.read_csv(out / f"{name}.csv").columns) == SERIES_COLUMNS
+    for png in ("latency.png", "sweep-latency.png", "throttle.png", "lp-throughput.png", "frontier.png"):
+        assert (out / png).stat().st_size > 0
+    assert "## SLO target" in (out / "report.md").read_text()
