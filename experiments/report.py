@@ -74,6 +74,8 @@ SUMMARY_COLUMNS = [
     "slo_target_ms",
     "slo_attainment",
     "source",
+    "io_pressure_pct",
+    "cpu_pressure_pct",
 ]
 _MAIN_ORDER = ["baseline", "contention", "static-max", "static-weight", "drcio"]
 _ROW_ORDER = ["baseline", "contention", "static-max", "static-weight", "sweep", "drcio"]
@@ -100,6 +102,8 @@ class ScenarioResult:
     warmup_seconds: float
     lp: bool
     level: float | None = None
+    #: Facts recorded by the backend, e.g. ``io_pressure_pct`` (host PSI during the scenario).
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -234,7 +238,16 @@ def _summary_row(result: ScenarioResult, target_ms: float) -> dict[str, object]:
         "slo_target_ms": target_ms,
         "slo_attainment": slo_attainment(result.series, target_ms, result.warmup_seconds),
         "source": "",
+        "io_pressure_pct": _note_number(result.notes, "io_pressure_pct"),
+        "cpu_pressure_pct": _note_number(result.notes, "cpu_pressure_pct"),
     }
+
+
+def _note_number(notes: dict[str, str], key: str) -> float:
+    try:
+        return float(notes[key])
+    except (KeyError, ValueError):
+        return math.nan
 
 
 def oracle_row(summary: pd.DataFrame) -> dict[str, object] | None:
@@ -451,13 +464,17 @@ def write_report(
               f"**{target.target_ms:g} ms** (HP P95). Chosen: {target.how}.", ""]
     lines += ["## Results", "", _markdown_table(summary, [
         "scenario", "level", "p50_ms", "p95_ms", "p99_ms", "client_p95_ms", "hp_rps",
-        "lp_mbps", "rbps_limit_mbps", "wbps_limit_mbps", "mean_level", "slo_attainment"]), ""]
+        "lp_mbps", "rbps_limit_mbps", "wbps_limit_mbps", "mean_level", "slo_attainment",
+        "io_pressure_pct", "cpu_pressure_pct"]), ""]
     lines += [
         "Quantiles are over each scenario's measured period (after warm-up) from the server's histogram; "
         "`client_p95_ms` is the load generator's own measurement. `slo_attainment` is the fraction of 1 s "
         f"intervals (P95 over the trailing window) after warm-up, excluding the first {SKIPPED_INTERVALS}, "
         "whose P95 met the target. `lp_mbps` is MiB/s (read + write). The `oracle` row is the sweep level "
-        "with the most LP throughput whose P95 meets the target.", ""]
+        "with the most LP throughput whose P95 meets the target. `io_pressure_pct` / `cpu_pressure_pct`: "
+        "share of the scenario's wall time in which some task waited for the disk / a CPU (Linux PSI), "
+        "the experiment's own processes included; high values in the baseline mean something else "
+        "loaded the host during the run.", ""]
     checks = _checks(summary)
     if checks:
         lines += ["## Against the acceptance figures", "", *checks, ""]

@@ -339,7 +339,8 @@ def _result_from_files(output: Path, meta: dict[str, Any]) -> ScenarioResult:
     histogram = pd.read_csv(raw / "histogram.csv")
     client = read_client_csv(raw / "client.csv", float(meta["start"]))
     return ScenarioResult(name=name, kind=meta["kind"], series=series, histogram=histogram, client=client,
-                          warmup_seconds=float(meta["warmup_seconds"]), lp=bool(meta["lp"]), level=meta.get("level"))
+                          warmup_seconds=float(meta["warmup_seconds"]), lp=bool(meta["lp"]), level=meta.get("level"),
+                          notes={str(k): str(v) for k, v in (meta.get("notes") or {}).items()})
 
 
 def load_results(output: Path) -> tuple[list[ScenarioResult], TargetChoice | None, dict[str, str]]:

@@ -71,6 +71,8 @@ __all__ = [
     "Supervisor",
     "SchedulerSwitch",
     "check_prerequisites",
+    "pressure_notes",
+    "pressure_totals",
 ]
 
 log = logging.getLogger(__name__)
@@ -250,6 +252,34 @@ def _json_event(path: Path, event: str) -> Callable[[], bool]:
 
 def _nonempty(path: Path) -> Callable[[], bool]:
     return lambda: path.exists() and path.stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- host pressure
+
+
+def pressure_totals(proc_root: Path = Path("/proc")) -> dict[str, float]:
+    """Cumulative seconds in which some task waited for I/O / CPU (PSI ``some total``); {} without PSI."""
+    totals: dict[str, float] = {}
+    for resource in ("io", "cpu"):
+        try:
+            text = (proc_root / "pressure" / resource).read_text()
+        except OSError:
+            continue
+        match = re.search(r"^some .*total=(\d+)", text, re.MULTILINE)
+        if match:
+            totals[resource] = int(match.group(1)) / 1e6
+    return totals
+
+
+def pressure_notes(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, str]:
+    """Share of the scenario's wall time with some task stalled, per resource, as notes for the report.
+
+    It includes the experiment's own processes (LP stalls on its limit), so
+    it is a witness, not a measurement: a baseline with high I/O pressure
+    means something else used the disk during the run.
+    """
+    return {f"{r}_pressure_pct": f"{100.0 * (after[r] - before[r]) / seconds:.1f}"
+            for r in before if r in after and seconds > 0}
 
 
 # --------------------------------------------------------------------------- block scheduler
@@ -606,6 +636,7 @@ class LocalBackend:
                 log_path=logs / "loadgen.log", stdout_path=raw_dir / "loadgen-summary.json", expect_exit=True)
             procs.append(loadgen)
             start = time.time()
+            pressure_before = pressure_totals()
             if lp is not None:
                 os.kill(lp.pid, signal.SIGUSR1)
             while (elapsed := time.time() - start) < D:
@@ -613,6 +644,7 @@ class LocalBackend:
                 tick(min(elapsed, D), D, "running")
                 time.sleep(min(0.5, max(0.0, D - elapsed)))
             end = start + D
+            notes.update(pressure_notes(pressure_before, pressure_totals(), time.time() - start))
             tick(D, D, "finishing")
             # One more scrape so every series has a sample at the end of the range.
             time.sleep(self.config.scrape_interval_seconds + 0.5)

@@ -15,7 +15,15 @@ import yaml
 from click.testing import CliRunner
 
 from experiments.backends import BackendUnavailable
-from experiments.backends.local import LocalConfig, ProcessFailed, SchedulerSwitch, Supervisor, check_prerequisites
+from experiments.backends.local import (
+    LocalConfig,
+    ProcessFailed,
+    SchedulerSwitch,
+    Supervisor,
+    check_prerequisites,
+    pressure_notes,
+    pressure_totals,
+)
 from experiments.cli import _run_command
 from experiments.scenarios import (
     PlanConfig,
@@ -306,3 +314,27 @@ def test_the_wiring_replaces_whatever_the_users_slo_file_says(tmp_path: Path) ->
     assert doc["slos"][0]["labels"] == {"job": "hp-gnn"}
     assert doc["slos"][0]["throttle"]["selector"] == {"group-id": "lp"}
     assert doc["slos"][0]["throttle"]["devices"] == ["254:0"]
+
+
+# --------------------------------------------------------------------------- host pressure
+
+
+def test_pressure_notes_give_the_share_of_time_stalled_per_resource(tmp_path: Path) -> None:
+    (tmp_path / "pressure").mkdir()
+
+    def write(io_us: int, cpu_us: int) -> None:
+        for name, total in (("io", io_us), ("cpu", cpu_us)):
+            (tmp_path / "pressure" / name).write_text(
+                f"some avg10=0.00 avg60=0.00 avg300=0.00 total={total}\n"
+                f"full avg10=0.00 avg60=0.00 avg300=0.00 total={total // 2}\n")
+
+    write(1_000_000, 0)
+    before = pressure_totals(tmp_path)
+    write(3_000_000, 5_000_000)  # +2 s of I/O stall, +5 s of CPU stall
+    notes = pressure_notes(before, pressure_totals(tmp_path), 10.0)
+    assert notes == {"io_pressure_pct": "20.0", "cpu_pressure_pct": "50.0"}
+
+
+def test_no_psi_means_no_pressure_notes(tmp_path: Path) -> None:
+    assert pressure_totals(tmp_path) == {}
+    assert pressure_notes({}, {}, 10.0) == {}
