@@ -21,6 +21,7 @@ __all__ = [
     "ALIGNMENT_BYTES",
     "DirectIOUnsupported",
     "aligned_buffer",
+    "backing_device",
     "check_aligned",
     "is_fully_written",
     "open_direct",
@@ -34,7 +35,7 @@ multiple of any logical block size we meet)."""
 
 
 class DirectIOUnsupported(RuntimeError):
-    """The file system refuses O_DIRECT (e.g. tmpfs); the data dir must live on a real disk."""
+    """The file system refuses O_DIRECT (older tmpfs, some FUSE file systems); the data dir must live on a disk."""
 
 
 def check_aligned(value: int, what: str) -> None:
@@ -58,7 +59,7 @@ def open_direct(path: Path, *, write: bool = False) -> int:
         if e.errno == 22:  # EINVAL: the file system has no O_DIRECT
             raise DirectIOUnsupported(
                 f"{path}: the file system does not support O_DIRECT; put the data dir on a disk-backed "
-                "file system (not tmpfs)"
+                "file system such as ext4 or xfs"
             ) from e
         raise
 
@@ -90,3 +91,13 @@ def is_fully_written(path: Path, size_bytes: int) -> bool:
     except FileNotFoundError:
         return False
     return st.st_size == size_bytes and st.st_blocks * 512 >= size_bytes
+
+
+def backing_device(path: Path) -> str | None:
+    """``MAJ:MIN`` of the block device holding ``path``, or None on a device-less file system.
+
+    tmpfs, overlay and the like have major 0: on those even O_DIRECT reads never
+    reach a disk, so the workloads warn (the experiment would measure nothing).
+    """
+    dev = path.stat().st_dev
+    return None if os.major(dev) == 0 else f"{os.major(dev)}:{os.minor(dev)}"

@@ -48,6 +48,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from experiments.workloads.direct_io import backing_device
 from experiments.workloads.featurestore import FeatureStore, StoreSpec, ensure_store
 
 __all__ = [
@@ -329,8 +330,13 @@ def run(config: ServiceConfig, *, host: str, port: int) -> int:
         app = build_app(scorer, HpMetrics(), threads=config.threads)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                                lifespan="on"))
+        device = backing_device(config.data_dir)
+        if device is None:
+            log.warning("%s is on a file system without a block device (tmpfs?): feature reads will not reach "
+                        "a disk", config.data_dir)
         ready = {"event": "ready", "service": "hp_gnn", "url": f"http://{host}:{port}", "nodes": store.nodes,
-                 "edges": manifest["edges"], "store_built": built, "startup_seconds": round(time.monotonic() - t0, 3)}
+                 "edges": manifest["edges"], "store_built": built, "device": device,
+                 "startup_seconds": round(time.monotonic() - t0, 3)}
         # uvicorn shuts down gracefully on SIGTERM/SIGINT, then restores the previous handlers and
         # re-raises the signal; with these no-op handlers in place that ends in a clean exit 0.
         for sig in (signal.SIGTERM, signal.SIGINT):

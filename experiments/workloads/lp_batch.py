@@ -48,6 +48,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from experiments.workloads.direct_io import (
     aligned_buffer,
+    backing_device,
     check_aligned,
     is_fully_written,
     open_direct,
@@ -262,8 +263,12 @@ def run(config: BatchConfig, *, host: str, port: int, prepare_only: bool = False
     try:
         t0 = time.monotonic()
         written = prepare_file(config.data_file, config.file_size_bytes, seed=config.seed)
+        device = backing_device(config.data_file)
+        if device is None:
+            log.warning("%s is on a file system without a block device (tmpfs?): its I/O will not reach a disk",
+                        config.data_file)
         prepared = {"event": "prepared", "service": "lp_batch", "pid": os.getpid(), "file": str(config.data_file),
-                    "file_bytes": config.file_size_bytes, "written": written,
+                    "file_bytes": config.file_size_bytes, "written": written, "device": device,
                     "prepare_seconds": round(time.monotonic() - t0, 3)}
         if prepare_only:
             print(json.dumps(prepared), flush=True)

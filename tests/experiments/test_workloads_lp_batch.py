@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from experiments.prometheus_server import free_port
+from experiments.workloads.direct_io import backing_device
 from experiments.workloads.lp_batch import BatchConfig, parse_size, prepare_file
 from tests.experiments.test_workloads_support import Workload, run_workload, scrape
 from tests.experiments.test_workloads_support import scratch  # noqa: F401  (fixture)
@@ -87,6 +88,7 @@ def test_no_io_before_the_start_signal_then_counters_on_metrics_and_a_clean_sigt
     with run_workload("lp_batch", "--data-dir", str(scratch), "--port", str(port), "--mode", "mixed", *SMALL) as job:
         prepared = job.wait_for_event("prepared")
         assert prepared["state"] == "waiting for start" and prepared["pid"] == job.proc.pid
+        assert prepared["device"] == backing_device(scratch)  # the device to throttle, for the orchestrator
         io_before = _io_bytes(job.proc.pid)
         time.sleep(0.5)  # a window in which a job that ignored the pause would have done I/O
         assert _ops(metrics_url) == {"read": 0, "write": 0}
