@@ -92,6 +92,10 @@ def node_for_tx(tx: int, nodes: int) -> int:
     return ((tx * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) % nodes
 
 
+def _relu(a: np.ndarray) -> np.ndarray:
+    return np.maximum(a, 0.0)
+
+
 @dataclass(frozen=True)
 class GnnModel:
     """Two mean-aggregation (GraphSAGE-style) layers and a two-layer MLP with seeded weights."""
@@ -115,7 +119,7 @@ class GnnModel:
     def score(self, x_self: np.ndarray, x_hop1: np.ndarray, hop2_means: np.ndarray) -> float:
         """Risk in [0, 1] of a node from its features, its sampled neighbours' features
         (k, F) and, per neighbour, the mean of its own sampled neighbours' features (k, F)."""
-        relu = lambda a: np.maximum(a, 0.0)  # noqa: E731
+        relu = _relu
         if len(x_hop1):
             h1_self = relu(np.concatenate([x_self, x_hop1.mean(axis=0)]) @ self.w1)
             h1_nb = relu(np.concatenate([x_hop1, hop2_means], axis=1) @ self.w1)

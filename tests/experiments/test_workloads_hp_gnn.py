@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from experiments.prometheus_server import PrometheusServer, ScrapeTarget, free_port
-from experiments.workloads.hp_gnn import LATENCY_BUCKET_RATIO, LATENCY_BUCKETS_SECONDS
+from experiments.workloads.featurestore import FeatureStore, StoreSpec, build_store
+from experiments.workloads.hp_gnn import LATENCY_BUCKET_RATIO, LATENCY_BUCKETS_SECONDS, GnnModel, Scorer
 from experiments.workloads.loadgen import run_load
 from tests.experiments.test_workloads_support import buckets, histogram_quantile, run_workload, scrape
 from tests.experiments.test_workloads_support import scratch  # noqa: F401  (fixture)
@@ -71,6 +72,19 @@ def test_latency_buckets_are_a_fine_geometric_ladder_from_0_1_ms_to_10_s() -> No
     assert {0.001, 0.01, 0.1, 1.0} <= set(edges)  # round targets sit exactly on an edge
     ratios = [b / a for a, b in zip(edges, edges[1:])]
     assert max(ratios) <= LATENCY_BUCKET_RATIO * 1.001 and LATENCY_BUCKET_RATIO < 1.2
+
+
+def test_scores_are_in_0_1_vary_across_transactions_and_cost_a_bounded_number_of_reads(scratch: Path) -> None:
+    spec = StoreSpec(seed=2, nodes=1024)
+    build_store(scratch, spec)
+    with FeatureStore(scratch, spec) as store:
+        scorer = Scorer(store, GnnModel.seeded(spec.seed, spec.feature_dim), hop1=4, hop2=2)
+        results = [scorer.score(tx) for tx in range(200)]
+        again = scorer.score(17)
+    assert all(0.0 <= r.score <= 1.0 for r in results)
+    assert len({round(r.score, 6) for r in results}) > 100  # a function of the neighbourhood, not a constant
+    assert all(2 <= r.reads <= 1 + 4 * (1 + 2) for r in results)
+    assert again == results[17]
 
 
 def test_a_scoring_request_returns_a_score_in_0_1_and_bumps_the_metrics(hp_service: str) -> None:
