@@ -341,6 +341,7 @@ def _lp_figure(results: Sequence[ScenarioResult], path: Path) -> Path | None:
     for r in with_lp:
         ax.plot(r.series["elapsed_seconds"], r.series["lp_bytes_per_second"] / MIB, label=r.name)
     ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("LP throughput (MiB/s, read + write)")
     ax.set_xlabel("time since scenario start (s)")
     ax.legend(fontsize=8)
@@ -370,6 +371,7 @@ def _frontier_figure(summary: pd.DataFrame, target_ms: float, path: Path) -> Pat
                 markeredgecolor="tab:green", label=f"oracle ({oracle['source'].iloc[0]})")
     ax.axhline(target_ms, color="red", linestyle="--", linewidth=1, label=f"SLO {target_ms:g} ms")
     ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)  # throughput is never negative; symlog would otherwise show negative decades
     ax.set_yscale("log")
     ax.set_xlabel("LP throughput (MiB/s)")
     ax.set_ylabel("HP P95 over the measured period (ms)")

@@ -57,8 +57,8 @@ import yaml
 from experiments.backends import BackendUnavailable, ScenarioRun, Tick
 from experiments.export import SeriesQueries
 from experiments.prometheus_server import PrometheusServer, PrometheusUnavailable, ScrapeTarget, find_prometheus, free_port
-from experiments.workloads.levels import LoadLevel, load_level
 from experiments.scenarios import LP_GROUP, ScenarioSpec, SloWiring, slo_document, validate_slo
+from experiments.workloads.levels import LoadLevel, load_level
 from writer import cgroups
 from writer.api import MountRef
 from writer.devices import DeviceError, disk_name, resolve_devices

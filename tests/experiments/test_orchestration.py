@@ -167,6 +167,8 @@ def test_no_cgroup_io_controller_says_what_is_missing() -> None:
 
 
 def test_the_cli_exits_2_without_root_and_creates_nothing(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to another user with setpriv")
     tmp_path.chmod(0o777)
     out = tmp_path / "out"
     env = {**os.environ, "MPLCONFIGDIR": str(tmp_path)}
@@ -174,8 +176,6 @@ def test_the_cli_exits_2_without_root_and_creates_nothing(tmp_path: Path) -> Non
     result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(script),
                              "--scenario", "baseline", "--output", str(out)],
                             capture_output=True, text=True, timeout=60, env=env)
-    if os.geteuid() != 0:
-        pytest.skip("needs root to drop to another user with setpriv")
     assert result.returncode == 2, result.stderr
     assert "needs root" in result.stderr and "sim" in result.stderr
     assert not out.exists()
