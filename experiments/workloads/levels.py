@@ -4,25 +4,26 @@ Read by the orchestrator (``experiments.cli`` / scenarios) to start the load
 generator and the LP batch job; ``LoadLevel.loadgen_args()`` and
 ``LoadLevel.lp_args()`` give the workloads' CLI flags.
 
-Why these numbers (measured on the 2-core dev VM, disk ``vda``, while other
-jobs shared the machine; HP = ``hp_gnn`` with 32 scoring threads, ~10 feature
-reads per request):
+Why these numbers. Measured on the 2-core dev VM, disk ``vda``, HP = ``hp_gnn``
+with its defaults (32 scoring threads, ~10 dependent 4 KiB O_DIRECT reads per
+request), 10 s per point, client-side P95. Other engineers' experiments shared
+the machine during most runs, so read the ranges, not the digits:
 
-- HP rate 100 / 200 / 300 requests/s. The service costs ~1.5 ms of CPU per
-  request (18 % / 31 % / 45 % of one core), the load generator ~0.5 ms
-  (9-15 %), the LP job 8-17 %: the high level stays under one of the two cores,
-  leaving the other to Prometheus, the controller and the writer, so the
-  latency measured is the disk's and not CPU starvation. HP P95 alone was
-  5-12 ms at every rate (client side; mostly CPU scheduling noise on the shared
-  machine, the disk reads themselves take ~0.06 ms).
+- HP rate 100 / 200 / 300 requests/s. The service costs ~2 ms of CPU per
+  request (21 % / 31-38 % / 45-58 % of one core), the load generator ~0.5 ms
+  (9-15 %), the LP job 8-18 %: even ``high`` with its LP job stays under one of
+  the two cores, leaving the other to Prometheus, the controller and the
+  writer. HP P95 alone: 5-12 ms at every rate in quiet windows (the reads take
+  ~0.06 ms each; the rest is Python, HTTP and scheduling), up to 44 ms when
+  another experiment ran beside it.
 - LP intensity rises with the level, 1 MiB O_DIRECT blocks throughout (the
-  classic batch/ETL pattern). Unthrottled, one process reads at ~1.1 GB/s or
-  writes at ~2.8-3.0 GB/s. Beside it the HP P95 went to 37 ms (low: 100/s, read
-  x2), 31 ms (medium: 200/s, mixed x4) and 67 ms (high: 300/s, mixed x8): 4-10x
-  the baseline, so contention is unmistakable while the HP service stays
-  degraded rather than collapsed (no dropped requests), which is what a
-  controller can recover from. Read x4 at 200/s pushed the P95 to 115 ms and,
-  with 8 scoring threads, into seconds of queueing.
+  batch/ETL pattern). Unthrottled, 4 threads read ~1.0-1.2 GB/s or write
+  ~2.8-3.0 GB/s. Beside it the HP P95 rose to 37-58 ms (low: 100/s, read x2),
+  31-136 ms (medium: 200/s, mixed x4) and 67 ms to 1.1 s (high: 300/s, mixed x8):
+  ``high`` sits at the HP service's capacity under unthrottled LP (32 threads /
+  ~100 ms per request) and can tip into queueing with dropped requests — it is
+  the stress level. For comparison at 200/s: read x1 13 ms, read x4 73-115 ms,
+  write x1 13 ms, write x4 39-141 ms.
 - ``mixed`` (half the workers read, half overwrite in place) exercises both
   ``rbps`` and ``wbps`` limits; ``low`` is read-only so its throttle has one knob.
 """
