@@ -13,7 +13,7 @@ job STARTS PAUSED:
 2. it prepares its data file ``lp-batch.dat`` (``--file-size``) — written in full
    and fsync'd, because writes into unwritten extents would make the file system
    journal outside the cgroup; an existing complete file of the right size is
-   reused;
+   reused; SIGTERM here stops within one 8 MiB chunk and the file is redone next time;
 3. it prints one JSON line ``{"event": "prepared", "state": "waiting for start", "pid": ...}``
    on stdout and waits;
 4. it starts I/O on ``SIGUSR1`` or on a line ``start`` on stdin (EOF on stdin is
@@ -56,7 +56,8 @@ from experiments.workloads.direct_io import (
     pwrite_exact,
 )
 
-__all__ = ["BatchConfig", "BatchJob", "BatchMetrics", "Mode", "main", "parse_size", "prepare_file"]
+__all__ = ["BatchConfig", "BatchJob", "BatchMetrics", "Mode", "PreparationStopped", "main", "parse_size",
+           "prepare_file"]
 
 log = logging.getLogger("lp_batch")
 
@@ -135,11 +136,17 @@ class BatchMetrics:
             self.latency.labels(op=op)
 
 
-def prepare_file(path: Path, size_bytes: int, *, seed: int = 0) -> bool:
+class PreparationStopped(Exception):
+    """A stop was requested while the data file was being written (it is left incomplete, unmarked)."""
+
+
+def prepare_file(path: Path, size_bytes: int, *, seed: int = 0, stop: threading.Event | None = None) -> bool:
     """Make ``path`` a fully written, fsync'd file of ``size_bytes``; reuse it if it already is.
 
     Returns True if it was (re)written. The content is random so that no layer
-    below can compress or deduplicate it away.
+    below can compress or deduplicate it away. ``stop`` (checked between 8 MiB
+    chunks) aborts with :class:`PreparationStopped`, so SIGTERM during a long
+    preparation is honoured within a chunk.
     """
     marker = path.with_name(path.name + _COMPLETE_SUFFIX)
     if marker.exists() and marker.read_text().strip() == str(size_bytes) and is_fully_written(path, size_bytes):
@@ -153,6 +160,8 @@ def prepare_file(path: Path, size_bytes: int, *, seed: int = 0) -> bool:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DIRECT | os.O_CLOEXEC, 0o644)
     try:
         for offset in range(0, size_bytes, chunk):
+            if stop is not None and stop.is_set():
+                raise PreparationStopped(f"{path}: stopped after {offset} of {size_bytes} bytes")
             n = min(chunk, size_bytes - offset)  # the size is 4 KiB aligned, so the tail is too
             if os.pwritev(fd, [memoryview(buf)[:n]], offset) != n:
                 raise OSError(f"{path}: short write at offset {offset} while preparing")
@@ -262,7 +271,13 @@ def run(config: BatchConfig, *, host: str, port: int, prepare_only: bool = False
         server, _ = start_http_server(port, addr=host, registry=metrics.registry)
     try:
         t0 = time.monotonic()
-        written = prepare_file(config.data_file, config.file_size_bytes, seed=config.seed)
+        try:
+            written = prepare_file(config.data_file, config.file_size_bytes, seed=config.seed, stop=job.stopped)
+        except PreparationStopped as e:
+            log.info("%s", e)
+            print(json.dumps({"event": "stopped", "service": "lp_batch", "bytes": {"read": 0, "write": 0},
+                              "during": "prepare"}), flush=True)
+            return 0
         device = backing_device(config.data_file)
         if device is None:
             log.warning("%s is on a file system without a block device (tmpfs?): its I/O will not reach a disk",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from experiments.prometheus_server import free_port
 from experiments.workloads.direct_io import backing_device
-from experiments.workloads.lp_batch import BatchConfig, parse_size, prepare_file
+from experiments.workloads.lp_batch import BatchConfig, PreparationStopped, parse_size, prepare_file
 from tests.experiments.test_workloads_support import Workload, run_workload, scrape
 from tests.experiments.test_workloads_support import scratch  # noqa: F401  (fixture)
 
@@ -58,6 +59,16 @@ def test_a_sparse_file_of_the_right_size_is_rewritten(scratch: Path) -> None:
         f.truncate(4 << 20)  # right size, no blocks: writing into it would allocate outside the cgroup
     assert prepare_file(path, 4 << 20) is True
     assert path.stat().st_blocks * 512 >= 4 << 20
+
+
+def test_a_stop_during_preparation_leaves_no_complete_marker_and_a_later_run_rewrites(scratch: Path) -> None:
+    path = scratch / "lp.dat"
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(PreparationStopped, match="stopped after 0 of"):
+        prepare_file(path, 16 << 20, stop=stop)
+    assert not path.with_name("lp.dat.complete").exists()
+    assert prepare_file(path, 16 << 20) is True
 
 
 def _io_bytes(pid: int) -> tuple[int, int]:
