@@ -184,3 +184,13 @@ def test_write_report_with_only_a_baseline_skips_plots_without_data(tmp_path: Pa
     assert (tmp_path / "latency.png").exists()
     assert not (tmp_path / "frontier.png").exists()
     assert not (tmp_path / "throttle.png").exists()
+
+
+def test_report_warns_when_the_baseline_ran_on_a_busy_disk(tmp_path: Path) -> None:
+    results = _frontier()
+    results[0].notes = {"io_pressure_pct": "46.1", "cpu_pressure_pct": "34.1"}
+    write_report(tmp_path, results, TargetChoice(5.0, "given"))
+    assert "the host was busy" in (tmp_path / "report.md").read_text()
+    results[0].notes = {"io_pressure_pct": "5.4"}
+    write_report(tmp_path, results, TargetChoice(5.0, "given"))
+    assert "the host was busy" not in (tmp_path / "report.md").read_text()
