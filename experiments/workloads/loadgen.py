@@ -18,7 +18,7 @@ recorded as ``dropped``, never queued); each request gives up after ``timeout``;
 and the run ends at ``duration + timeout`` at the latest (hard stop; anything still
 out is cancelled and counted as ``timeout``).
 
-Each request is ``GET <url>?tx=<id>`` (plain HTTP/1.1 over keep-alive
+Each request is ``GET <url>?tx=<id>`` (HTTP/1.1 over aiohttp's keep-alive
 connections) with ``id`` drawn uniformly from ``[0, tx_space)`` (seeded). Per
 request the CSV has: ``index``, ``tx``, ``scheduled_s`` and ``sent_s`` (seconds
 since the run's start), ``latency_s`` (from send to the end of the response:
@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+import aiohttp
 import click
 import numpy as np
 
@@ -160,112 +161,30 @@ def _validate(rate: float, duration_seconds: float, max_requests: int | None, ma
         raise ValueError("bad load-generator settings: " + "; ".join(errors))
 
 
-class _HttpError(Exception):
-    """The server broke the HTTP/1.1 exchange (bad status line, truncated body, ...)."""
+def _check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"url must be http://host[:port]/path (plain HTTP on loopback), got {url!r}")
 
 
-@dataclass(frozen=True)
-class _Target:
-    host: str
-    port: int
-    path: str  # path and query, without tx
-
-    @classmethod
-    def parse(cls, url: str) -> _Target:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"url must be http://host[:port]/path (plain HTTP on loopback), got {url!r}")
-        path = parts.path or "/"
-        return cls(parts.hostname, parts.port or 80, path + ("?" + parts.query + "&" if parts.query else "?"))
+#: Idle keep-alive connections are closed after this long (uvicorn closes them after 5 s;
+#: closing first avoids sending on a connection the server is closing).
+_KEEPALIVE_SECONDS = 2.0
 
 
-class _ClosedBeforeAnswer(Exception):
-    """A reused keep-alive connection was closed by the server before any response byte."""
+def _session(max_in_flight: int) -> aiohttp.ClientSession:
+    """The HTTP client: aiohttp over keep-alive connections.
 
-
-_MAX_IDLE_SECONDS = 2.0
-"""Idle keep-alive connections older than this are not reused (uvicorn closes them after 5 s)."""
-
-
-class _Connections:
-    """A tiny HTTP/1.1 keep-alive client: GET only, Content-Length or chunked bodies.
-
-    Why not httpx: on this 2-core machine httpx spends about 2.5 ms of CPU per
-    request, so at a few hundred requests/s the generator competes with the
-    service it measures and its own overhead doubles the client-side latency.
-    This costs a small fraction of that, so the client-side latency stays an
-    honest check on the server's histogram.
+    Why aiohttp and not httpx (the project's other client): measured by
+    ``benchmarks/http_client_cpu.py`` on this 2-core machine, httpx spends
+    ~2.8 ms of CPU per request and aiohttp ~0.9 ms. At a few hundred
+    requests/s httpx would compete with the service it measures and inflate
+    the client-side latency this generator exists to check. aiohttp also
+    resends a request once when the server had closed the reused keep-alive
+    connection before answering, so such a request is not counted as an error.
     """
-
-    def __init__(self, target: _Target) -> None:
-        self.target = target
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []  # last used (monotonic)
-        self._all: set[asyncio.StreamWriter] = set()
-
-    async def get(self, tx: int) -> int:
-        """Send one GET, read the whole response, return the status code.
-
-        A server closes idle keep-alive connections when it likes (uvicorn after
-        5 s); a request that finds its reused connection closed before a single
-        byte came back was never processed, so it is sent once more on a fresh
-        connection instead of being counted as a server error.
-        """
-        now = time.monotonic()
-        while self._idle:
-            reader, writer, last_used = self._idle.pop()
-            if now - last_used < _MAX_IDLE_SECONDS and not reader.at_eof():
-                try:
-                    return await self._exchange(reader, writer, tx)
-                except _ClosedBeforeAnswer:
-                    break
-            self._drop(writer)
-        reader, writer = await asyncio.open_connection(self.target.host, self.target.port)
-        self._all.add(writer)
-        try:
-            return await self._exchange(reader, writer, tx)
-        except _ClosedBeforeAnswer as e:
-            raise _HttpError("the server closed the connection without answering") from e
-
-    def _drop(self, writer: asyncio.StreamWriter) -> None:
-        writer.close()
-        self._all.discard(writer)
-
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tx: int) -> int:
-        keep = False
-        try:
-            writer.write(f"GET {self.target.path}tx={tx} HTTP/1.1\r\nHost: {self.target.host}\r\n\r\n".encode())
-            try:
-                raw_head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as e:
-                if isinstance(e, asyncio.IncompleteReadError) and e.partial:
-                    raise
-                raise _ClosedBeforeAnswer() from e
-            head = raw_head.decode("latin-1").split("\r\n")
-            status_line = head[0].split(" ", 2)
-            if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
-                raise _HttpError(f"bad status line {head[0]!r}")
-            headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:] if h)}
-            if headers.get("transfer-encoding", "").lower() == "chunked":
-                while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-                    await reader.readexactly(size + 2)
-                await reader.readuntil(b"\r\n")
-            else:
-                await reader.readexactly(int(headers.get("content-length", "0")))
-            keep = headers.get("connection", "").lower() != "close"
-            return int(status_line[1])
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
-            raise _HttpError(f"{type(e).__name__}: {e}") from None
-        finally:
-            if keep:
-                self._idle.append((reader, writer, time.monotonic()))
-            else:  # cancelled, failed or closed by the server: never reuse a half-read connection
-                self._drop(writer)
-
-    async def close(self) -> None:
-        for writer in list(self._all):
-            writer.close()
-        self._all.clear()
-        self._idle.clear()
+    connector = aiohttp.TCPConnector(limit=max_in_flight, keepalive_timeout=_KEEPALIVE_SECONDS)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
 
 
 async def run_load_async(url: str, rate: float, duration_seconds: float, *, seed: int = 0,
@@ -276,13 +195,13 @@ async def run_load_async(url: str, rate: float, duration_seconds: float, *, seed
     ``stop`` (optional) ends the run early: nothing more is sent, in-flight requests are cancelled.
     """
     _validate(rate, duration_seconds, max_requests, max_in_flight, timeout_seconds, tx_space)
-    target = _Target.parse(url)
+    _check_url(url)
     schedule = poisson_schedule(rate, duration_seconds, seed=seed, max_requests=max_requests)
     tx_rnd = random.Random(seed + 1)
     result = LoadResult(url, rate, duration_seconds,
                         [RequestRecord(i, tx_rnd.randrange(tx_space), t) for i, t in enumerate(schedule)])
     stop = stop if stop is not None else asyncio.Event()
-    connections = _Connections(target)
+    session = _session(max_in_flight)
     in_flight: set[asyncio.Task[None]] = set()
     start = time.perf_counter()
     result.start_unix_seconds = time.time()
@@ -292,11 +211,13 @@ async def run_load_async(url: str, rate: float, duration_seconds: float, *, seed
         rec.sent_s = sent - start
         try:
             async with asyncio.timeout(timeout_seconds):
-                rec.status_code = await connections.get(rec.tx)
+                async with session.get(url, params={"tx": str(rec.tx)}) as resp:
+                    await resp.read()
+                    rec.status_code = resp.status
             rec.outcome = "ok" if 200 <= rec.status_code < 300 else "http_error"
         except TimeoutError:
             rec.outcome, rec.error = "timeout", f"no response within {timeout_seconds} s"
-        except (OSError, _HttpError) as e:
+        except (OSError, aiohttp.ClientError) as e:
             rec.outcome, rec.error = "error", f"{type(e).__name__}: {e}"
         end = time.perf_counter()
         rec.latency_s = end - sent
@@ -326,7 +247,7 @@ async def run_load_async(url: str, rate: float, duration_seconds: float, *, seed
             task.cancel()
         if in_flight:
             await asyncio.wait(set(in_flight))
-        await connections.close()
+        await session.close()
     for rec in result.records:
         if rec.sent_s is not None and rec.latency_s is None:  # cancelled at the hard stop or on stop
             rec.outcome, rec.error = "timeout", "cancelled at the end of the run"
