@@ -135,8 +135,10 @@ def test_a_short_run_writes_its_files_and_leaves_no_process_cgroup_or_temp_dir(
     assert (measured["throttle_level"] == 1.0).all()
     assert summary.loc[1, "lp_mbps"] <= 100 * 1.1  # mixed mode: writes capped at 50M pace the reads too
 
-    # Server-side and client-side P95 of the baseline agree within the histogram's resolution:
-    # the client's P95 lies in the server's bucket or a neighbour (the client adds HTTP overhead).
+    # Server-side and client-side P95 of the baseline agree within the histogram's resolution.
+    # The client's latency adds its own HTTP and event-loop time (0.5-2 ms measured on the 2-core
+    # dev VM, about one bucket: edges are x1.18 apart), so it may sit up to two buckets above the
+    # server's bucket, and at most one below (timing differences at the ends of the period).
     base_row = summary.iloc[0]
     histogram = pd.read_csv(tmp_path / "raw" / "baseline" / "histogram.csv")
     series = pd.read_csv(tmp_path / "baseline.csv")
@@ -144,7 +146,7 @@ def test_a_short_run_writes_its_files_and_leaves_no_process_cgroup_or_temp_dir(
     edges = sorted(float(e) * 1000 for e in buckets.index if float(e) != float("inf"))
     lower, upper = bucket_bounds(buckets, base_row["p95_ms"] / 1000)
     i = edges.index(upper * 1000)
-    assert edges[max(0, i - 2)] <= base_row["client_p95_ms"] <= edges[min(len(edges) - 1, i + 1)], (
+    assert edges[max(0, i - 2)] <= base_row["client_p95_ms"] <= edges[min(len(edges) - 1, i + 2)], (
         f"server P95 {base_row['p95_ms']:.2f} ms in ({lower * 1000:.3f}, {upper * 1000:.3f}] ms, "
         f"client P95 {base_row['client_p95_ms']:.2f} ms")
 
