@@ -284,7 +284,7 @@ def _plot_latency_axes(ax: Axes, result: ScenarioResult, target_ms: float) -> No
     s = result.series
     for column, label in (("hp_p50_ms", "P50"), ("hp_p95_ms", "P95"), ("hp_p99_ms", "P99")):
         ax.plot(s["elapsed_seconds"], s[column], label=label, linewidth=1.2 if column == "hp_p95_ms" else 0.8)
-    ax.axhline(target_ms, color="red", linestyle="--", linewidth=1, label=f"SLO {target_ms:g} ms")
+    ax.axhline(target_ms, color="red", linestyle="--", linewidth=1, label=f"SLO {target_ms:.4g} ms")
     ax.axvspan(0, result.warmup_seconds, color="grey", alpha=0.15, label="warm-up")
     ax.set_yscale("log")
     ax.set_ylabel("HP latency (ms)")
@@ -369,7 +369,7 @@ def _frontier_figure(summary: pd.DataFrame, target_ms: float, path: Path) -> Pat
     if not oracle.empty:
         ax.plot(oracle["lp_mbps"], oracle["p95_ms"], "o", markersize=16, markerfacecolor="none",
                 markeredgecolor="tab:green", label=f"oracle ({oracle['source'].iloc[0]})")
-    ax.axhline(target_ms, color="red", linestyle="--", linewidth=1, label=f"SLO {target_ms:g} ms")
+    ax.axhline(target_ms, color="red", linestyle="--", linewidth=1, label=f"SLO {target_ms:.4g} ms")
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlim(left=0)  # throughput is never negative; symlog would otherwise show negative decades
     ax.set_yscale("log")
@@ -478,7 +478,7 @@ def write_report(
     for key, value in (run_info or {}).items():
         lines.append(f"- **{key}**: {value}")
     lines += ["", "## SLO target", "",
-              f"**{target.target_ms:g} ms** (HP P95). Chosen: {target.how}.", ""]
+              f"**{target.target_ms:.4g} ms** (HP P95). Chosen: {target.how}.", ""]
     lines += ["## Results", "", _markdown_table(summary, [
         "scenario", "level", "p50_ms", "p95_ms", "p99_ms", "client_p95_ms", "hp_rps",
         "lp_mbps", "rbps_limit_mbps", "wbps_limit_mbps", "mean_level", "slo_attainment",
