@@ -21,9 +21,10 @@ the last rule per device yields exactly the state the kernel would show.
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -228,32 +229,31 @@ def _mkdir(path: Path, *, parents: bool = False) -> None:
         raise KernelError(path, err) from err
 
 
-def _write(path: Path, line: str) -> None:
+@contextlib.contextmanager
+def _kernel_errors(path: Path) -> Iterator[None]:
+    """Translate OSError on a cgroup file: a missing file whose cgroup is gone is a vanished cgroup."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        yield
     except FileNotFoundError as err:
         if not path.parent.exists():
             raise CgroupVanished(path.parent) from err
         raise KernelError(path, err) from err
     except OSError as err:
         raise KernelError(path, err) from err
-    try:
-        os.write(fd, (line + "\n").encode())
-    except OSError as err:
-        raise KernelError(path, err) from err
-    finally:
-        os.close(fd)
+
+
+def _write(path: Path, line: str) -> None:
+    with _kernel_errors(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
+    with _kernel_errors(path):
         return path.read_text().splitlines()
-    except FileNotFoundError as err:
-        if not path.parent.exists():
-            raise CgroupVanished(path.parent) from err
-        raise KernelError(path, err) from err
-    except OSError as err:
-        raise KernelError(path, err) from err
 
 
 # ---------------------------------------------------------------- io.max
