@@ -44,6 +44,7 @@ __all__ = [
     "create_group",
     "move_pid",
     "remove_group",
+    "remove_empty_groups",
     "read_io_max",
     "apply_io_max",
     "weight_file",
@@ -220,6 +221,26 @@ def remove_group(h: Hierarchy, relative: str) -> None:
             for f in d.iterdir():
                 f.unlink()
             d.rmdir()
+
+
+def remove_empty_groups(h: Hierarchy, prefix: str) -> list[str]:
+    """Remove top-level groups named ``prefix*`` whose whole subtree holds no process.
+
+    For leftovers of runs that were killed before they could clean up. A
+    group with any process in it (a run still going) is left alone, so this
+    is safe beside a concurrent run. Returns the names removed.
+    """
+    if not prefix or "/" in prefix or prefix.startswith("."):
+        raise ValueError(f"prefix must be a plain name start, got {prefix!r}")
+    removed = []
+    for entry in sorted(h.root.iterdir()):
+        if not (entry.is_dir() and entry.name.startswith(prefix)):
+            continue
+        busy = any(_read_words(Path(d) / "cgroup.procs") for d, _, _ in os.walk(entry))
+        if not busy:
+            remove_group(h, entry.name)
+            removed.append(entry.name)
+    return removed
 
 
 def _mkdir(path: Path, *, parents: bool = False) -> None:

@@ -458,6 +458,10 @@ class LocalBackend:
 
     def __enter__(self) -> LocalBackend:
         self.hierarchy = check_prerequisites(self.config)
+        # A run killed with SIGKILL cannot clean up; its empty groups are removed here.
+        stale = cgroups.remove_empty_groups(self.hierarchy, "drcio-exp-")
+        if stale:
+            log.warning("removed %d empty cgroup(s) left by earlier runs: %s", len(stale), ", ".join(stale))
         self.level = load_preset(self.config.load_level)
         self.rate = self.config.rate_per_second or self.level.hp_rate_per_second
         self.lp_mode = self.config.lp_mode or self.level.lp_mode

@@ -17,6 +17,7 @@ from writer.cgroups import (
     KernelError,
     Limits,
     SetupError,
+    remove_empty_groups,
     WriterError,
     apply_io_max,
     apply_weight,
@@ -255,3 +256,20 @@ def test_v1_service_bytes_prefers_the_recursive_file(fake_v1: FakeTree) -> None:
     text = "254:0 Read 4096\n254:0 Write 512\n254:0 Sync 0\n254:0 Async 4608\n254:0 Discard 0\n254:0 Total 4608\nTotal 4608\n"
     d = fake_v1.group("lp", **{"blkio.throttle.io_service_bytes_recursive": text})
     assert read_io_bytes(fake_v1.hierarchy, d) == {"254:0": (4096, 512)}
+
+
+def test_remove_empty_groups_clears_a_killed_runs_leftovers_but_not_a_running_one(fake_tree: FakeTree) -> None:
+    fake_tree.group("drcio-exp-dead/baseline/hp")
+    fake_tree.group("drcio-exp-dead/baseline/lp")
+    fake_tree.group("drcio-exp-live/drcio/lp", **{"cgroup.procs": "4242\n"})
+    fake_tree.group("other-app/lp")
+    assert remove_empty_groups(fake_tree.hierarchy, "drcio-exp-") == ["drcio-exp-dead"]
+    assert not (fake_tree.root / "drcio-exp-dead").exists()
+    assert (fake_tree.root / "drcio-exp-live/drcio/lp").is_dir()
+    assert (fake_tree.root / "other-app/lp").is_dir()
+
+
+@pytest.mark.parametrize("prefix", ["", "../x", ".hidden", "a/b"], ids=["empty", "dotdot", "dot", "slash"])
+def test_remove_empty_groups_refuses_a_path_like_prefix(fake_tree: FakeTree, prefix: str) -> None:
+    with pytest.raises(ValueError):
+        remove_empty_groups(fake_tree.hierarchy, prefix)
