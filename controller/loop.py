@@ -195,8 +195,7 @@ class Controller:
             m.observed.labels(slo=name).set(reading.latency_seconds)
         else:
             # Absent, not zero: a dashboard must not draw "0 s latency" while blind.
-            if (name,) in _label_sets(m.observed):
-                m.observed.remove(name)
+            _remove_series(m.observed, name)
         if reading.status is SensorStatus.SENSOR_ERROR:
             m.sensor_errors.labels(slo=name, reason=reading.reason or "unknown").inc()
         m.slo_level.labels(slo=name).set(st.level)
@@ -212,8 +211,7 @@ class Controller:
             m.conflicts.labels(group=g.group).set(len(g.slos) - 1)
             for direction, value in (("read", g.target.io_max.rbps), ("write", g.target.io_max.wbps)):
                 if value is None:
-                    if (g.group, direction) in _label_sets(m.target_bps):
-                        m.target_bps.remove(g.group, direction)
+                    _remove_series(m.target_bps, g.group, direction)
                 else:
                     m.target_bps.labels(group=g.group, direction=direction).set(value)
             if g.target.io_weight is not None:
@@ -263,7 +261,9 @@ class Controller:
         return ticks
 
 
-def _label_sets(metric: Any) -> set[tuple[str, ...]]:
-    # prometheus_client keeps children in a private dict; reading its keys is the
-    # only way to ask "is this series present" without creating it.
-    return set(getattr(metric, "_metrics", {}).keys())
+def _remove_series(metric: Any, *labels: str) -> None:
+    """Drop one labelled series if present (absent, not zero, while there is no value)."""
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass

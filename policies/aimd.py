@@ -60,8 +60,8 @@ from policies.base import (
     FailSafe,
     FailSafeTracker,
     Observation,
-    PolicyConfigError,
     SensorStatus,
+    checked_initial_level,
     range_problem,
     raise_problems,
 )
@@ -124,12 +124,9 @@ class AimdPolicy:
     """AIMD on the latency slack, with a memory of the last cliff (see the module docstring)."""
 
     def __init__(self, params: AimdParams, *, failsafe: FailSafe = FailSafe(), initial_level: float = 1.0) -> None:
-        raise_problems("aimd policy", [range_problem("initial_level", initial_level, ge=0, le=1)])
-        if not isinstance(params, AimdParams):
-            raise PolicyConfigError(f"aimd policy: params must be AimdParams, got {type(params).__name__}")
+        self._initial_level = checked_initial_level("aimd", params, AimdParams, initial_level)
         self.params = params
         self._failsafe = FailSafeTracker(failsafe)
-        self._initial_level = float(initial_level)
         self._level = self._initial_level
         self._ceiling: float | None = None
         self._probe = 1.0

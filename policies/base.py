@@ -38,6 +38,7 @@ __all__ = [
     "FailSafeTracker",
     "PolicyConfigError",
     "clamp_level",
+    "checked_initial_level",
     "range_problem",
     "raise_problems",
 ]
@@ -219,3 +220,11 @@ def raise_problems(what: str, problems: Sequence[str | None]) -> None:
     found = [p for p in problems if p is not None]
     if found:
         raise PolicyConfigError(f"{what}: " + "; ".join(found), found)
+
+
+def checked_initial_level(kind: str, params: object, params_cls: type, initial_level: float) -> float:
+    """The constructor checks every policy shares: ``params`` of the right class, a level in [0, 1]."""
+    raise_problems(f"{kind} policy", [range_problem("initial_level", initial_level, ge=0, le=1)])
+    if not isinstance(params, params_cls):
+        raise PolicyConfigError(f"{kind} policy: params must be {params_cls.__name__}, got {type(params).__name__}")
+    return float(initial_level)

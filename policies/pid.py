@@ -55,8 +55,8 @@ from policies.base import (
     FailSafe,
     FailSafeTracker,
     Observation,
-    PolicyConfigError,
     SensorStatus,
+    checked_initial_level,
     clamp_level,
     range_problem,
     raise_problems,
@@ -122,12 +122,9 @@ class PidPolicy:
     """PID on the latency slack, clamped to [0, 1], without wind-up, with bumpless hand-over."""
 
     def __init__(self, params: PidParams, *, failsafe: FailSafe = FailSafe(), initial_level: float = 1.0) -> None:
-        raise_problems("pid policy", [range_problem("initial_level", initial_level, ge=0, le=1)])
-        if not isinstance(params, PidParams):
-            raise PolicyConfigError(f"pid policy: params must be PidParams, got {type(params).__name__}")
+        self._initial_level = checked_initial_level("pid", params, PidParams, initial_level)
         self.params = params
         self._failsafe = FailSafeTracker(failsafe)
-        self._initial_level = float(initial_level)
         self._pid = self._new_pid()
         self._level = self._initial_level
         self._terms: dict[str, float] = {}

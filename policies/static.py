@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from policies.base import FailSafe, Observation, PolicyConfigError, range_problem, raise_problems
+from policies.base import FailSafe, Observation, checked_initial_level, range_problem, raise_problems
 
 __all__ = ["StaticParams", "StaticPolicy"]
 
@@ -35,13 +35,10 @@ class StaticPolicy:
     """Always answers ``params.level``."""
 
     def __init__(self, params: StaticParams, *, failsafe: FailSafe = FailSafe(), initial_level: float = 1.0) -> None:
-        raise_problems("static policy", [range_problem("initial_level", initial_level, ge=0, le=1)])
-        if not isinstance(params, StaticParams):
-            raise PolicyConfigError(f"static policy: params must be StaticParams, got {type(params).__name__}")
+        self._initial_level = checked_initial_level("static", params, StaticParams, initial_level)
         self.params = params
         # Before the first step the "last output" is the initial level, as for
         # the other policies; from then on it is the fixed level.
-        self._initial_level = float(initial_level)
         self._level = self._initial_level
 
     @property

@@ -225,6 +225,13 @@ class Reconciler:
     def _plan(self, workloads: list[Workload], mode: Mode) -> list[_Plan]:
         groups = self._groups()
         resolved = {g.name: self._devices(g.devices) for g in groups}
+        # Whether a weight can act is a property of the group's devices, not of
+        # each pod: ask the kernel once per group, not once per workload.
+        weight_acts = {
+            g.name: any(weight_effective(self.hierarchy, resolved[g.name][0], scheduler_of=self._scheduler_of).values())
+            for g in groups
+            if mode == "following_push" and g.io_weight is not None and resolved[g.name][1] is None
+        }
         fallback: tuple[list[str], str | None] | None = None
         plans: list[_Plan] = []
         self._weight_notes = {}
@@ -252,8 +259,7 @@ class Reconciler:
                     lim = limits_from_io_max(group.io_max)
                     plans.append(_Plan(w, name, {d: lim for d in devices}, group.io_weight))
                     if group.io_weight is not None:
-                        eff = weight_effective(self.hierarchy, devices, scheduler_of=self._scheduler_of)
-                        self._weight_notes[name] = any(eff.values())
+                        self._weight_notes[name] = weight_acts[name]
             else:
                 fs = self._failsafe.limits_in_failsafe()
                 if fs is None or fs.is_unlimited:

@@ -35,15 +35,7 @@ from experiments.scenarios import (
     validate_slo,
 )
 from writer.cgroups import Hierarchy, SetupError
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+from tests.experiments.processes import alive
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -72,7 +64,7 @@ def test_supervisor_stops_a_whole_process_group_including_grandchildren(tmp_path
     assert len(members) == 3  # sh and its two sleeps, in the group the supervisor created
     sup.stop(proc)
     time.sleep(0.2)  # orphaned grandchildren are reaped by init
-    assert [pid for pid in members if _alive(pid)] == []
+    assert [pid for pid in members if alive(pid)] == []
     assert sup.running == []
 
 
@@ -84,7 +76,7 @@ def test_supervisor_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None
     while "up" not in (tmp_path / "s.log").read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sup.stop(proc) == -signal.SIGKILL
-    assert not _alive(proc.pid)
+    assert not alive(proc.pid)
 
 
 def test_supervisor_reports_an_unexpected_exit_with_the_log_tail(tmp_path: Path) -> None:
@@ -109,7 +101,7 @@ def test_stop_all_stops_everything_started(tmp_path: Path) -> None:
     sup = Supervisor(stop_timeout_seconds=5)
     procs = [sup.start(f"p{i}", ["sleep", "60"], log_path=tmp_path / f"{i}.log") for i in range(3)]
     sup.stop_all()
-    assert [p.pid for p in procs if _alive(p.pid)] == []
+    assert [p.pid for p in procs if alive(p.pid)] == []
 
 
 def test_a_missing_binary_is_a_clear_error(tmp_path: Path) -> None:

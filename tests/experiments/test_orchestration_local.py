@@ -32,6 +32,7 @@ from experiments.prometheus_server import PrometheusUnavailable, find_prometheus
 from experiments.report import SUMMARY_COLUMNS, bucket_bounds, period_buckets
 from experiments.scenarios import PlanConfig, RunConfig, ScenarioSpec, TargetSetting, load_base_slo, plan_scenarios, run_plan
 from writer.cgroups import WriterError, detect_hierarchy
+from tests.experiments.processes import alive
 
 pytestmark = [pytest.mark.kernel, pytest.mark.prometheus]
 
@@ -63,13 +64,6 @@ def work_root() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
 
 def _processes_mentioning(*needles: str) -> list[str]:
     found = []
@@ -80,7 +74,7 @@ def _processes_mentioning(*needles: str) -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(n in cmdline for n in needles) and _alive(int(entry.name)):
+        if any(n in cmdline for n in needles) and alive(int(entry.name)):
             found.append(f"{entry.name}: {cmdline}")
     return found
 
@@ -108,7 +102,7 @@ def test_a_short_run_writes_its_files_and_leaves_no_process_cgroup_or_temp_dir(
         run_plan(plan, backend, RunConfig(tmp_path, TargetSetting(None, "auto", multiple=2.0), pause_seconds=1),
                  _Quiet())
     # Nothing left behind.
-    assert backend.all_pids and [p for p in backend.all_pids if _alive(p)] == []
+    assert backend.all_pids and [p for p in backend.all_pids if alive(p)] == []
     assert not (cgroup_root / backend.cgroup_parent).exists()
     assert not workdir.exists()
     assert _processes_mentioning(str(workdir), str(tmp_path)) == []
