@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from writer.api import Devices, LabelKey, LabelValue
+from writer.api import Devices, LabelKey, LabelValue, parse_duration, parse_size
 from writer.discovery import LocalEntry
 
 __all__ = [
@@ -39,10 +39,6 @@ __all__ = [
     "parse_listen",
 ]
 
-_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m)\s*$")
-_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*([KMG]?)\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
 class ConfigError(Exception):
@@ -51,36 +47,6 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
-
-
-def parse_duration(value: object) -> float:
-    """``"500ms"`` / ``"30s"`` / ``"2m"`` -> seconds. A unit is required: a bare number is ambiguous."""
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise ValueError(f"{value!r} is not a duration; use a number with ms, s or m (e.g. 30s)")
-
-
-def parse_size(value: object) -> int | None:
-    """``"200M"`` -> 209715200 (powers of 1024); ``"max"`` -> ``None``; a bare integer is bytes."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a size")
-    if isinstance(value, int):
-        text = str(value)
-    elif isinstance(value, str):
-        text = value
-    else:
-        raise ValueError(f"{value!r} is not a size; use bytes with K, M or G, or max")
-    if text.strip() == "max":
-        return None
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ValueError(f"{value!r} is not a size; use bytes with K, M or G (powers of 1024), or max")
-    size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    if size < 1:
-        raise ValueError(f"{value!r}: a limit must be at least 1 byte (use max for no limit)")
-    return size
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
