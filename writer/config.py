@@ -100,6 +100,14 @@ class FailsafeConfig(BaseModel):
     wiops: Size = None
     #: Devices for the static limits when no push ever named any (later: the last push's devices).
     devices: Devices = "auto"
+    #: Longest lease a push may ask for; longer requests are cut to this. 5 minutes: sixty
+    #: 5 s controller ticks, plenty for a controller restart, short of "a day without control".
+    max_ttl: Duration = 300.0
+    #: A push may carry its own fail-safe limits per group (the controller's failsafe.level);
+    #: in static mode they are used, bounded by the limits above (never looser) and by these
+    #: floors (never tighter): bytes/s and IOPS.
+    floor_bps: Annotated[int, BeforeValidator(parse_size), Field(ge=1)] = 1024**2
+    floor_iops: Annotated[int, Field(ge=1)] = 10
 
 
 class WriterConfig(BaseModel):
