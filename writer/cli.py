@@ -68,6 +68,8 @@ def _discovery(config: WriterConfig, hierarchy: Hierarchy, node: str) -> Discove
         hp_selector=k.hp,
         lp_selector=k.lp,
         namespace=k.namespace,
+        hp_namespaces=k.hp_namespaces,
+        lp_namespaces=k.lp_namespaces,
     )
 
 

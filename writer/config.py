@@ -66,6 +66,11 @@ class KubernetesDiscoveryConfig(BaseModel):
     lp: Selector = {"group-id": "lp"}
     #: Only pods of this namespace; ``None`` = all namespaces.
     namespace: str | None = None
+    #: Namespaces whose pods may be HP; ``None`` = any. A pod elsewhere labelled HP is not
+    #: protected (it cannot escape a group that selects it by labelling itself HP).
+    hp_namespaces: list[str] | None = None
+    #: Namespaces whose pods may be LP; ``None`` = any.
+    lp_namespaces: list[str] | None = None
 
 
 class DiscoveryConfig(BaseModel):

@@ -308,8 +308,8 @@ class Reconciler:
                     plans.append(_Plan(w, name, {}, None, reset_weight=True))
                     continue
                 limits: Limits | None = None
-                for g in matched or [None]:
-                    pushed = None if g is None or g.failsafe is None else limits_from_io_max(g.failsafe)
+                pushed_failsafes = [None if g.failsafe is None else limits_from_io_max(g.failsafe) for g in matched]
+                for pushed in pushed_failsafes or [None]:
                     bounded = self._failsafe.bounded(pushed)
                     assert bounded is not None  # static mode
                     limits = _tightest(limits, bounded)
@@ -428,6 +428,7 @@ class Reconciler:
                     "name": w.name,
                     "namespace": w.namespace,
                     "role": w.role,
+                    "note": w.note,
                     "group": group or None,
                     "cgroup": str(w.cgroup_dir),
                     "exists": bool(w.cgroup_dir.is_dir()),
