@@ -185,7 +185,10 @@ class PrometheusSensor:
         return None
 
     def _series_exists(self, slo: SloConfig, at: float) -> bool:
-        return self._single_value(f"count({slo.metric}_count{{{_matchers(slo.labels)}}})", at) is not None
+        """Whether the count series has a sample inside the window (fresh, not just within the 5 min lookback:
+        a Prometheus killed and restarted keeps the old sample without a staleness marker)."""
+        sel = f"{slo.metric}_count{{{_matchers(slo.labels)}}}[{_window(slo.window_seconds)}]"
+        return self._single_value(f"count(count_over_time({sel}))", at) is not None
 
     def read(self, slo: SloConfig, at: float) -> Reading:
         try:
