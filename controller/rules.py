@@ -9,6 +9,7 @@ count and get the quantile rule only):
 
 * ``drcio:slo_latency_seconds:quantile`` - the SLO's quantile over its window,
   the same expression the sensor evaluates;
+* ``drcio:slo_error_budget:ratio`` - ``1 - quantile``, as a series for dashboards;
 * ``drcio:slo_errors:ratio_rate<W>`` for W in 5m, 30m, 1h, 2h, 6h, 1d, 3d - the
   share of requests *slower* than the target, read from the bucket whose
   ``le`` is the target: ``1 - rate(bucket{le=target}) / rate(count)``. A P95
@@ -153,6 +154,9 @@ def _recording(slo: SloConfig) -> list[dict[str, Any]]:
                 f"(rate({slo.metric}_bucket{sel}[{_seconds(slo.window_seconds)}])))",
         "labels": {**labels, "quantile": f"{slo.quantile:g}"},
     }]
+    # The budget as a series, so dashboards divide by it to show the burn rate.
+    rules.append({"record": "drcio:slo_error_budget:ratio", "expr": f"vector({1.0 - slo.quantile:g})",
+                  "labels": dict(labels)})
     good = _matchers(slo.labels, le=bucket_le(slo.target_seconds))
     for w in BURN_WINDOWS:
         rules.append({
