@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -23,6 +25,7 @@ from prometheus_client import start_http_server
 from controller.config import ControllerConfig, load_config
 from controller.decision_log import DecisionLog
 from controller.errors import ConfigError
+from controller.leader import ElectionConfig, LeaderElector, LeaderGatedPusher, in_cluster_lease_api
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
 from controller.push import (
@@ -56,13 +59,19 @@ def build_controller(
     dry_run: bool,
     metrics: ControllerMetrics | None = None,
     decision_log: DecisionLog | None = None,
+    leader: Callable[[], bool] | None = None,
 ) -> Controller:
-    """Wire a controller for real Prometheus and real writers (or a dry-run pusher)."""
+    """Wire a controller for real Prometheus and real writers (or a dry-run pusher).
+
+    ``leader``: with leader election, pushes go out only while it returns True.
+    """
     pusher: Pusher
     if dry_run:
         pusher = DryRunPusher()
     else:
         pusher = HttpPusher(token=read_token(config.effective_token_file), timeout_seconds=config.writers.timeout_seconds)
+    if leader is not None:
+        pusher = LeaderGatedPusher(pusher, leader)
     writers: WriterDirectory
     if config.writers.static is not None:
         writers = StaticWriters(config.writers.static)
@@ -117,6 +126,34 @@ def build_controller(
     help="Stop after this many steps (for bounded runs and experiments; default: run until SIGTERM/SIGINT).",
 )
 @click.option(
+    "--leader-elect",
+    is_flag=True,
+    help="Run as one of several replicas: only the holder of the Lease --lease-name pushes; the others keep "
+    "their policies warm and take over when the lease expires (see controller/leader.py).",
+)
+@click.option("--lease-name", default="drcio-controller", show_default=True, help="The coordination.k8s.io Lease.")
+@click.option(
+    "--lease-namespace",
+    envvar="POD_NAMESPACE",
+    default="drcio-system",
+    show_default=True,
+    help="Namespace of the Lease. Env: POD_NAMESPACE.",
+)
+@click.option(
+    "--identity",
+    envvar="POD_NAME",
+    default=None,
+    help="This replica's name in the Lease (default: the host name). Env: POD_NAME.",
+)
+@click.option(
+    "--lease-duration",
+    type=click.FloatRange(min=3),
+    default=15.0,
+    show_default=True,
+    help="Seconds a standby waits after the Lease last changed before taking over; the leader renews every "
+    "2 s and steps down after 2/3 of this without a renewal.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -130,6 +167,11 @@ def _command(
     metrics_listen: str | None,
     decision_log: Path | None,
     max_ticks: int | None,
+    leader_elect: bool,
+    lease_name: str,
+    lease_namespace: str,
+    identity: str | None,
+    lease_duration: float,
     log_level: str,
 ) -> None:
     """Closed-loop latency-SLO controller for block I/O.
@@ -145,12 +187,36 @@ def _command(
     # urllib3 warns on every retry; the sensor reports failures itself, once, with context.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     listen = _parse_listen(metrics_listen)
+    if leader_elect and once:
+        raise click.UsageError("--leader-elect is for the long-running controller, not --once")
+    elector: LeaderElector | None = None
     try:
         config = load_config(config_path)
         dry = dry_run or config.mode == "dry-run"
         metrics = ControllerMetrics()
         dlog = DecisionLog(decision_log) if decision_log is not None else None
-        controller = build_controller(config, dry_run=dry, metrics=metrics, decision_log=dlog)
+        election: ElectionConfig | None = None
+        if leader_elect:
+            try:
+                election = ElectionConfig(
+                    name=lease_name, namespace=lease_namespace, identity=identity or socket.gethostname(),
+                    lease_duration_seconds=lease_duration, renew_deadline_seconds=lease_duration * 2 / 3,
+                    retry_period_seconds=min(2.0, lease_duration / 5),
+                )
+            except ValueError as e:
+                raise click.UsageError(str(e)) from None
+        gate: list[LeaderElector] = []
+        controller = build_controller(config, dry_run=dry, metrics=metrics, decision_log=dlog,
+                                      leader=(lambda: gate[0].is_leader()) if election is not None else None)
+        if election is not None:
+            elector = LeaderElector(
+                in_cluster_lease_api(), election, generation=lambda: controller.generation,
+                on_elected=controller.resume_after, on_change=lambda lead: metrics.leader.set(1.0 if lead else 0.0),
+            )
+            gate.append(elector)
+            metrics.leader.set(0.0)
+        else:
+            metrics.leader.set(1.0)
     except ConfigError as e:
         for problem in e.problems:
             click.echo(f"error: {problem}", err=True)
@@ -183,6 +249,8 @@ def _command(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if elector is not None:
+        elector.start(stop)
     try:
         controller.run(stop, max_ticks=max_ticks)
     finally:
