@@ -166,3 +166,13 @@ def test_timing_rules_are_validated() -> None:
         ElectionConfig(identity="a", lease_duration_seconds=10, renew_deadline_seconds=10)
     with pytest.raises(ValueError, match="identity"):
         ElectionConfig()
+
+
+def test_leader_election_is_refused_with_once() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "from controller.cli import main; main()", "--config", "deploy/base/slo.yaml",
+         "--once", "--leader-elect"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--leader-elect is for the long-running controller" in proc.stderr

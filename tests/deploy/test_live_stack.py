@@ -35,7 +35,7 @@ import yaml
 from controller.config import parse_config
 from controller.rules import rules_file
 from experiments.backends.supervision import Supervisor, http_ok, json_event, nonempty, wait_until
-from experiments.prometheus_server import PrometheusServer, ScrapeTarget, free_port
+from experiments.prometheus_server import PrometheusServer, ScrapeTarget
 from writer.cgroups import Hierarchy, WriterError, create_group, detect_hierarchy, move_pid, remove_group
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.kernel]
@@ -58,6 +58,22 @@ EXPECTED_EMPTY: dict[tuple[str, str, str], str] = {
 FIRST_EVENT_COUNTERS = {"drcio_controller_sensor_errors_total"}
 
 
+def _distinct_ports(*names: str) -> dict[str, int]:
+    """Free loopback ports, all bound at once so that no two are the same."""
+    import socket
+
+    socks = []
+    try:
+        for _ in names:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return {n: int(s.getsockname()[1]) for n, s in zip(names, socks)}
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _hierarchy_or_skip() -> Hierarchy:
     if os.geteuid() != 0:
         pytest.skip("needs root to create the LP/HP cgroups the writer limits")
@@ -71,6 +87,7 @@ def _hierarchy_or_skip() -> Hierarchy:
 class Stack:
     prometheus: PrometheusServer
     rules: dict[str, Any]
+    slo: dict[str, Any]
 
 
 def _slo(prom_url: str, writer_url: str, token: Path) -> dict[str, Any]:
@@ -98,7 +115,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     sup = Supervisor(stop_timeout_seconds=5)
     prom: PrometheusServer | None = None
     py = sys.executable
-    ports = {n: free_port() for n in ("hp", "lp", "writer", "controller")}
+    ports = _distinct_ports("hp", "lp", "writer", "controller", "prometheus")
     token = tmp / "token"
     token.write_text(secrets.token_hex(16))
     token.chmod(0o600)
@@ -113,7 +130,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                      ScrapeTarget("drcio-controller", f"127.0.0.1:{ports['controller']}")],
             scrape_interval_seconds=1.0, workdir=tmp / "prom", rule_files=[tmp / "rules.yaml"])
         (tmp / "prom").mkdir()
-        prom.port = free_port()
+        prom.port = ports["prometheus"]
         slo = _slo(prom.url, f"http://127.0.0.1:{ports['writer']}", token)
         rules = rules_file(parse_config(slo))
         for group in rules["groups"]:
@@ -160,7 +177,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             prom.wait_for_samples(query, timeout_seconds=45)
         time.sleep(8)  # a few more scrapes so every 10 s rate window is full
         sup.check()
-        yield Stack(prom, rules)
+        yield Stack(prom, rules, slo)
     finally:
         sup.stop_all()
         if prom is not None:
@@ -252,3 +269,24 @@ def test_every_alert_expression_parses_reads_live_series_and_stays_quiet_in_a_he
     assert {g["name"] for g in loaded} == {g["name"] for g in stack.rules["groups"]}
     assert all(r["health"] == "ok" for g in loaded for r in g["rules"]), [
         (r["name"], r.get("lastError")) for g in loaded for r in g["rules"] if r["health"] != "ok"]
+
+
+@pytest.mark.parametrize(("target", "code"), [("100ms", 0), ("105ms", 2)])
+def test_export_rules_checks_the_target_bucket_against_the_live_histogram(
+    stack: Stack, tmp_path: Path, target: str, code: int,
+) -> None:
+    import subprocess
+
+    slo = {**stack.slo, "slos": [{**stack.slo["slos"][0], "target": target}]}
+    (tmp_path / "slo.yaml").write_text(yaml.safe_dump(slo))
+    out = tmp_path / "rules.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.argv[0] = 'drcio-controller'; from controller.cli import main; main()",
+         "export-rules", "--config", str(tmp_path / "slo.yaml"), "--prometheus", stack.prometheus.url,
+         "--output", str(out)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code, proc.stderr
+    if code:
+        assert "0.105s is not a bucket edge of gnn_request_latency_seconds" in proc.stderr
+        assert "0.1" in proc.stderr and not out.exists()
+    else:
+        assert out.exists()
