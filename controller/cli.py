@@ -249,11 +249,13 @@ def _command(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    if elector is not None:
-        elector.start(stop)
+    election_thread = elector.start(stop) if elector is not None else None
     try:
         controller.run(stop, max_ticks=max_ticks)
     finally:
+        if election_thread is not None:
+            stop.set()
+            election_thread.join(timeout=5)  # lets it release the Lease for the standby
         if dlog is not None:
             dlog.close()
 

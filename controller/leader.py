@@ -17,6 +17,8 @@ The rules follow client-go's leaderelection, with the same parameters:
 * The leader stops pushing if it could not renew for ``renew_deadline``
   (< ``lease_duration``): it steps down before any standby may take over, so
   two replicas never push at once as long as clocks *run* at the same rate.
+* A leader that stops (SIGTERM on a rollout) releases the Lease, so the
+  standby takes over at its next round rather than after lease_duration.
 * Writes are optimistic: a replace carries the ``resourceVersion`` read, and
   the API server's 409 means someone else won this round.
 
@@ -234,6 +236,29 @@ class LeaderElector:
             self._leader = leader
             self._on_change(leader)
 
+    def release(self) -> None:
+        """Give the Lease up on shutdown (client-go's ReleaseOnCancel), so a standby takes over at its
+        next round instead of after lease_duration. Best effort: a failure just means the standby waits."""
+        from kubernetes.client import ApiException
+
+        c = self.config
+        with self._lock:
+            self._renewed_at = None
+        self._set_leader(False)
+        try:
+            lease = self.api.read_namespaced_lease(c.name, c.namespace)
+            if lease.spec is None or lease.spec.holder_identity != c.identity:
+                return
+            lease.spec.holder_identity = None
+            lease.spec.renew_time = self._stamp()
+            annotations = dict(lease.metadata.annotations or {})
+            annotations[GENERATION_ANNOTATION] = str(max(self._generation(), _int(annotations.get(GENERATION_ANNOTATION))))
+            lease.metadata.annotations = annotations
+            self.api.replace_namespaced_lease(c.name, c.namespace, lease)
+            log.info("leader election: %s released the lease", c.identity)
+        except (ApiException, OSError) as e:
+            log.warning("leader election: releasing the lease failed (%s); the standby waits for it to expire", e)
+
     # -- the thread ---------------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, wait: Callable[[float], object] | None = None) -> None:
@@ -242,7 +267,7 @@ class LeaderElector:
         while not stop.is_set():
             self.try_acquire_or_renew()
             sleep(self.config.retry_period_seconds)
-        self._set_leader(False)
+        self.release()
 
     def start(self, stop: threading.Event) -> threading.Thread:
         thread = threading.Thread(target=self.run, args=(stop,), name="leader-election", daemon=True)

@@ -176,3 +176,14 @@ def test_leader_election_is_refused_with_once() -> None:
         [sys.executable, "-c", "from controller.cli import main; main()", "--config", "deploy/base/slo.yaml",
          "--once", "--leader-elect"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--leader-elect is for the long-running controller" in proc.stderr
+
+
+def test_a_leader_that_shuts_down_releases_the_lease_and_the_standby_takes_over_at_once(api: FakeLeaseApi) -> None:
+    clock = Clock()
+    a, b = Replica(api, "a", clock), Replica(api, "b", clock)
+    a.generation = 1_800_000_000_000
+    run_rounds(clock, [a, b], 10)
+    a.elector.release()
+    assert not a.elector.is_leader() and a.changes == [True, False]
+    assert b.tick() is True  # the very next round, not lease_duration later
+    assert b.generation > 1_800_000_000_000
