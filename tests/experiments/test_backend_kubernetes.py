@@ -143,3 +143,14 @@ def test_run_experiment_dry_run_on_kubernetes_exits_0_and_prints_the_plan(capsys
     assert code == 0
     out = capsys.readouterr().out
     assert "--- scenario drcio" in out and "policy {'kind': 'pid'" in out and "target 7.2ms" in out
+
+
+def test_the_readme_shows_the_current_dry_run_output(capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_experiment(
+        scenario="drcio", duration=60.0, load_level="medium", slo_path=None, target="10ms", target_multiple=2.0,
+        output=None, backend="kubernetes", warmup=5.0, pause=5.0, sweep_levels=8, sweep_duration=None, lp_mode=None,
+        lp_workers=None, lp_file_size="1G", hp_nodes=None, work_dir=Path("/var/tmp"), cgroup_root="auto",
+        report_only=False, dry_run=True, manifests=DEMO, prometheus_url="http://127.0.0.1:9090")
+    assert code == 0
+    out = capsys.readouterr().out.rstrip()
+    assert out in (ROOT / "README.md").read_text(), "update the dry-run block in README 'Deploy on Kubernetes'"
