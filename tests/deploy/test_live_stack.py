@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -59,19 +60,29 @@ FIRST_EVENT_COUNTERS = {"drcio_controller_sensor_errors_total"}
 
 
 def _distinct_ports(*names: str) -> dict[str, int]:
-    """Free loopback ports, all bound at once so that no two are the same."""
+    """Free loopback ports below the kernel's ephemeral range, all different.
+
+    A port the OS hands out for bind(0) comes from the ephemeral range, where
+    the many short client connections of the start-up (readiness polls,
+    scrapes) may take it before the service it was meant for binds it.
+    """
+    import random
     import socket
 
-    socks = []
-    try:
-        for _ in names:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return {n: int(s.getsockname()[1]) for n, s in zip(names, socks)}
-    finally:
-        for s in socks:
-            s.close()
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    chosen: dict[str, int] = {}
+    rng = random.Random()
+    while len(chosen) < len(names):
+        port = rng.randrange(max(1025, low - 12000), low)
+        if port in chosen.values():
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen[names[len(chosen)]] = port
+    return chosen
 
 
 def _hierarchy_or_skip() -> Hierarchy:
@@ -162,14 +173,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                                             str(tmp / "writer.yaml")], log_path=tmp / "writer.log")
         wait_until("the writer", http_ok(f"http://127.0.0.1:{ports['writer']}/health"), proc=writer,
                    supervisor=sup, timeout=30)
+        sup.start("loadgen", [py, "-m", "experiments.workloads.loadgen", "--url",
+                              f"http://127.0.0.1:{ports['hp']}/score", "--rate", "60", "--duration", "120",
+                              "--out", str(tmp / "client.csv")], log_path=tmp / "loadgen.log")
+        os.kill(lp.pid, signal.SIGUSR1)
+        # The controller starts on a stack that already serves traffic, as on a cluster; started
+        # earlier, its first readings would be sensor errors (no HP series yet), by design.
+        prom.wait_for_samples('rate(gnn_request_latency_seconds_count{job="hp-gnn"}[5s]) > 0', timeout_seconds=30)
         decisions = tmp / "decisions.jsonl"
         sup.start("drcio-controller", [py, "-c", "from controller.cli import main; main()", "--config",
                                        str(tmp / "slo.yaml"), "--metrics-listen", f"127.0.0.1:{ports['controller']}",
                                        "--decision-log", str(decisions)], log_path=tmp / "controller.log")
-        sup.start("loadgen", [py, "-m", "experiments.workloads.loadgen", "--url",
-                              f"http://127.0.0.1:{ports['hp']}/score", "--rate", "60", "--duration", "120",
-                              "--out", str(tmp / "client.csv")], log_path=tmp / "loadgen.log")
-        os.kill(lp.pid, __import__("signal").SIGUSR1)
         wait_until("the controller's first decision", nonempty(decisions), proc=None, supervisor=sup, timeout=30)
         # A limit read back, an SLO ratio recorded, the controller's reading ok: everything has flowed once.
         for query in ("drcio_io_max_bytes_per_second", "drcio:slo_errors:ratio_rate5m",

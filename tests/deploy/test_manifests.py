@@ -231,3 +231,20 @@ def test_the_image_build_file_installs_the_project_with_its_scripts() -> None:
     assert re.search(r"pip install .* \.$", text, re.MULTILINE)
     for package in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]:
         assert f"COPY {package.rstrip('*')} " in text
+
+
+def test_the_config_files_in_the_configmaps_load_with_the_programs_own_loaders(rendered: dict[str, Any],
+                                                                               tmp_path: Path) -> None:
+    from controller.config import parse_config
+    from writer.config import load_config as load_writer_config
+
+    maps = {d["metadata"]["name"].rsplit("-", 1)[0]: d for d in rendered["base"] if d["kind"] == "ConfigMap"}
+    parse_config(yaml.safe_load(maps["drcio-slo"]["data"]["slo.yaml"]), source="drcio-slo")
+    (tmp_path / "writer.yaml").write_text(maps["drcio-writer-config"]["data"]["writer.yaml"])
+    config = load_writer_config(tmp_path / "writer.yaml")
+    assert config.discovery.kubernetes is not None and config.cgroup_root == "/host/sys/fs/cgroup"
+    # the mounts the files name exist in the pods
+    ctrl = _by(rendered["base"], "Deployment", "drcio-controller")["spec"]["template"]["spec"]["containers"][0]
+    assert {m["mountPath"] for m in ctrl["volumeMounts"]} >= {"/etc/drcio", "/var/run/drcio"}
+    writer = _by(rendered["base"], "DaemonSet", "drcio-writer")["spec"]["template"]["spec"]["containers"][0]
+    assert {m["mountPath"] for m in writer["volumeMounts"]} >= {"/etc/drcio", "/var/run/drcio", "/host/sys/fs/cgroup"}
