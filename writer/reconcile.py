@@ -10,7 +10,9 @@ What is desired, per workload found by discovery:
 
 * a workload belongs to push group G when ``matches(labels, G.selector)``
   (first matching group wins; the overlap is recorded as an error); limits go
-  on the workload's cgroup dir (pod level) for the group's resolved devices;
+  on the workload's cgroup dir (pod level) for the group's resolved devices,
+  and on cgroup v1 also on every cgroup below it (``blkio.throttle`` is not
+  hierarchical; each round re-lists them, so new containers are covered);
   devices limited now but not in the target are lifted;
 * an LP workload no group selects is lifted (the push is the whole desired
   state, so "not mentioned" means "no limit");
@@ -33,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry
@@ -50,6 +53,7 @@ from writer.cgroups import (
     read_io_bytes,
     read_io_max,
     read_weight,
+    throttle_dirs,
     weight_effective,
 )
 from writer.discovery import Discovery, Workload, matches
@@ -283,7 +287,7 @@ class Reconciler:
         outcomes: list[Outcome] = []
         try:
             if plan.limits is not None:
-                outcomes.append(apply_io_max(self.hierarchy, plan.workload.cgroup_dir, plan.limits))
+                outcomes.extend(self._apply_limits(plan.workload.cgroup_dir, plan.limits))
             if plan.weight is not None:
                 outcomes.append(apply_weight(self.hierarchy, plan.workload.cgroup_dir, plan.weight))
         except CgroupVanished as err:
@@ -302,6 +306,17 @@ class Reconciler:
         if outcome == "applied":
             log.info("%s (%s): applied %s", cgroup, plan.group, plan.limits)
         return CgroupResult(group=plan.group, cgroup=cgroup, outcome=outcome)
+
+    def _apply_limits(self, cgroup_dir: Path, limits: dict[str, Limits]) -> list[Outcome]:
+        """io.max on the workload's cgroup and, on v1, every cgroup below it (see ``throttle_dirs``)."""
+        dirs = throttle_dirs(self.hierarchy, cgroup_dir)
+        outcomes = [apply_io_max(self.hierarchy, dirs[0], limits)]
+        for child in dirs[1:]:
+            try:
+                outcomes.append(apply_io_max(self.hierarchy, child, limits))
+            except CgroupVanished:
+                continue  # a container that exited meanwhile; the workload itself is still there
+        return outcomes
 
     def _error(self, where: str, detail: str) -> None:
         log.warning("%s: %s", where, detail)
