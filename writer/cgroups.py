@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,6 +54,11 @@ __all__ = [
     "to_v1_weight",
     "read_io_bytes",
     "weight_effective",
+    "Mechanism",
+    "weight_mechanisms",
+    "apply_bfq_weight",
+    "IO_COST_MODEL_KEYS",
+    "enable_io_cost",
 ]
 
 # ---------------------------------------------------------------- errors
@@ -101,12 +106,23 @@ class Hierarchy:
 
 
 def detect_hierarchy(
-    cgroup_root: str | Path = "auto", *, mountinfo: Path = Path("/proc/self/mountinfo")
+    cgroup_root: str | Path = "auto",
+    *,
+    mountinfo: Path = Path("/proc/self/mountinfo"),
+    require_any: Sequence[str] = (),
 ) -> Hierarchy:
     """Find the hierarchy to write: a v2 mount with ``io`` enabled, else the v1 ``blkio`` mount.
 
-    An explicit ``cgroup_root`` is classified by what it contains (``io.max``
-    or ``cgroup.controllers`` listing ``io`` -> v2, ``blkio.*`` files -> v1).
+    An explicit ``cgroup_root`` (e.g. the host's tree mounted into the
+    writer's pod at ``/host/sys/fs/cgroup``) is classified by what it contains
+    (``io.max`` or ``cgroup.controllers`` listing ``io`` -> v2, ``blkio.*``
+    files -> v1).
+
+    ``auto`` skips mounts of a subtree (mountinfo's root field is not ``/``:
+    some container's own cgroup bound in). A pod's own cgroup namespace still
+    looks like a whole tree, so with ``require_any`` (e.g. ``kubepods.slice``,
+    ``kubepods``) only a mount holding one of those directories is taken: the
+    host's tree, never the pod's namespaced view; without one it is an error.
     """
     if str(cgroup_root) != "auto":
         return _classify(Path(cgroup_root))
@@ -123,15 +139,25 @@ def detect_hierarchy(
         if len(fields) < 5 or len(rfields) < 3:
             continue
         mountpoint = Path(fields[4].replace("\\040", " "))
+        if fields[3] != "/":
+            continue  # a subtree bound in (a container's own cgroup), not a whole hierarchy
         if rfields[0] == "cgroup2":
             v2.append(mountpoint)
         elif rfields[0] == "cgroup" and "blkio" in rfields[2].split(","):
             v1.append(mountpoint)
-    for mp in v2:
-        if "io" in _read_words(mp / "cgroup.controllers"):
-            return Hierarchy(2, mp)
-    if v1:
-        return Hierarchy(1, v1[0])
+    candidates = [Hierarchy(2, mp) for mp in v2 if "io" in _read_words(mp / "cgroup.controllers")]
+    candidates += [Hierarchy(1, mp) for mp in v1]
+    if require_any:
+        held = [c for c in candidates if any((c.root / d).is_dir() for d in require_any)]
+        if not held:
+            seen = ", ".join(str(c.root) for c in candidates) or "none"
+            raise SetupError(
+                f"no cgroup I/O hierarchy holds {' or '.join(require_any)} (looked at: {seen}); in a pod, mount the"
+                " host's /sys/fs/cgroup (e.g. at /host/sys/fs/cgroup) and set cgroup_root to it"
+            )
+        candidates = held
+    if candidates:
+        return candidates[0]
     found = ", ".join(str(p) for p in v2) or "none"
     raise SetupError(
         "no cgroup I/O controller found: need a cgroup v2 mount whose cgroup.controllers lists 'io' "
@@ -459,27 +485,125 @@ def apply_weight(h: Hierarchy, cgroup_dir: Path, weight: int) -> Outcome:
     return "applied"
 
 
-def weight_effective(
+#: What carries a weight on a device: the v2 io.cost controller, the BFQ scheduler,
+#: legacy CFQ (v1 kernels before 5.0), or nothing (the weight is written but inert).
+Mechanism = Literal["iocost", "bfq", "cfq", "none"]
+
+
+def weight_mechanisms(
     h: Hierarchy,
     devices: Iterable[str],
     *,
     scheduler_of: Callable[[str], str | None],
-) -> dict[str, bool]:
-    """Per device: does a weight written here actually act?
+) -> dict[str, Mechanism]:
+    """Per device: which kernel mechanism makes a weight written here act, if any.
 
-    Only a weight-honouring controller makes weights bite: BFQ as the device's
-    active scheduler (v1 and v2), CFQ on old v1 kernels (``blkio.weight``), or
-    on v2 the io.cost controller enabled for the device in the root's
-    ``io.cost.qos`` (``MAJ:MIN enable=1 ...``).
+    Only a weight-honouring controller makes weights bite: on v2 the io.cost
+    controller enabled for the device in the root's ``io.cost.qos``
+    (``MAJ:MIN enable=1 ...``; it governs ``io.weight`` and wins over the
+    scheduler), else BFQ as the device's active scheduler (``io.bfq.weight`` /
+    ``blkio.bfq.weight``), or CFQ on old v1 kernels (``blkio.weight``).
     """
-    honouring = {"bfq"} if h.version == 2 else {"bfq", "cfq"}
     cost_enabled: set[str] = set()
     if h.version == 2:
         for line in _read_words_lines(h.root / "io.cost.qos"):
             parts = line.split()
             if parts and "enable=1" in parts[1:]:
                 cost_enabled.add(parts[0])
-    return {dev: dev in cost_enabled or scheduler_of(dev) in honouring for dev in devices}
+    out: dict[str, Mechanism] = {}
+    for dev in devices:
+        scheduler = scheduler_of(dev)
+        if dev in cost_enabled:
+            out[dev] = "iocost"
+        elif scheduler == "bfq":
+            out[dev] = "bfq"
+        elif scheduler == "cfq" and h.version == 1:
+            out[dev] = "cfq"
+        else:
+            out[dev] = "none"
+    return out
+
+
+def weight_effective(
+    h: Hierarchy,
+    devices: Iterable[str],
+    *,
+    scheduler_of: Callable[[str], str | None],
+) -> dict[str, bool]:
+    """Per device: does a weight written here actually act? (see :func:`weight_mechanisms`)."""
+    return {dev: m != "none" for dev, m in weight_mechanisms(h, devices, scheduler_of=scheduler_of).items()}
+
+
+def apply_bfq_weight(h: Hierarchy, cgroup_dir: Path, weight: int) -> Outcome | None:
+    """On v2, also set ``io.bfq.weight`` (1-1000, mapped from the v2 scale) where BFQ offers it.
+
+    ``io.weight`` is read by io.cost only; BFQ reads its own file. The file
+    exists once the BFQ module is loaded; writing it is harmless on devices
+    that run another scheduler and keeps the weight right if BFQ is switched
+    on later. ``None`` when there is no such file (v1 handles BFQ in
+    :func:`apply_weight`).
+    """
+    if h.version != 2:
+        return None
+    path = _inside(h, cgroup_dir) / "io.bfq.weight"
+    if not path.exists():
+        return None
+    value = to_v1_weight(weight, 1, 100, 1000)
+    for line in _read_lines(path):
+        parts = line.split()
+        if (len(parts) == 2 and parts[0] == "default" and parts[1] == str(value)) or parts == [str(value)]:
+            return "unchanged"
+    _write(path, f"default {value}")
+    return "applied"
+
+
+#: Keys ``io.cost.model`` takes after ``MAJ:MIN`` (Documentation/admin-guide/cgroup-v2.rst).
+IO_COST_MODEL_KEYS = frozenset({"ctrl", "model", "rbps", "rseqiops", "rrandiops", "wbps", "wseqiops", "wrandiops"})
+
+
+def enable_io_cost(h: Hierarchy, device: str, *, model: Mapping[str, str] | None = None) -> Outcome:
+    """Switch the io.cost controller on for ``device`` in the root's ``io.cost.qos``.
+
+    Without ``model`` the kernel's own device model and QoS (``ctrl=auto``)
+    apply; with one, ``io.cost.model`` is written first (``ctrl=user``
+    implied). Reads back and writes nothing when io.cost is already on.
+    Only v2 has io.cost; on v1 this raises :class:`KernelError`.
+    """
+    if h.version != 2:
+        raise KernelError(h.root / "io.cost.qos", "io.cost exists only on cgroup v2")
+    qos = h.root / "io.cost.qos"
+    model_path = h.root / "io.cost.model"
+    changed = False
+    if model:
+        wanted = {"ctrl": "user", "model": "linear", **model}
+        current = _device_params(model_path, device)
+        if not all(_same(current.get(k), v) for k, v in wanted.items()):
+            _write(model_path, device + " " + " ".join(f"{k}={v}" for k, v in wanted.items()))
+            changed = True
+    if _device_params(qos, device).get("enable") != "1":
+        _write(qos, f"{device} enable=1" + ("" if model else " ctrl=auto"))
+        changed = True
+    return "applied" if changed else "unchanged"
+
+
+def _same(a: str | None, b: str) -> bool:
+    """Equal as written, or as numbers (the kernel shows ``rbps=2e8`` back as ``rbps=200000000``)."""
+    if a is None or a == b:
+        return a == b
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
+def _device_params(path: Path, device: str) -> dict[str, str]:
+    """The ``key=value`` pairs of ``device``'s line in an io.cost file (last line wins)."""
+    found: dict[str, str] = {}
+    for line in _read_lines(path) if path.exists() else []:
+        parts = line.split()
+        if parts and parts[0] == device:
+            found = dict(p.partition("=")[::2] for p in parts[1:])
+    return found
 
 
 def _read_words_lines(path: Path) -> list[str]:

@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from writer.api import Devices, LabelKey, LabelValue
+from writer.cgroups import IO_COST_MODEL_KEYS
 from writer.discovery import LocalEntry
 
 __all__ = [
@@ -90,6 +91,22 @@ Selector = Annotated[dict[LabelKey, LabelValue], Field(min_length=1, max_length=
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
+def _io_cost_model(value: object) -> object:
+    if isinstance(value, dict):
+        bad = sorted(str(k) for k in value if k not in IO_COST_MODEL_KEYS - {"ctrl", "model"})
+        if bad:
+            allowed = ", ".join(sorted(IO_COST_MODEL_KEYS - {"ctrl", "model"}))
+            raise ValueError(f"unknown io.cost.model keys {bad}; allowed: {allowed}")
+        for k, v in value.items():
+            if not re.match(r"^[0-9]+(\.[0-9]+)?(e[0-9]+)?$", str(v)):
+                raise ValueError(f"io.cost.model {k}: {v!r} is not a number")
+        return {str(k): str(v) for k, v in value.items()}
+    return value
+
+
+IoCostSetting = Annotated[Literal["off", "auto"] | dict[str, str], BeforeValidator(_io_cost_model)]
+
+
 class KubernetesDiscoveryConfig(BaseModel):
     """Pods on this node from the Kubernetes API."""
 
@@ -143,8 +160,22 @@ class WriterConfig(BaseModel):
     listen: str = "127.0.0.1:9100"
     #: File holding the bearer token (a mounted Secret); whitespace around it is stripped.
     token_file: Path | None = None
-    #: ``auto``, or the io/blkio hierarchy root to use.
+    #: ``auto``, or the io/blkio hierarchy root to use. In a pod: the host's tree
+    #: mounted in, e.g. ``/host/sys/fs/cgroup`` (auto-detection in Kubernetes mode
+    #: only takes a hierarchy holding kubelet's kubepods, never the pod's own cgroup).
     cgroup_root: str = "auto"
+    #: kubelet's ``--cgroup-root`` (its default is ``/``), e.g. ``/kubelet``.
+    kubelet_cgroup_root: str = "/"
+    #: The proc file system whose mount table resolves ``{mount: ...}`` devices.
+    #: ``/proc`` reads this process's own mounts; any other path (the host's /proc
+    #: mounted into the writer's pod, e.g. ``/host/proc``) is read at ``<path>/1``,
+    #: the host's init, so mount paths are looked up in the host's mount namespace.
+    proc_root: Path = Path("/proc")
+    #: Switch the io.cost controller on for the devices of groups with a weight
+    #: (cgroup v2): ``off``; ``auto`` (the kernel's own model, ``ctrl=auto``); or
+    #: io.cost.model parameters, e.g. ``{rbps: "200000000", rseqiops: "20000", ...}``.
+    #: Off by default: it changes how the whole device is shared, which is the node owner's call.
+    io_cost: IoCostSetting = "off"
     discovery: DiscoveryConfig
     failsafe: FailsafeConfig = FailsafeConfig()
     #: How often the reconcile loop re-reads the files and heals drift; 10 s keeps a
@@ -156,6 +187,14 @@ class WriterConfig(BaseModel):
     driver: Literal["auto", "systemd", "cgroupfs"] = "auto"
     #: Count device-mapper disks (LVM) as real disks for ``devices: auto``.
     include_dm: bool = False
+
+    @field_validator("kubelet_cgroup_root")
+    @classmethod
+    def _kubelet_root(cls, value: str) -> str:
+        parts = value.split("/")
+        if not value.startswith("/") or ".." in parts or "\x00" in value:
+            raise ValueError(f"{value!r} must be an absolute cgroup path like / or /kubelet")
+        return value
 
     @field_validator("listen")
     @classmethod

@@ -52,15 +52,18 @@ from writer.cgroups import (
     apply_weight,
     read_io_bytes,
     read_io_max,
+    Mechanism,
+    apply_bfq_weight,
+    enable_io_cost,
     read_weight,
     throttle_dirs,
-    weight_effective,
+    weight_mechanisms,
 )
 from writer.discovery import Discovery, Workload, matches
 from writer.lease import Failsafe, Lease
 from writer.metrics import CgroupReading, Reading, WriterMetrics
 
-__all__ = ["StalePush", "Mode", "Reconciler", "limits_from_io_max"]
+__all__ = ["StalePush", "Mode", "Reconciler", "IoCost", "limits_from_io_max"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,17 @@ _HISTORY = 50
 
 class StalePush(WriterError):
     """A push older than the last accepted one: reject it (409), change nothing."""
+
+
+@dataclass(frozen=True)
+class IoCost:
+    """Switch the io.cost controller on for the devices of weighted groups (v2 only).
+
+    ``model`` = ``io.cost.model`` parameters (``rbps``, ``rseqiops``, ...);
+    ``None`` lets the kernel pick its own model and QoS (``ctrl=auto``).
+    """
+
+    model: Mapping[str, str] | None = None
 
 
 def limits_from_io_max(io_max: IoMax) -> Limits:
@@ -106,6 +120,8 @@ class Reconciler:
         node: str = "",
         wall_clock: Callable[[], float] = time.time,
         config_summary: Mapping[str, object] | None = None,
+        io_cost: IoCost | None = None,
+        tree_problem: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.hierarchy = hierarchy
         self.node = node
@@ -124,6 +140,11 @@ class Reconciler:
         self._errors: deque[dict[str, object]] = deque(maxlen=_HISTORY)
         self._events: deque[dict[str, object]] = deque(maxlen=_HISTORY)
         self._weight_notes: dict[str, bool] = {}
+        self._mechanisms: dict[str, Mechanism] = {}
+        self._io_cost = io_cost
+        self._tree_problem = tree_problem
+        self._unmatched: list[str] = []
+        self._lp_found = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -146,7 +167,14 @@ class Reconciler:
             self.metrics.push_generation.set(body.generation)
             self.metrics.last_update.set(self._wall())
             results = self._reconcile_locked()
-            return PushResponse(node=self.node, generation=body.generation, results=results)
+            warnings = self._findings()
+            return PushResponse(
+                node=self.node,
+                generation=body.generation,
+                results=results,
+                unmatched_groups=list(self._unmatched),
+                warnings=warnings,
+            )
 
     def reconcile(self) -> list[CgroupResult]:
         """One round: re-read discovery and files, write what differs. Never raises for a cgroup."""
@@ -231,11 +259,15 @@ class Reconciler:
         resolved = {g.name: self._devices(g.devices) for g in groups}
         # Whether a weight can act is a property of the group's devices, not of
         # each pod: ask the kernel once per group, not once per workload.
-        weight_acts = {
-            g.name: any(weight_effective(self.hierarchy, resolved[g.name][0], scheduler_of=self._scheduler_of).values())
-            for g in groups
-            if mode == "following_push" and g.io_weight is not None and resolved[g.name][1] is None
-        }
+        weighted = [
+            g for g in groups if mode == "following_push" and g.io_weight is not None and resolved[g.name][1] is None
+        ]
+        self._mechanisms = self._weight_mechanisms(sorted({d for g in weighted for d in resolved[g.name][0]}))
+        weight_acts = {g.name: any(self._mechanisms[d] != "none" for d in resolved[g.name][0]) for g in weighted}
+        self._lp_found = sum(1 for w in workloads if w.role == "lp")
+        self._unmatched = [
+            g.name for g in groups if not any(w.role != "hp" and matches(w.labels, g.selector) for w in workloads)
+        ]
         fallback: tuple[list[str], str | None] | None = None
         plans: list[_Plan] = []
         self._weight_notes = {}
@@ -290,6 +322,9 @@ class Reconciler:
                 outcomes.extend(self._apply_limits(plan.workload.cgroup_dir, plan.limits))
             if plan.weight is not None:
                 outcomes.append(apply_weight(self.hierarchy, plan.workload.cgroup_dir, plan.weight))
+                bfq = apply_bfq_weight(self.hierarchy, plan.workload.cgroup_dir, plan.weight)
+                if bfq is not None:
+                    outcomes.append(bfq)
         except CgroupVanished as err:
             # The pod went away between discovery and the write: an event, not a failure.
             self.metrics.vanished.inc()
@@ -318,6 +353,27 @@ class Reconciler:
                 continue  # a container that exited meanwhile; the workload itself is still there
         return outcomes
 
+    def _weight_mechanisms(self, devices: list[str]) -> dict[str, Mechanism]:
+        """Switch io.cost on where configured, then say per device what carries the weight."""
+        if self._io_cost is not None and self.hierarchy.version == 2:
+            for dev in devices:
+                try:
+                    if enable_io_cost(self.hierarchy, dev, model=self._io_cost.model) == "applied":
+                        self._event(f"io.cost enabled on {dev}")
+                except WriterError as err:
+                    self._error(f"io.cost {dev}", str(err))
+        return weight_mechanisms(self.hierarchy, devices, scheduler_of=self._scheduler_of)
+
+    def _findings(self) -> list[str]:
+        """What a green answer would hide: no LP workload, no kubelet tree, groups that select nothing."""
+        out = [] if self._lp_found else ["no LP workload found on this node"]
+        problem = self._tree_problem()
+        if problem:
+            out.append(f"no kubelet cgroup tree recognised: {problem}")
+        for name in self._unmatched:
+            out.append(f"group {name!r} matched no LP workload on this node; nothing was written for it")
+        return out
+
     def _error(self, where: str, detail: str) -> None:
         log.warning("%s: %s", where, detail)
         self._errors.append({"time": self._wall(), "where": where, "detail": detail})
@@ -327,11 +383,12 @@ class Reconciler:
 
     # ------------------------------------------------------------ observing
 
-    def _assignments(self) -> tuple[list[tuple[Workload, str]], dict[str, bool], Mode]:
+    def _assignments(self) -> tuple[list[tuple[Workload, str]], dict[str, bool], dict[str, Mechanism], Mode]:
         with self._lock:
             groups = self._groups()
             mode = self._current_mode()
             notes = dict(self._weight_notes)
+            mechanisms = dict(self._mechanisms)
         try:
             workloads = list(self._discovery.snapshot())
         except Exception as err:  # /status and /metrics still answer; the error is recorded
@@ -342,7 +399,7 @@ class Reconciler:
         for w in workloads:
             matched = [g.name for g in groups if matches(w.labels, g.selector)]
             out.append((w, matched[0] if matched and w.role != "hp" else ("" if w.role != "lp" else UNASSIGNED)))
-        return out, notes, mode
+        return out, notes, mechanisms, mode
 
     def _read_cgroup(self, w: Workload, group: str) -> CgroupReading:
         def attempt(fn: Callable[[], Any]) -> Any:
@@ -363,8 +420,10 @@ class Reconciler:
 
     def reading(self) -> Reading:
         """What is in force now, read back from the kernel (for /metrics)."""
-        assigned, notes, mode = self._assignments()
+        assigned, notes, mechanisms, mode = self._assignments()
         lease = self._lease.state()
+        with self._lock:
+            unmatched = list(self._unmatched)
         return Reading(
             hp_pods=sum(1 for w, _ in assigned if w.role == "hp"),
             lp_pods=sum(1 for w, _ in assigned if w.role == "lp"),
@@ -373,11 +432,14 @@ class Reconciler:
             lease_seconds_left=lease.seconds_left,
             failsafe_active=mode == "failsafe",
             weight_effective=notes,
+            weight_mechanisms=dict(mechanisms.items()),
+            unmatched_groups=unmatched,
+            tree_recognised=self._tree_problem() is None,
         )
 
     def status(self) -> dict[str, object]:
         """The JSON of ``GET /status``: workloads, limits in force (read back), lease, errors, config."""
-        assigned, notes, mode = self._assignments()
+        assigned, notes, mechanisms, mode = self._assignments()
         lease = self._lease.state()
         workloads = []
         for w, group in assigned:
@@ -395,6 +457,7 @@ class Reconciler:
                     else {dev: {k: v for k, v in asdict(lim).items() if v is not None} for dev, lim in sorted(r.limits.items())},
                     "weight_in_force": r.weight,
                     "io_bytes": None if r.io_bytes is None else {d: {"read": b[0], "write": b[1]} for d, b in r.io_bytes.items()},
+                    "weight_competes_among": self._competition(w),
                 }
             )
         with self._lock:
@@ -411,6 +474,10 @@ class Reconciler:
                     "active": mode == "failsafe",
                     "static_limits": asdict(self._failsafe.limits),
                 },
+                "findings": self._findings(),
+                "weight_mechanisms": dict(sorted(mechanisms.items())),
+                "io_cost": "enabled by the writer on weighted devices" if self._io_cost is not None
+                else "not enabled by the writer (weights act only where io.cost is on or BFQ schedules)",
                 "weights": {
                     g: ("effective" if ok else "written but inert: no BFQ scheduler or io.cost on the group's devices")
                     for g, ok in sorted(notes.items())
@@ -426,6 +493,18 @@ class Reconciler:
                 "events": list(self._events),
                 "config": self._config,
             }
+
+
+    def _competition(self, w: Workload) -> dict[str, object]:
+        """Where this workload's weight competes: among the cgroups beside it (same parent)."""
+        parent = w.cgroup_dir.parent
+        try:
+            siblings = [p for p in parent.iterdir() if p.is_dir() and p != w.cgroup_dir]
+            relative = parent.relative_to(self.hierarchy.root.resolve())
+            where = "/" if relative == Path(".") else str(relative)
+        except (OSError, ValueError):
+            return {"parent": str(parent), "siblings": None}
+        return {"parent": where, "siblings": len(siblings)}
 
 
 def _label(w: Workload) -> str:
