@@ -58,6 +58,7 @@ __all__ = [
     "weight_mechanisms",
     "apply_bfq_weight",
     "IO_COST_MODEL_KEYS",
+    "IO_COST_QOS_KEYS",
     "enable_io_cost",
 ]
 
@@ -559,19 +560,28 @@ def apply_bfq_weight(h: Hierarchy, cgroup_dir: Path, weight: int) -> Outcome | N
 
 #: Keys ``io.cost.model`` takes after ``MAJ:MIN`` (Documentation/admin-guide/cgroup-v2.rst).
 IO_COST_MODEL_KEYS = frozenset({"ctrl", "model", "rbps", "rseqiops", "rrandiops", "wbps", "wseqiops", "wrandiops"})
+#: Keys of ``io.cost.qos`` one may set (besides ``enable`` and ``ctrl``).
+IO_COST_QOS_KEYS = frozenset({"rpct", "rlat", "wpct", "wlat", "min", "max"})
 
 
-def enable_io_cost(h: Hierarchy, device: str, *, model: Mapping[str, str] | None = None) -> Outcome:
+def enable_io_cost(
+    h: Hierarchy, device: str, *, model: Mapping[str, str] | None = None, qos: Mapping[str, str] | None = None
+) -> Outcome:
     """Switch the io.cost controller on for ``device`` in the root's ``io.cost.qos``.
 
-    Without ``model`` the kernel's own device model and QoS (``ctrl=auto``)
-    apply; with one, ``io.cost.model`` is written first (``ctrl=user``
-    implied). Reads back and writes nothing when io.cost is already on.
+    Without ``model`` the kernel's own device model applies, and without
+    ``qos`` its own QoS (``ctrl=auto``: the rate is raised until latency
+    suffers, so weights act once the device is saturated). A given ``model``
+    is written to ``io.cost.model`` (``ctrl=user``) first; given ``qos``
+    parameters (``rpct``, ``rlat``, ``wpct``, ``wlat``, ``min``, ``max``) are
+    written with ``ctrl=user``. Reads back and writes nothing when already so.
     Only v2 has io.cost; on v1 this raises :class:`KernelError`.
     """
     if h.version != 2:
         raise KernelError(h.root / "io.cost.qos", "io.cost exists only on cgroup v2")
-    qos = h.root / "io.cost.qos"
+    if qos and not set(qos) <= IO_COST_QOS_KEYS:
+        raise WriterError(f"io.cost.qos keys must be among {sorted(IO_COST_QOS_KEYS)}, got {sorted(qos)}")
+    qos_path = h.root / "io.cost.qos"
     model_path = h.root / "io.cost.model"
     changed = False
     if model:
@@ -580,8 +590,11 @@ def enable_io_cost(h: Hierarchy, device: str, *, model: Mapping[str, str] | None
         if not all(_same(current.get(k), v) for k, v in wanted.items()):
             _write(model_path, device + " " + " ".join(f"{k}={v}" for k, v in wanted.items()))
             changed = True
-    if _device_params(qos, device).get("enable") != "1":
-        _write(qos, f"{device} enable=1" + ("" if model else " ctrl=auto"))
+    wanted_qos = {"enable": "1", "ctrl": "user", **qos} if qos else {"enable": "1"}
+    if not all(_same(_device_params(qos_path, device).get(k), v) for k, v in wanted_qos.items()):
+        if not qos and not model:
+            wanted_qos["ctrl"] = "auto"
+        _write(qos_path, device + " " + " ".join(f"{k}={v}" for k, v in wanted_qos.items()))
         changed = True
     return "applied" if changed else "unchanged"
 
