@@ -119,11 +119,13 @@ def detect_hierarchy(
     (``io.max`` or ``cgroup.controllers`` listing ``io`` -> v2, ``blkio.*``
     files -> v1).
 
-    ``auto`` skips mounts of a subtree (mountinfo's root field is not ``/``:
-    some container's own cgroup bound in). A pod's own cgroup namespace still
-    looks like a whole tree, so with ``require_any`` (e.g. ``kubepods.slice``,
-    ``kubepods``) only a mount holding one of those directories is taken: the
-    host's tree, never the pod's namespaced view; without one it is an error.
+    Inside a pod, mountinfo cannot tell the pod's own cgroup-namespaced mount
+    from the host's tree: recorded in the v2 guest, the namespaced mount shows
+    root ``/`` and the host's tree bound in shows ``/../../../..``
+    (``tests/writer/recorded/v2-guest-pod-cgroupns.txt``). So with
+    ``require_any`` (kubelet's ``kubepods.slice`` / ``kubepods`` dirs) only a
+    mount holding one of them is taken - the host's tree, never the pod's
+    namespaced view - and finding none is an error naming what was seen.
     """
     if str(cgroup_root) != "auto":
         return _classify(Path(cgroup_root))
@@ -140,8 +142,6 @@ def detect_hierarchy(
         if len(fields) < 5 or len(rfields) < 3:
             continue
         mountpoint = Path(fields[4].replace("\\040", " "))
-        if fields[3] != "/":
-            continue  # a subtree bound in (a container's own cgroup), not a whole hierarchy
         if rfields[0] == "cgroup2":
             v2.append(mountpoint)
         elif rfields[0] == "cgroup" and "blkio" in rfields[2].split(","):

@@ -121,7 +121,7 @@ def build_state(
         scheduler_of=partial(active_scheduler, sys_root=sys_root),
         registry=registry,
         node=node,
-        io_cost=None if config.io_cost == "off" else IoCost(model=None if config.io_cost == "auto" else config.io_cost),
+        io_cost=_io_cost(config),
         tree_problem=_tree_check(config, hierarchy),
         config_summary={
             **config.model_dump(mode="json"),
@@ -130,6 +130,14 @@ def build_state(
         },
     )
     return ServerState(reconciler=reconciler, registry=registry, token=token)
+
+
+def _io_cost(config: WriterConfig) -> IoCost | None:
+    if config.io_cost == "off":
+        return None
+    if config.io_cost == "auto":
+        return IoCost()
+    return IoCost(model=config.io_cost.model, qos=config.io_cost.qos)
 
 
 def _kubepods_dirs(kubelet_cgroup_root: str) -> tuple[str, ...]:

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from writer.api import Devices, LabelKey, LabelValue
-from writer.cgroups import IO_COST_MODEL_KEYS
+from writer.cgroups import IO_COST_MODEL_KEYS, IO_COST_QOS_KEYS
 from writer.discovery import LocalEntry
 
 __all__ = [
@@ -91,20 +91,33 @@ Selector = Annotated[dict[LabelKey, LabelValue], Field(min_length=1, max_length=
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
-def _io_cost_model(value: object) -> object:
-    if isinstance(value, dict):
-        bad = sorted(str(k) for k in value if k not in IO_COST_MODEL_KEYS - {"ctrl", "model"})
+_NUMBER_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(e[0-9]+)?$")
+
+
+def _params(allowed: frozenset[str], what: str) -> Any:
+    def check(value: dict[str, Any]) -> dict[str, str]:
+        bad = sorted(str(k) for k in value if k not in allowed)
         if bad:
-            allowed = ", ".join(sorted(IO_COST_MODEL_KEYS - {"ctrl", "model"}))
-            raise ValueError(f"unknown io.cost.model keys {bad}; allowed: {allowed}")
+            raise ValueError(f"unknown {what} keys {bad}; allowed: {', '.join(sorted(allowed))}")
         for k, v in value.items():
-            if not re.match(r"^[0-9]+(\.[0-9]+)?(e[0-9]+)?$", str(v)):
-                raise ValueError(f"io.cost.model {k}: {v!r} is not a number")
+            if isinstance(v, bool) or not _NUMBER_RE.match(str(v)):
+                raise ValueError(f"{what} {k}: {v!r} is not a number")
         return {str(k): str(v) for k, v in value.items()}
-    return value
+
+    return check
 
 
-IoCostSetting = Annotated[Literal["off", "auto"] | dict[str, str], BeforeValidator(_io_cost_model)]
+class IoCostConfig(BaseModel):
+    """io.cost with a given device model and/or QoS (``ctrl=user``); see the kernel's cgroup-v2 docs."""
+
+    model_config = _STRICT
+    #: io.cost.model parameters: rbps, rseqiops, rrandiops, wbps, wseqiops, wrandiops.
+    model: Annotated[dict[str, Any], AfterValidator(_params(IO_COST_MODEL_KEYS - {"ctrl", "model"}, "io.cost.model"))] | None = None
+    #: io.cost.qos parameters: rpct, rlat, wpct, wlat, min, max.
+    qos: Annotated[dict[str, Any], AfterValidator(_params(IO_COST_QOS_KEYS, "io.cost.qos"))] | None = None
+
+
+IoCostSetting = Literal["off", "auto"] | IoCostConfig
 
 
 class KubernetesDiscoveryConfig(BaseModel):
@@ -173,7 +186,7 @@ class WriterConfig(BaseModel):
     proc_root: Path = Path("/proc")
     #: Switch the io.cost controller on for the devices of groups with a weight
     #: (cgroup v2): ``off``; ``auto`` (the kernel's own model, ``ctrl=auto``); or
-    #: io.cost.model parameters, e.g. ``{rbps: "200000000", rseqiops: "20000", ...}``.
+    #: ``{model: {rbps: 200000000, ...}, qos: {min: 50, max: 150, ...}}`` (``ctrl=user``).
     #: Off by default: it changes how the whole device is shared, which is the node owner's call.
     io_cost: IoCostSetting = "off"
     discovery: DiscoveryConfig

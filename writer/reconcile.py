@@ -80,11 +80,13 @@ class StalePush(WriterError):
 class IoCost:
     """Switch the io.cost controller on for the devices of weighted groups (v2 only).
 
-    ``model`` = ``io.cost.model`` parameters (``rbps``, ``rseqiops``, ...);
-    ``None`` lets the kernel pick its own model and QoS (``ctrl=auto``).
+    ``model`` = ``io.cost.model`` parameters (``rbps``, ``rseqiops``, ...) and
+    ``qos`` = ``io.cost.qos`` ones (``min``, ``max``, ...); ``None`` lets the
+    kernel pick its own model and QoS (``ctrl=auto``).
     """
 
     model: Mapping[str, str] | None = None
+    qos: Mapping[str, str] | None = None
 
 
 def limits_from_io_max(io_max: IoMax) -> Limits:
@@ -358,7 +360,7 @@ class Reconciler:
         if self._io_cost is not None and self.hierarchy.version == 2:
             for dev in devices:
                 try:
-                    if enable_io_cost(self.hierarchy, dev, model=self._io_cost.model) == "applied":
+                    if enable_io_cost(self.hierarchy, dev, model=self._io_cost.model, qos=self._io_cost.qos) == "applied":
                         self._event(f"io.cost enabled on {dev}")
                 except WriterError as err:
                     self._error(f"io.cost {dev}", str(err))
