@@ -27,25 +27,20 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from experiments.backends import BACKENDS, BackendUnavailable
+from experiments.backends import BACKENDS
 from experiments.export import ExportError, SeriesQueries, export_range, write_export
+from experiments.model import BackendUnavailable, ScenarioSpec, SloWiring
 from experiments.report import write_report
 from experiments.scenarios import (
     SCENARIO_CHOICES,
     PlanConfig,
     RunConfig,
-    ScenarioSpec,
-    SloError,
-    SloWiring,
     TargetSetting,
-    load_base_slo,
     load_results,
     plan_scenarios,
     run_plan,
-    slo_document,
-    slo_target_text,
-    validate_slo,
 )
+from experiments.slo import SloError, load_base_slo, slo_document, slo_target_text, validate_slo
 
 __all__ = ["main", "export_main", "run_experiment", "export_metrics"]
 
