@@ -123,11 +123,15 @@ class PodOnKernel:
         return f"{self.top}/{relative}"
 
 
-@pytest.fixture
-def burstable_pod(tmp_path: Path) -> Iterator[PodOnKernel]:
-    """A burstable pod of the systemd driver + containerd, with pause and app containers, on this kernel."""
+#: One layout per driver / runtime on the real kernel (all of them are checked on fake trees).
+REAL_LAYOUTS = ["systemd-containerd-burstable", "cgroupfs-besteffort", "systemd-crio-burstable"]
+
+
+@pytest.fixture(params=REAL_LAYOUTS)
+def pod_on_kernel(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PodOnKernel]:
+    """A kubelet-shaped pod with pause and app containers on this kernel."""
     h = hierarchy_or_skip()
-    layout = LAYOUTS["systemd-containerd-burstable"]
+    layout = LAYOUTS[request.param]
     top = f"drcio-t7-{uuid.uuid4().hex[:8]}"
     data, device = make_data_file(data_dir(tmp_path))
     try:
@@ -173,9 +177,9 @@ def _limit_line(pod: PodOnKernel, relative: str) -> str:
 
 
 def test_a_limit_on_the_pod_holds_a_reader_in_its_container_and_in_a_container_started_later(
-    burstable_pod: PodOnKernel,
+    pod_on_kernel: PodOnKernel,
 ) -> None:
-    pod = burstable_pod
+    pod = pod_on_kernel
     reconciler, state, _ = _writer(pod)
     with serving(build_app(state)) as url:
         answer = _push(url, 1, pod.device, {"rbps": LIMIT})
@@ -209,8 +213,8 @@ def test_a_limit_on_the_pod_holds_a_reader_in_its_container_and_in_a_container_s
     assert free > 3 * LIMIT
 
 
-def test_lifting_the_limit_lifts_it_on_every_container(burstable_pod: PodOnKernel) -> None:
-    pod = burstable_pod
+def test_lifting_the_limit_lifts_it_on_every_container(pod_on_kernel: PodOnKernel) -> None:
+    pod = pod_on_kernel
     _, state, _ = _writer(pod)
     with serving(build_app(state)) as url:
         _push(url, 1, pod.device, {"rbps": LIMIT})

@@ -47,6 +47,7 @@ pytestmark = [
 ]
 
 TOKEN = "guest-token-t7"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LP_POD = LAYOUTS["systemd-containerd-burstable"]
 # A second burstable pod beside the LP one (its sibling in kubepods-burstable.slice).
 OTHER_UID = "1c2d3e4f_5a6b_4c7d_8e9f_0a1b2c3d4e5f"
@@ -141,7 +142,7 @@ def test_the_real_writer_holds_a_reader_in_a_container_of_a_burstable_pod_and_li
     assert f"{device} rbps={LIMIT} " in io_max
     throttled = read_rate(h, f"{top}/{LP_POD.app}", data, 24 * MiB)
 
-    status = httpx.get(f"{writer}/status", timeout=30).json()
+    status = httpx.get(f"{writer}/status", headers=AUTH, timeout=30).json()
     assert status["hierarchy"]["version"] == 2
     assert status["weight_mechanisms"] == {device: "iocost"}  # the writer switched io.cost on (io_cost: auto)
     [lp_status] = status["lp_workloads"]
@@ -163,7 +164,7 @@ def test_a_push_that_matches_no_workload_is_answered_as_such(node: tuple[Hierarc
     _, _, _, device = node
     nobody = {"name": "ghosts", "selector": {"group-id": "nobody"}, "devices": [device], "io_max": {"rbps": LIMIT}}
     result = _push(writer, 1, [nobody])
-    answer = httpx.get(f"{writer}/status", timeout=30).json()
+    answer = httpx.get(f"{writer}/status", headers=AUTH, timeout=30).json()
     assert "group 'ghosts' matched no LP workload on this node; nothing was written for it" in answer["findings"]
     assert [r.group for r in result.results if r.group == "ghosts"] == []
     raw = httpx.put(
