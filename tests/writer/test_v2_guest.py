@@ -54,3 +54,18 @@ def test_the_v2_guest_passes_every_kernel_check() -> None:
     assert "skipped" not in output, output[-4000:]
     assert "9 passed" in output, output[-4000:]
     assert "cgroup v2, systemd-containerd-burstable" in output
+
+
+def test_the_guest_reports_cmds_exit_code_and_a_timeout_leaves_nothing_behind(tmp_path: Path) -> None:
+    _guest_or_skip()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    probe = 'grep -qw io /sys/fs/cgroup/cgroup.subtree_control && test -d "$DRCIO_VM_SCRATCH" && test -n "$DRCIO_VM_DISK_DEV" && exit 7'
+    done = subprocess.run([str(SCRIPT), "--timeout", "120", "sh", "-c", probe], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 7, done.stdout + done.stderr
+    killed = subprocess.run([str(SCRIPT), "--timeout", "8", "sleep", "600"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert killed.returncode == 124 and "timeout" in killed.stderr
+    assert list(tmp_path.iterdir()) == []  # the guest's initramfs and scratch disk are gone
+    qemus = subprocess.run(["pgrep", "-f", f"qemu-system-x86_64 .*{tmp_path}"], capture_output=True, text=True)
+    assert qemus.stdout == ""
