@@ -17,4 +17,4 @@ from experiments.model import Backend, BackendUnavailable, ScenarioRun, Tick
 __all__ = ["Backend", "BackendUnavailable", "ScenarioRun", "Tick", "BACKENDS"]
 
 #: Names accepted by ``--backend``; only these are implemented.
-BACKENDS = ("local",)
+BACKENDS = ("local", "kubernetes")
