@@ -42,7 +42,8 @@ from controller.config import RateRange
 from controller.targets import rate_at
 from experiments.prometheus_server import find_prometheus, free_port
 from tests.controller.conftest import BUCKETS
-from writer.cgroups import Hierarchy, WriterError, create_group, detect_hierarchy, remove_group
+from writer.cgroups import Hierarchy, WriterError, detect_hierarchy
+from writer.groups import create_group, remove_group
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.kernel]
 

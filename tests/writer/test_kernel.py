@@ -23,7 +23,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.writer.conftest import TOKEN, serving
-from writer.cgroups import Hierarchy, SetupError, create_group, detect_hierarchy, move_pid, remove_group, to_v1_weight, weight_file
+from writer.cgroups import Hierarchy, SetupError, detect_hierarchy, to_v1_weight, weight_file
+from writer.groups import create_group, move_pid, remove_group
 from writer.devices import active_scheduler, resolve_devices
 from writer.discovery import LocalDiscovery, LocalEntry
 from writer.lease import Failsafe, Lease

@@ -33,7 +33,8 @@ from prometheus_client import CollectorRegistry
 
 from tests.writer.conftest import TOKEN, serving
 from tests.writer.kubelet_trees import LAYOUTS, PodLayout
-from writer.cgroups import Hierarchy, SetupError, create_group, detect_hierarchy, move_pid, remove_group
+from writer.cgroups import Hierarchy, SetupError, detect_hierarchy
+from writer.groups import create_group, move_pid, remove_group
 from writer.devices import active_scheduler, resolve_devices
 from writer.discovery import LocalDiscovery, LocalEntry
 from writer.lease import Failsafe, Lease
