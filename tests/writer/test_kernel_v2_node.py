@@ -33,8 +33,8 @@ import pytest
 import yaml
 
 from controller.push import HttpPusher
-from tests.writer.kubelet_trees import APP_ID, LAYOUTS, PAUSE_ID, POD_UID_SYSTEMD
-from tests.writer.test_kernel_pods import LIMIT, MiB, hierarchy_or_skip, make_data_file, read_rate
+from tests.writer.kubelet_trees import APP_ID, LAYOUTS, PAUSE_ID
+from tests.writer.kernel_support import LIMIT, MiB, hierarchy_or_skip, make_data_file, read_rate
 from writer.api import TargetsPush
 from writer.cgroups import Hierarchy, apply_weight, enable_io_cost
 from writer.groups import create_group, move_pid, remove_group
