@@ -153,7 +153,11 @@ def test_the_cli_exits_2_without_root_and_creates_nothing(tmp_path: Path) -> Non
     out = tmp_path / "out"
     env = {**os.environ, "MPLCONFIGDIR": str(tmp_path)}
     script = Path(sys.executable).parent / "run-experiment"
-    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(script),
+    # The unprivileged user keeps CAP_DAC_READ_SEARCH (ambient, so it survives exec): a fresh clone in
+    # root's home (mode 0700) is then still reachable, while the process is not root (euid 65534) and
+    # cannot write anything it could not write anyway.
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", str(script),
                              "--scenario", "baseline", "--output", str(out)],
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 2, result.stderr
