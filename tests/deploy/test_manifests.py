@@ -136,6 +136,10 @@ def test_the_controller_runs_two_unprivileged_replicas_with_limits_and_probes(re
     assert set(c["resources"]) == {"requests", "limits"}
     assert "livenessProbe" in c and "readinessProbe" in c
     assert "--leader-elect" in c["args"]
+    # the token Secret's files belong to root and group fsGroup: the non-root controller reads them as that group
+    token = next(v for v in pod["volumes"] if v["name"] == "token")
+    assert token["secret"]["defaultMode"] & 0o040 and pod["securityContext"]["fsGroup"] == \
+        pod["securityContext"]["runAsGroup"]
 
 
 def test_controller_rbac_is_endpointslices_read_and_its_lease(rendered: dict[str, Any]) -> None:
