@@ -31,9 +31,11 @@ from controller.push import (
     Pusher,
     StaticWriters,
     WriterDirectory,
+    raise_open_files_limit,
     read_token,
 )
-from controller.sensor import PrometheusSensor
+from controller.sensor_batch import BatchedPrometheusSensor
+from controller.shard import Shard, ShardedWriters, aligned_clock, host_of
 
 __all__ = ["main", "build_controller"]
 
@@ -55,23 +57,33 @@ def build_controller(
     dry_run: bool,
     metrics: ControllerMetrics | None = None,
     decision_log: DecisionLog | None = None,
+    shard: Shard | None = None,
 ) -> Controller:
-    """Wire a controller for real Prometheus and real writers (or a dry-run pusher)."""
+    """Wire a controller for real Prometheus and real writers (or a dry-run pusher).
+
+    With ``shard``, this replica pushes only to the writers whose node hashes to it.
+    """
     pusher: Pusher
     if dry_run:
         pusher = DryRunPusher()
     else:
         pusher = HttpPusher(token=read_token(config.effective_token_file), timeout_seconds=config.writers.timeout_seconds)
+        # One kept-alive connection per writer: lift the soft fd limit (as Go programs do at start).
+        raise_open_files_limit(65536)
     writers: WriterDirectory
+    node_of = host_of
     if config.writers.static is not None:
         writers = StaticWriters(config.writers.static)
     else:
         k = config.writers.kubernetes
         assert k is not None  # the config model guarantees one source
-        writers = KubernetesWriterDirectory(namespace=k.namespace, service=k.service, port=k.port, scheme=k.scheme)
+        kube = KubernetesWriterDirectory(namespace=k.namespace, service=k.service, port=k.port, scheme=k.scheme)
+        writers, node_of = kube, kube.node_of
+    if shard is not None and shard.count > 1:
+        writers = ShardedWriters(writers, shard, node_of=node_of)
     return Controller(
         config,
-        sensor=PrometheusSensor(config.prometheus),
+        sensor=BatchedPrometheusSensor(config.prometheus, config.slos),
         pusher=pusher,
         writers=writers,
         metrics=metrics,
@@ -116,6 +128,25 @@ def build_controller(
     help="Stop after this many steps (for bounded runs and experiments; default: run until SIGTERM/SIGINT).",
 )
 @click.option(
+    "--shards",
+    envvar="DRCIO_SHARDS",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Number of controller replicas sharing the writers (see README 'Scale'). Each replica pushes only to "
+    "the nodes whose name hashes to its --shard-index, and evaluates at interval-aligned times so all replicas "
+    "read the same data. Env: DRCIO_SHARDS.",
+)
+@click.option(
+    "--shard-index",
+    envvar="DRCIO_SHARD_INDEX",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="This replica's index, 0..shards-1 (on Kubernetes: the StatefulSet ordinal, from the pod label "
+    "apps.kubernetes.io/pod-index). Env: DRCIO_SHARD_INDEX.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -129,6 +160,8 @@ def _command(
     metrics_listen: str | None,
     decision_log: Path | None,
     max_ticks: int | None,
+    shards: int,
+    shard_index: int,
     log_level: str,
 ) -> None:
     """Closed-loop latency-SLO controller for block I/O.
@@ -144,12 +177,15 @@ def _command(
     # urllib3 warns on every retry; the sensor reports failures itself, once, with context.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     listen = _parse_listen(metrics_listen)
+    if shard_index >= shards:
+        raise click.BadParameter(f"must be below --shards ({shards}), got {shard_index}", param_hint="--shard-index")
+    shard = Shard(shard_index, shards)
     try:
         config = load_config(config_path)
         dry = dry_run or config.mode == "dry-run"
         metrics = ControllerMetrics()
         dlog = DecisionLog(decision_log) if decision_log is not None else None
-        controller = build_controller(config, dry_run=dry, metrics=metrics, decision_log=dlog)
+        controller = build_controller(config, dry_run=dry, metrics=metrics, decision_log=dlog, shard=shard)
     except ConfigError as e:
         for problem in e.problems:
             click.echo(f"error: {problem}", err=True)
@@ -161,7 +197,10 @@ def _command(
     if once:
         if listen is not None:
             start_http_server(listen[1], addr=listen[0], registry=metrics.registry)
-        result = controller.step(time.time())
+        try:
+            result = controller.step(time.time())
+        finally:
+            _close(controller)
         for record in result.records:
             click.echo(json.dumps(record, allow_nan=False))
         if dlog is not None:
@@ -182,11 +221,20 @@ def _command(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    # Sharded replicas evaluate at the start of the interval slot, so they query the same data.
+    wall_clock = aligned_clock(config.interval_seconds, time.time) if shards > 1 else time.time
     try:
-        controller.run(stop, max_ticks=max_ticks)
+        controller.run(stop, max_ticks=max_ticks, wall_clock=wall_clock)
     finally:
+        _close(controller)
         if dlog is not None:
             dlog.close()
+
+
+def _close(controller: Controller) -> None:
+    """Close the push client's pooled connections."""
+    if isinstance(controller.pusher, HttpPusher):
+        controller.pusher.close()
 
 
 def main() -> None:

@@ -127,7 +127,10 @@ def run(config: WriterConfig, state: ServerState, *, listen: str, log_level: str
     host, port = parse_listen(listen)
     state.reconciler.start(config.reconcile_interval)
     try:
-        uvicorn.run(build_app(state), host=host, port=port, log_level=log_level.lower(), access_log=False)
+        # Keep-alive longer than a controller interval, so the controller's pushes reuse one connection.
+        uvicorn.run(
+            build_app(state), host=host, port=port, log_level=log_level.lower(), access_log=False, timeout_keep_alive=75
+        )
     finally:
         state.reconciler.stop()
 
