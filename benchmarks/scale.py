@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import cProfile
 import io
+import itertools
 import json
 import logging
 import math
@@ -86,21 +87,37 @@ CGROUP_PREFIX = "drcio-t10-scale"
 
 
 @dataclass(frozen=True)
-class Grid:
-    writers: tuple[int, ...]
+class Run:
+    """One fleet and the configurations measured against it."""
+
+    fleet: str  # "app": the writer's FastAPI app; "lean": the same Reconciler behind a minimal HTTP server
+    writers: int
     slos: tuple[int, ...]
-    #: From this many writers on, also measure with 2 sharded replicas.
-    sharded_from: int
-    #: Measured steps per configuration up to 1000 writers, and above.
+    replicas: tuple[int, ...]
     steps: int
-    big_steps: int
-    #: Writer counts measured again against the lean fleet (controller cost without FastAPI's on the same cores).
-    lean_writers: tuple[int, ...]
-    lean_slos: tuple[int, ...]
 
 
-FULL = Grid((10, 100, 1000, 5000, 10000), (1, 10, 100), 5000, 10, 5, (1000, 10000), (1, 100))
-QUICK = Grid((100, 1000, 10000), (1, 100), 10000, 5, 3, (1000, 10000), (100,))
+#: The writer's own app from 10 to 10,000 writers; at 10,000 the app fleet needs several times the
+#: controller's CPU on the same two cores, so the lean fleet measures 1,000 and 10,000 again to show
+#: the controller's step apart from the fleet's (README "Scale").
+FULL = (
+    Run("app", 10, (1, 10, 100), (1,), 10),
+    Run("app", 100, (1, 10, 100), (1,), 10),
+    Run("app", 1000, (1, 10, 100), (1,), 10),
+    Run("app", 5000, (1, 100), (1, 2), 4),
+    Run("app", 10000, (100,), (1,), 3),
+    Run("lean", 1000, (1, 100), (1,), 5),
+    Run("lean", 10000, (1, 100), (1, 2), 3),
+)
+QUICK = (
+    Run("app", 1000, (1, 100), (1,), 5),
+    Run("app", 10000, (100,), (1,), 2),
+    Run("lean", 1000, (100,), (1,), 3),
+    Run("lean", 10000, (100,), (1, 2), 3),
+)
+#: Checks that the benchmark runs (seconds, not figures).
+SMOKE = (Run("app", 40, (1, 10), (1, 2), 2), Run("lean", 40, (10,), (1,), 2))
+SLO_COUNTS = (1, 10, 100)
 LP_COUNTS = (10, 100, 1000)
 
 
@@ -174,6 +191,7 @@ def prometheus_with_data(slos: int, console: Console) -> Iterator[str]:
         with PrometheusServer(targets=[ScrapeTarget(job="scale-hp", address=f"127.0.0.1:{port}")], scrape_interval_seconds=1.0) as prom:
             console.print(f"[dim]Prometheus {prom.url} scraping the exporter on :{port}; waiting for rates[/]")
             prom.wait_for_samples(f'sum(rate({METRIC}_count{{slo="s{slos - 1}"}}[10s])) > 0', timeout_seconds=60)
+            time.sleep(5.0)  # readiness: enough scrapes in the 10 s window for every evaluation time used below
             yield prom.url
     finally:
         exporter.kill()
@@ -199,7 +217,7 @@ def measure_prometheus(url: str, slo_counts: Sequence[int], reps: int) -> list[d
             "batched": BatchedPrometheusSensor(config.prometheus, config.slos),
         }
         readings: dict[str, list[Any]] = {}
-        ats = [round(time.time() - 2.0 - r * 0.5, 3) for r in range(reps)]  # the same evaluation times for both modes
+        ats = [round(time.time() - 1.0 - r * 0.2, 3) for r in range(reps)]  # the same evaluation times for both modes
         for mode, sensor in sensors.items():
             times, requests = [], []
             for at in ats:
@@ -234,11 +252,24 @@ def measure_prometheus(url: str, slo_counts: Sequence[int], reps: int) -> list[d
 
 @dataclass
 class Fleet:
-    kind: str
+    """The writer processes, and which of their writers (how many, served how) a measurement uses."""
+
     procs: list[subprocess.Popen[str]]
-    urls: list[str]
+    all_urls: dict[str, list[str]]
     rss_mb: float
     started_s: float
+    kind: str = "app"
+    writers: int = 0
+
+    @property
+    def urls(self) -> list[str]:
+        return self.all_urls[self.kind][: self.writers]
+
+    def use(self, kind: str, writers: int) -> Fleet:
+        if writers > len(self.all_urls[kind]):
+            raise ValueError(f"the fleet has {len(self.all_urls[kind])} writers, {writers} asked")
+        self.kind, self.writers = kind, writers
+        return self
 
     def cpu_s(self) -> float:
         """CPU seconds the fleet processes have used so far (user + system, from /proc)."""
@@ -260,20 +291,20 @@ class Fleet:
                 p.kill()
 
 
-def start_fleet(n: int, root: Path, kind: str = "app") -> Fleet:
-    parts = max(1, min(4, n // 500))
+def start_fleet(n: int, root: Path, parts: int = 4) -> Fleet:
+    """``n`` writers in ``parts`` processes; the URL lists interleave the processes, so any prefix spreads over all."""
     sizes = [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
     t0 = time.perf_counter()
     procs, first = [], 0
     for i, size in enumerate(sizes):
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(FLEET), "--writers", str(size), "--root", str(root / f"f{i}"), "--first", str(first), "--server", kind],
+                [sys.executable, str(FLEET), "--writers", str(size), "--root", str(root / f"f{i}"), "--first", str(first)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )
         )
         first += size
-    urls: list[str] = []
+    per_proc: list[dict[str, list[str]]] = []
     rss = 0.0
     for p in procs:
         assert p.stdout is not None
@@ -281,9 +312,12 @@ def start_fleet(n: int, root: Path, kind: str = "app") -> Fleet:
         if not line:
             raise RuntimeError("a fleet process died while starting (see its stderr above)")
         ready = json.loads(line)
-        urls += ready["urls"]
+        per_proc.append(ready["urls"])
         rss += ready["rss_mb"]
-    return Fleet(kind, procs, urls, rss, time.perf_counter() - t0)
+    urls: dict[str, list[str]] = {}
+    for kind in ("app", "lean"):
+        urls[kind] = [u for group in itertools.zip_longest(*(p[kind] for p in per_proc)) for u in group if u is not None]
+    return Fleet(procs, urls, rss, time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------- controller replicas
@@ -399,7 +433,6 @@ def measure_controller(
             "outcomes": dict(sum((Counter(r["outcomes"]) for s in measured for r in s), Counter())),
             "connections_opened_per_steady_step": statistics.median(sum(r["connections_opened"] for r in s) for s in measured),
             "fleet_cpu_s_per_step": round(fleet_cpu / steps, 4),
-            "fleet_rss_mb": round(fleet.rss_mb, 1),
             "load1_before": load_before,
             "load1_after": load(),
         }
@@ -574,16 +607,17 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--quick", is_flag=True, help="Trimmed grid: 100, 1000, 10000 writers; 1 and 100 SLOs; 2 replicas only at 10000; fewer steps.")
+@click.option("--quick", is_flag=True, help="Trimmed grid: 1000 and 10000 writers, fewer SLO counts and steps.")
+@click.option("--smoke", is_flag=True, help="A tiny grid (40 writers, 10 LP cgroups) to check the benchmark runs; not for figures.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Results JSON (plot and profile go next to it).")
-@click.option("--profile", is_flag=True, help="Also cProfile one step of the largest single-replica run.")
+@click.option("--profile", is_flag=True, help="Also cProfile one step of the 10000-writer, 100-SLO, one-replica run (lean fleet).")
 @click.option("--skip", multiple=True, type=click.Choice(["prometheus", "controller", "apply"]), help="Leave a part out.")
 @click.option("--role", type=click.Choice(["main", "exporter", "controller"]), default="main", hidden=True)
 @click.option("--spec", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("--exporter-port", type=int, default=0, hidden=True)
 @click.option("--exporter-slos", type=int, default=100, hidden=True)
 def main(
-    quick: bool, output: Path | None, profile: bool, skip: tuple[str, ...], role: str, spec: Path | None,
+    quick: bool, smoke: bool, output: Path | None, profile: bool, skip: tuple[str, ...], role: str, spec: Path | None,
     exporter_port: int, exporter_slos: int,
 ) -> None:
     """Measure one controller step against 10..10,000 real writers, Prometheus' cost per tick, and writer apply time."""
@@ -596,10 +630,11 @@ def main(
         return
     if output is None:
         raise click.UsageError("--output FILE.json is required")
-    grid = QUICK if quick else FULL
-    console = Console()
+    grid = SMOKE if smoke else QUICK if quick else FULL
+    lp_counts = (10,) if smoke else LP_COUNTS
+    console = Console(width=160)
     doc: dict[str, Any] = {
-        "command": "python benchmarks/scale.py" + (" --quick" if quick else "") + f" --output {output}",
+        "command": "python benchmarks/scale.py" + (" --quick" if quick else "") + (" --smoke" if smoke else "") + f" --output {output}",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpus": os.cpu_count(),
         "load1_at_start": load(),
@@ -608,6 +643,7 @@ def main(
             "one socket per writer, one uvicorn server per fleet process (benchmarks/scale_fleet.py)",
             "controller": "Controller.step with BatchedPrometheusSensor (real Prometheus) and HttpPusher, in its own process per replica",
             "step_p99": "nearest rank over the measured steps (with <100 steps: the slowest)",
+            "grid": [r.__dict__ for r in grid],
         },
         "controller": [], "prometheus": [], "writer_apply": [],
     }
@@ -616,41 +652,41 @@ def main(
         work = Path(tmp)
         if "apply" not in skip:
             for tree in ("fake-v2", "fake-v1", "kernel-v1"):
-                for lp in LP_COUNTS:
+                for lp in lp_counts:
                     doc["writer_apply"].append(measure_apply(tree, lp, work))
                     shutil.rmtree(work / f"{tree}-{lp}", ignore_errors=True)
             console.print(simple_table("writer: one push changing every LP cgroup's limits", doc["writer_apply"],
                                        ("tree", "lp_cgroups", "apply_changed_p50_s", "apply_changed_max_s", "apply_unchanged_p50_s", "skipped", "load1")))
             _write(output, doc)
-        with prometheus_with_data(max(grid.slos), console) as prom:
+        with prometheus_with_data(max(SLO_COUNTS), console) as prom:
             if "prometheus" not in skip:
-                doc["prometheus"] = measure_prometheus(prom, grid.slos, reps=5 if quick else 10)
+                doc["prometheus"] = measure_prometheus(prom, SLO_COUNTS, reps=5 if quick else 10)
                 console.print(simple_table("Prometheus: one tick's queries", doc["prometheus"],
-                                           ("slos", "mode", "requests_per_tick", "tick_query_p50_s", "tick_query_max_s", "same_readings_as_per_slo", "load1")))
+                                           ("slos", "mode", "requests_per_tick", "tick_query_p50_s", "tick_query_max_s", "statuses", "same_readings_as_per_slo", "load1")))
                 _write(output, doc)
             if "controller" not in skip:
                 rows: list[dict[str, Any]] = doc["controller"]
                 status = "starting"
-                plan = [("app", n, grid.slos) for n in grid.writers] + [("lean", n, grid.lean_slos) for n in grid.lean_writers]
-                with Live(controller_table(rows, "starting"), console=console, refresh_per_second=2) as live:
-                    for kind, n, slo_counts in plan:
-                        live.update(controller_table(rows, f"starting a fleet of {n} writers ({kind}) ..."))
-                        fleet = start_fleet(n, work / f"fleet-{kind}-{n}", kind)
-                        try:
-                            steps = grid.steps if n <= 1000 else grid.big_steps
-                            for replicas in (1, 2) if n >= grid.sharded_from else (1,):
-                                for slos in slo_counts:
-                                    live.update(controller_table(rows, f"{n} writers ({kind}, up in {fleet.started_s:.0f} s), {slos} SLOs, "
-                                                                       f"{replicas} replica(s): {steps} steps ..."))
-                                    last = kind == "app" and n == max(grid.writers) and slos == max(grid.slos) and replicas == 1
+                with Live(controller_table(rows, f"starting {max(r.writers for r in grid)} writers ..."), console=console,
+                          refresh_per_second=2) as live:
+                    fleet = start_fleet(max(r.writers for r in grid), work / "fleet")
+                    doc["fleet"] = {"writers": len(fleet.all_urls["app"]), "processes": len(fleet.procs),
+                                    "started_s": round(fleet.started_s, 1), "rss_mb_at_start": round(fleet.rss_mb, 1)}
+                    try:
+                        for run in grid:
+                            fleet.use(run.fleet, run.writers)
+                            for replicas in run.replicas:
+                                for slos in run.slos:
+                                    live.update(controller_table(rows, f"{run.writers} writers ({run.fleet}), {slos} SLOs, "
+                                                                       f"{replicas} replica(s): {run.steps} steps ..."))
+                                    last = run.fleet == "lean" and run.writers == 10000 and slos == 100 and replicas == 1
                                     prof = output.with_name(output.stem + "-profile.txt") if profile and last else None
-                                    rows.append(measure_controller(fleet, slos=slos, replicas=replicas, steps=steps, prometheus=prom,
+                                    rows.append(measure_controller(fleet, slos=slos, replicas=replicas, steps=run.steps, prometheus=prom,
                                                                    workdir=work, profile_to=prof))
                                     _write(output, doc)
                                     live.update(controller_table(rows, "..."))
-                        finally:
-                            fleet.stop()
-                            shutil.rmtree(work / f"fleet-{kind}-{n}", ignore_errors=True)
+                    finally:
+                        fleet.stop()
                     live.update(controller_table(rows, "done"))
                 plot(rows, output.with_suffix(".png"))
     doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -11,12 +11,17 @@ dispatcher hands each request to the app of the socket it arrived on
 sees N distinct endpoints with N distinct TCP connections, exactly as with N
 nodes; what is shared is only the event loop.
 
+Every writer is also served a second way, on a socket of 127.0.0.2, by
+:class:`LeanWriter`: the same Reconciler and wire models behind a minimal
+HTTP server, to show the controller's cost apart from FastAPI's on a box
+where fleet and controller share the cores. The event loop is uvloop.
+
 Run by scale.py as a subprocess (so the controller's CPU and RSS are its own)::
 
     python benchmarks/scale_fleet.py --writers 500 --lp 2 --root /tmp/x
 
-It prints one JSON line ``{"urls": [...], "rss_mb": ...}`` when every socket
-listens, then serves until its stdin closes.
+It prints one JSON line ``{"urls": {"app": [...], "lean": [...]}, "rss_mb": ...}``
+when every socket listens, then serves until its stdin closes.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 
 import click
 import uvicorn
+import uvloop
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
@@ -170,18 +176,12 @@ def _rss_mb() -> float:
 @click.option("--first", type=int, default=0, show_default=True, help="Index of the first writer (node names).")
 @click.option("--token", default=None, help="Bearer token the writers require (default: none).")
 @click.option("--profile", type=click.Path(path_type=Path, dir_okay=False), default=None, help="cProfile the serving; stats to this file.")
-@click.option(
-    "--server", type=click.Choice(["app", "lean"]), default="app", show_default=True,
-    help="app: the writer's FastAPI app under uvicorn; lean: the same Reconciler behind a minimal HTTP server.",
-)
-def main(writers: int, lp: int, root: Path, first: int, token: str | None, profile: Path | None, server: str) -> None:
-    """Serve WRITERS real writer apps on WRITERS loopback sockets from one uvicorn server."""
-    if server == "lean":
-        lean(writers, lp, root, first, token)
-        return
-    raise_nofile(2 * writers + 256)  # a listening socket and a kept-alive connection per writer
+def main(writers: int, lp: int, root: Path, first: int, token: str | None, profile: Path | None) -> None:
+    """Serve WRITERS real writers, each on two loopback sockets: its FastAPI app (127.0.0.1) and the lean server (127.0.0.2)."""
+    raise_nofile(4 * writers + 256)  # two listening sockets and up to two kept-alive connections per writer
     apps: dict[int, Any] = {}
     socks: list[socket.socket] = []
+    states: list[ServerState] = []
     urls: list[str] = []
     for i in range(first, first + writers):
         state = build_writer(root / f"w{i}", lp=lp, node=f"node-{i:05d}", token=token)
@@ -191,6 +191,7 @@ def main(writers: int, lp: int, root: Path, first: int, token: str | None, profi
         port = s.getsockname()[1]
         apps[port] = build_app(state)
         socks.append(s)
+        states.append(state)
         urls.append(f"http://127.0.0.1:{port}")
 
     async def dispatch(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -210,17 +211,23 @@ def main(writers: int, lp: int, root: Path, first: int, token: str | None, profi
 
     async def serve() -> None:
         task = asyncio.create_task(uvicorn_server.serve(sockets=socks))
+        loop = asyncio.get_running_loop()
+        lean_urls = []
+        # The lean servers listen on 127.0.0.2 so their ports do not eat the ephemeral range of 127.0.0.1.
+        for state in states:
+            srv = await loop.create_server(lambda st=state: LeanWriter(st), "127.0.0.2", 0, backlog=4096)  # type: ignore[misc]
+            lean_urls.append(f"http://127.0.0.2:{srv.sockets[0].getsockname()[1]}")
         while not uvicorn_server.started:
             if task.done():
                 task.result()
             await asyncio.sleep(0.05)
-        print(json.dumps({"urls": urls, "rss_mb": round(_rss_mb(), 1)}), flush=True)
+        print(json.dumps({"urls": {"app": urls, "lean": lean_urls}, "rss_mb": round(_rss_mb(), 1)}), flush=True)
         await task
 
     profiler = cProfile.Profile() if profile is not None else None
     if profiler is not None:
         profiler.enable()
-    asyncio.run(serve())
+    uvloop.run(serve())
     if profiler is not None and profile is not None:
         profiler.disable()
         text = io.StringIO()
@@ -228,24 +235,6 @@ def main(writers: int, lp: int, root: Path, first: int, token: str | None, profi
         stats.sort_stats("tottime").print_stats(30)
         stats.sort_stats("cumulative").print_stats(40)
         profile.write_text(text.getvalue())
-
-
-def lean(writers: int, lp: int, root: Path, first: int, token: str | None) -> None:
-    import uvloop
-
-    raise_nofile(2 * writers + 256)
-    states = [build_writer(root / f"w{i}", lp=lp, node=f"node-{i:05d}", token=token) for i in range(first, first + writers)]
-
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        urls = []
-        for state in states:
-            srv = await loop.create_server(lambda st=state: LeanWriter(st), "127.0.0.1", 0, backlog=4096)  # type: ignore[misc]
-            urls.append(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}")
-        print(json.dumps({"urls": urls, "rss_mb": round(_rss_mb(), 1)}), flush=True)
-        await loop.run_in_executor(None, sys.stdin.read)
-
-    uvloop.run(serve())
 
 
 if __name__ == "__main__":

@@ -189,27 +189,34 @@ class HttpPusher:
 
     async def _push_all(self, writers: Sequence[str], payload: bytes) -> list[PushResult]:
         client = self._client()
-        gate = asyncio.Semaphore(self.max_in_flight)
         timeout = aiohttp.ClientTimeout(total=self.timeout_seconds)
-        return list(await asyncio.gather(*(self._push_one(client, gate, timeout, w, payload) for w in writers)))
+        results: list[PushResult | None] = [None] * len(writers)
+        todo = iter(enumerate(writers))
+
+        # max_in_flight workers share one queue of writers: the bound on what is in
+        # flight, without a task per writer waiting on a semaphore (10,000 of them).
+        async def worker() -> None:
+            for i, writer in todo:
+                results[i] = await self._push_one(client, timeout, writer, payload)
+
+        await asyncio.gather(*(worker() for _ in range(min(self.max_in_flight, len(writers)))))
+        return [r for r in results if r is not None]
 
     async def _push_one(
-        self, client: aiohttp.ClientSession, gate: asyncio.Semaphore, timeout: aiohttp.ClientTimeout, writer: str, payload: bytes
+        self, client: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout, writer: str, payload: bytes
     ) -> PushResult:
-        url = self._url(writer)
-        async with gate:
-            try:
-                # ``total`` bounds the whole exchange (connect, send, answer), so a
-                # writer trickling bytes cannot hold the tick beyond its deadline.
-                async with client.put(url, data=payload, timeout=timeout) as resp:
-                    content = await resp.read()
-                    return _classify(writer, resp.status, content)
-            except asyncio.TimeoutError:
-                return PushResult(writer, "timeout", detail=f"no answer within {self.timeout_seconds}s")
-            except aiohttp.ClientError as e:
-                return PushResult(writer, "unreachable", detail=f"{type(e).__name__}: {e}"[:300])
-            except OSError as e:  # e.g. EMFILE: too many open files for the pool
-                return PushResult(writer, "unreachable", detail=f"{type(e).__name__}: {e}"[:300])
+        try:
+            # ``total`` bounds the whole exchange (connect, send, answer), so a
+            # writer trickling bytes cannot hold the tick beyond its deadline.
+            async with client.put(self._url(writer), data=payload, timeout=timeout) as resp:
+                content = await resp.read()
+                return _classify(writer, resp.status, content)
+        except asyncio.TimeoutError:
+            return PushResult(writer, "timeout", detail=f"no answer within {self.timeout_seconds}s")
+        except aiohttp.ClientError as e:
+            return PushResult(writer, "unreachable", detail=f"{type(e).__name__}: {e}"[:300])
+        except OSError as e:  # e.g. EMFILE: too many open files for the pool
+            return PushResult(writer, "unreachable", detail=f"{type(e).__name__}: {e}"[:300])
 
 
 class _CountingConnector(aiohttp.TCPConnector):
