@@ -14,7 +14,10 @@ refused, as alone). The per-SLO classification (``ok`` / ``no_data`` /
 answers its ``_single_value`` from the batch.
 
 The batch is fetched on the first read of a tick (a new evaluation time) and
-serves every SLO's reads at that time. If the batch itself fails (a raw
+serves every SLO's reads at that time. It holds every SLO's rate and quantile
+query from the start, and any other query the per-SLO logic has asked once
+(the scrape-health and series-presence checks), so from the second tick on a
+tick is one request whatever the sensor checks. If the batch itself fails (a raw
 ``query:`` with a syntax error fails the whole expression, Prometheus down),
 each query is asked alone, so one bad SLO cannot blind the others and every
 error is reported against the SLO that caused it. The batched expression
@@ -52,6 +55,9 @@ def batch_query(queries: Sequence[str]) -> str:
 class BatchedPrometheusSensor(PrometheusSensor):
     """A :class:`PrometheusSensor` that reads every SLO of a tick with one request."""
 
+    #: More distinct queries than this are not batched (a config whose queries change every tick).
+    MAX_BATCHED = 2000
+
     def __init__(
         self,
         config: PrometheusConfig,
@@ -60,45 +66,50 @@ class BatchedPrometheusSensor(PrometheusSensor):
         client_factory: Callable[[PrometheusConfig], PrometheusConnect] = _make_client,
     ) -> None:
         super().__init__(config, client_factory=client_factory)
-        queries: list[str] = []
+        # Known from the start: every SLO's rate and quantile query. Any other query the
+        # per-SLO logic asks (health checks, presence checks) is learnt on first use and
+        # batched from the next tick on.
+        self.queries: dict[str, None] = {}
         for slo in slos:
             rq = rate_query(slo)
             for q in ([rq] if rq is not None else []) + [quantile_query(slo)]:
-                if q not in queries:
-                    queries.append(q)
-        self.queries = queries
-        self._index = {q: i for i, q in enumerate(queries)}
+                self.queries[q] = None
         self._at: float | None = None
-        self._answers: dict[str, list[dict[str, Any]]] | None = None
+        self._answers: dict[str, list[dict[str, Any]]] = {}
         #: HTTP requests sent to Prometheus so far (for the benchmark and tests).
         self.requests = 0
 
     def _instant(self, query: str, at: float) -> list[dict[str, Any]]:
-        answers = self._batch(at) if query in self._index else None
-        if answers is None:
-            self.requests += 1
-            return super()._instant(query, at)
-        return answers[query]
-
-    def _batch(self, at: float) -> dict[str, list[dict[str, Any]]] | None:
-        """Every query's series at ``at``, fetched once per evaluation time; ``None`` if the batch failed."""
         if self._at != at:
             self._at = at
-            self._answers = None
-            if len(self.queries) > 1:
-                try:
-                    self.requests += 1
-                    self._answers = self._split(super()._instant(batch_query(self.queries), at))
-                except SensorError as e:
-                    log.info("batched query failed (%s); asking each query alone this tick", e)
-        return self._answers
+            self._answers = self._batch(at)
+        answer = self._answers.get(query)
+        if answer is not None:
+            return answer
+        if len(self.queries) < self.MAX_BATCHED:
+            self.queries[query] = None
+        self.requests += 1
+        return super()._instant(query, at)
 
-    def _split(self, series: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-        by_query: dict[str, list[dict[str, Any]]] = {q: [] for q in self.queries}
+    def _batch(self, at: float) -> dict[str, list[dict[str, Any]]]:
+        """Every known query's series at ``at`` in one request; empty (ask one by one) if that fails."""
+        queries = list(self.queries)
+        if len(queries) < 2:
+            return {}
+        try:
+            self.requests += 1
+            return self._split(queries, super()._instant(batch_query(queries), at))
+        except SensorError as e:
+            log.info("batched query failed (%s); asking each query alone this tick", e)
+            return {}
+
+    @staticmethod
+    def _split(queries: list[str], series: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        by_query: dict[str, list[dict[str, Any]]] = {q: [] for q in queries}
         for s in series:
             metric = s.get("metric")
             i = metric.pop(BATCH_LABEL, None) if isinstance(metric, dict) else None
-            if not isinstance(i, str) or not i.isdigit() or int(i) >= len(self.queries):
+            if not isinstance(i, str) or not i.isdigit() or int(i) >= len(queries):
                 raise SensorError("bad_answer", f"batched answer has a series without a valid {BATCH_LABEL} label")
-            by_query[self.queries[int(i)]].append(s)
+            by_query[queries[int(i)]].append(s)
         return by_query

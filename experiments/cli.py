@@ -16,6 +16,7 @@ import math
 import shlex
 import shutil
 import signal
+import tempfile
 import sys
 import time
 from datetime import datetime, timezone
@@ -27,25 +28,20 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from experiments.backends import BACKENDS, BackendUnavailable
+from experiments.backends import BACKENDS
 from experiments.export import ExportError, SeriesQueries, export_range, write_export
+from experiments.model import BackendUnavailable, ScenarioSpec, SloWiring
 from experiments.report import write_report
 from experiments.scenarios import (
     SCENARIO_CHOICES,
     PlanConfig,
     RunConfig,
-    ScenarioSpec,
-    SloError,
-    SloWiring,
     TargetSetting,
-    load_base_slo,
     load_results,
     plan_scenarios,
     run_plan,
-    slo_document,
-    slo_target_text,
-    validate_slo,
 )
+from experiments.slo import SloError, load_base_slo, slo_document, slo_target_text, validate_slo
 
 __all__ = ["main", "export_main", "run_experiment", "export_metrics"]
 
@@ -209,7 +205,8 @@ def _default_output() -> Path:
               help="Output directory (per-scenario CSVs, summary.csv, plots, report.md, raw/ logs). "
                    "Default: results/<UTC time>. An earlier run's output dir is replaced.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True,
-              help="Where to run: local = this machine with real Prometheus, cgroups and disk (needs root).")
+              help="Where to run: local = this machine with real Prometheus, cgroups and disk (needs root); "
+                   "kubernetes = the demo on the cluster of your kubeconfig (see README 'Deploy on Kubernetes').")
 @click.option("--warmup", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds at the start of each scenario left out of every figure.")
 @click.option("--pause", type=click.FloatRange(min=0), default=5.0, show_default=True,
@@ -233,6 +230,14 @@ def _default_output() -> Path:
               help="The cgroup io/blkio hierarchy root, or auto (v2 with io, else v1 blkio).")
 @click.option("--report-only", is_flag=True,
               help="Run nothing: rebuild summary.csv, plots and report.md from the raw data in --output.")
+@click.option("--dry-run", is_flag=True,
+              help="kubernetes backend: print what would be applied, patched, scaled, waited for and queried, "
+                   "in order, and touch nothing.")
+@click.option("--manifests", type=click.Path(dir_okay=False, path_type=Path), default=Path("deploy/rendered/demo.yaml"),
+              show_default=True, help="kubernetes backend: the rendered demo (kubectl kustomize deploy/demo).")
+@click.option("--prometheus-url", default="http://127.0.0.1:9090", show_default=True, envvar="PROMETHEUS_URL",
+              help="kubernetes backend: the cluster's Prometheus as reachable from here (e.g. a port-forward). "
+                   "Env: PROMETHEUS_URL.")
 def _run_command(**options: Any) -> None:
     """Run drcio's experiments on this machine and write CSVs, plots and a report.
 
@@ -262,6 +267,9 @@ def run_experiment(
     work_dir: Path,
     cgroup_root: str,
     report_only: bool,
+    dry_run: bool = False,
+    manifests: Path = Path("deploy/rendered/demo.yaml"),
+    prometheus_url: str = "http://127.0.0.1:9090",
     console: Console | None = None,
 ) -> int:
     """The body of ``run-experiment``; returns the exit code."""
@@ -288,6 +296,12 @@ def run_experiment(
         console.print(f"[red]run-experiment: {exc}[/red]")
         return 2
 
+    if backend == "kubernetes":
+        return _run_kubernetes(plan, setting, base_slo, manifests=manifests, prometheus_url=prometheus_url,
+                               dry_run=dry_run, output=output, pause=pause, console=console)
+    if dry_run:
+        console.print("[red]run-experiment: --dry-run is for --backend kubernetes[/red]")
+        return 2
     from experiments.backends.local import LocalBackend, LocalConfig, check_prerequisites
 
     local_config = LocalConfig(
@@ -345,6 +359,69 @@ def run_experiment(
             return 130
     console.print(f"done in {(time.monotonic() - started) / 60:.1f} min: {output / 'report.md'}, "
                   f"{output / 'summary.csv'}")
+    return 0
+
+
+def _run_kubernetes(plan: list[ScenarioSpec], setting: TargetSetting, base_slo: dict[str, Any], *, manifests: Path,
+                    prometheus_url: str, dry_run: bool, output: Path | None, pause: float, console: Console) -> int:
+    """``--backend kubernetes``: the plan on a cluster through the API (or, with --dry-run, printed)."""
+    from experiments.backends.kubernetes import (
+        ApiCluster,
+        DryRunCluster,
+        KubernetesBackend,
+        KubernetesConfig,
+        in_cluster_or_kubeconfig,
+    )
+
+    config = KubernetesConfig(manifests=manifests, prometheus_url=prometheus_url, base_slo=base_slo)
+    if dry_run:
+        backend = KubernetesBackend(config, DryRunCluster(sys.stdout))
+        target = setting.target_ms if setting.target_ms is not None else math.nan
+        if setting.target_ms is None:
+            print("(target: auto, from the baseline's P95; the SLOs below show a 100 ms placeholder)")
+        try:
+            with backend:
+                with tempfile.TemporaryDirectory() as raw:
+                    for i, spec in enumerate(plan):
+                        if i:
+                            backend.pause(pause, lambda *_: None)
+                        print(f"--- scenario {spec.name}")
+                        run = backend.run_scenario(spec, target_ms=target, raw_dir=Path(raw), tick=lambda *_: None)
+                        backend.export(run)
+        except (BackendUnavailable, SloError) as exc:
+            console.print(f"[red]run-experiment: {exc}[/red]")
+            return 2
+        return 0
+    try:
+        backend = KubernetesBackend(config, ApiCluster(in_cluster_or_kubeconfig()),
+                                    status=lambda text: console.print(f"[dim]{text}[/dim]"))
+        output = output or _default_output()
+        _prepare_output(output)
+    except BackendUnavailable as exc:
+        console.print(f"[red]run-experiment: the kubernetes backend cannot run here: {exc.missing}[/red]\n"
+                      f"{exc.alternative}")
+        return 2
+    except click.BadParameter as exc:
+        console.print(f"[red]run-experiment: {exc.format_message()}[/red]")
+        return 2
+    run_info = {"command": shlex.join(sys.argv), "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
+    with _Interrupts(console):
+        try:
+            with backend:
+                run_info.update(backend.describe())
+                total = sum(s.duration_seconds for s in plan) + pause * (len(plan) - 1)
+                with RichProgress(console, total) as progress:
+                    run_plan(plan, backend, RunConfig(output, setting, pause, run_info), progress)
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted; the LP job is scaled to 0; finished scenarios are in {output}[/yellow]")
+            return 130
+        except (BackendUnavailable, SloError) as exc:
+            console.print(f"[red]run-experiment: {exc}[/red]")
+            return 2
+        except Exception as exc:  # noqa: BLE001 - the CLI's last word
+            console.print(f"[red]run-experiment failed: {exc.__class__.__name__}: {exc}[/red]")
+            return 1
+    console.print(f"done: {output / 'report.md'}, {output / 'summary.csv'}")
     return 0
 
 

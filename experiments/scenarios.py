@@ -6,30 +6,11 @@ Called by :mod:`experiments.cli`. Three parts:
   ``--scenario`` choice. ``all`` = baseline, contention, static-max, sweep,
   drcio. With an automatic target a baseline is always planned first, since
   the target is derived from it.
-* **SLO per scenario** (:func:`slo_document`): every scenario with limits
-  goes through the same controller and writer, so a fixed limit is applied
-  exactly as drcio would apply it. The base SLO (``templates/slo.yaml`` or
-  ``--slo FILE``) provides the throttle range, window and policy; per
-  scenario:
-
-  - ``drcio``: the base SLO's own policy (PID or AIMD);
-  - ``sweep`` step *i* of *n*: ``{kind: static, level: i/(n-1)}`` over the
-    SAME throttle range, so the limits are geometric from floor to ceiling
-    and each is exactly the limit drcio would set at that level;
-  - ``static-max``: a fixed LP ``io.max`` of read 200M / write 50M (a
-    one-point range, static level 1);
-  - ``static-weight``: weights only: LP ``io.weight`` 10 (v2 scale; the
-    writer maps it onto BFQ's 10 on cgroup v1), HP at the default weight
-    (v2 100 = BFQ 100), with the disk's scheduler switched to BFQ for the
-    scenario. The writer refuses every target for an HP workload (it never
-    touches HP cgroups), so HP's weight cannot be raised to 1000 through it:
-    the ratio is 10:1 rather than the classic 1000:10.
-
-  The wiring (Prometheus URL and timeout, writer URL, token file, the HP job label, the LP
-  selector and group, the devices) always comes from the backend, whatever
-  the file says, because the experiment runs its own private stack.
+* **SLO per scenario**: :mod:`experiments.slo` (re-exported here): every
+  scenario with limits goes through the same controller, so a fixed limit is
+  applied exactly as drcio would apply it.
 * **Run** (:func:`run_plan`): for each scenario: run it on the backend,
-  export its series from Prometheus, write its files, derive the target
+  export its series (``backend.export``), write its files, derive the target
   after the baseline when it is automatic, rewrite summary/plots/report.
   Results are written as each scenario finishes, so an interrupted run keeps
   everything finished before the interrupt.
@@ -37,21 +18,20 @@ Called by :mod:`experiments.cli`. Three parts:
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import pandas as pd
-import yaml
 
-from experiments.backends import Backend, ScenarioRun
-from experiments.export import export_range, write_export
+from experiments.export import write_export
+from experiments.model import Backend, Kind, ScenarioRun, ScenarioSpec, SloWiring
 from experiments.report import ScenarioResult, TargetChoice, auto_target_ms, histogram_quantile, period_buckets, write_report
+# Re-exported: callers planned and checked SLOs through this module before the split.
+from experiments.slo import SloError, load_base_slo, slo_document, slo_target_text, validate_slo
 
 __all__ = [
     "SCENARIO_CHOICES",
@@ -73,41 +53,8 @@ __all__ = [
     "run_plan",
 ]
 
-Kind = Literal["baseline", "contention", "static-max", "static-weight", "sweep", "drcio"]
 SCENARIO_CHOICES = ("baseline", "contention", "static-max", "static-weight", "sweep", "drcio", "all")
 _ALL: tuple[Kind, ...] = ("baseline", "contention", "static-max", "sweep", "drcio")
-
-#: static-max: the classic fixed io.max (bytes/s as size strings of the SLO file).
-STATIC_MAX_RBPS = "200M"
-STATIC_MAX_WBPS = "50M"
-#: static-weight: the LP group's weight in the cgroup v2 io.weight scale (v1 BFQ: 10; HP keeps 100).
-STATIC_WEIGHT_LP = 10
-#: The LP group's name on the wire and in metrics, and its selector.
-LP_GROUP = "lp"
-LP_SELECTOR = {"group-id": "lp"}
-
-
-class SloError(ValueError):
-    """The SLO file given to run-experiment is unusable; the message says where and why."""
-
-
-@dataclass(frozen=True)
-class ScenarioSpec:
-    """One scenario to run.
-
-    lp: the LP batch job runs. controlled: the controller and the writer run
-    (limits or weights are applied). level: a sweep step's fixed level.
-    scheduler: the block scheduler the scenario needs (``bfq``), restored after.
-    """
-
-    name: str
-    kind: Kind
-    duration_seconds: float
-    warmup_seconds: float
-    lp: bool
-    controlled: bool
-    level: float | None = None
-    scheduler: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,107 +125,6 @@ def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = Fal
         else:
             specs.append(ScenarioSpec(kind, kind, d, w, lp=True, controlled=True))
     return specs
-
-
-# --------------------------------------------------------------------------- SLO documents
-
-
-@dataclass(frozen=True)
-class SloWiring:
-    """What the backend fills into every SLO it hands the controller."""
-
-    prometheus_url: str
-    writer_url: str
-    token_file: Path
-    hp_job: str
-    devices: Any  # "auto" | list of "MAJ:MIN" | {mount: path}
-
-
-def _template() -> dict[str, Any]:
-    text = resources.files("experiments").joinpath("templates/slo.yaml").read_text()
-    loaded = yaml.safe_load(text)
-    assert isinstance(loaded, dict)
-    return loaded
-
-
-def load_base_slo(path: Path | None) -> tuple[dict[str, Any], str]:
-    """The base SLO document (first SLO used) and where it came from; ``None`` = the packaged template.
-
-    Raises :class:`SloError` naming the file when it cannot be read or has no SLO.
-    """
-    if path is None:
-        return _template(), "the packaged template experiments/templates/slo.yaml"
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SloError(f"{path}: cannot read the SLO file: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise SloError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("slos"), list) or not doc["slos"]:
-        raise SloError(f"{path}: needs a 'slos' list with at least one SLO (see README 'SLO file')")
-    if not isinstance(doc["slos"][0], dict) or not isinstance(doc["slos"][0].get("throttle"), dict):
-        raise SloError(f"{path}: slos[0] needs a 'throttle' section (its range is what the experiment sweeps)")
-    return doc, str(path)
-
-
-def slo_target_text(doc: dict[str, Any]) -> str | None:
-    """The first SLO's ``target`` as written (e.g. ``"5ms"``), if any."""
-    target = doc["slos"][0].get("target")
-    return None if target is None else str(target)
-
-
-def _ms(value: float) -> str:
-    return f"{value:.6g}ms"
-
-
-def slo_document(spec: ScenarioSpec, base: dict[str, Any], *, target_ms: float, wiring: SloWiring) -> dict[str, Any]:
-    """The SLO file the controller gets for ``spec`` (see the module docstring for each kind)."""
-    if not spec.controlled:
-        raise ValueError(f"scenario {spec.name} runs no controller")
-    doc = copy.deepcopy(base)
-    slo = copy.deepcopy(doc["slos"][0])
-    doc.update(
-        interval=doc.get("interval", "1s"),
-        mode="active",
-        # The private Prometheus is on loopback: answers take milliseconds, and a short timeout
-        # keeps any interval of 1 s or more valid.
-        prometheus={"url": wiring.prometheus_url, "timeout": "500ms", "retries": 0},
-        writers={"static": [wiring.writer_url]},
-        token_file=str(wiring.token_file),
-    )
-    slo.pop("query", None)
-    slo.pop("rate_query", None)
-    slo.update(metric=slo.get("metric", "gnn_request_latency_seconds"), target=_ms(target_ms),
-               labels={"job": wiring.hp_job})
-    throttle = dict(slo["throttle"])
-    throttle.update(selector=dict(LP_SELECTOR), group=LP_GROUP, devices=wiring.devices)
-    slos = [slo]
-    if spec.kind == "sweep":
-        assert spec.level is not None
-        slo["policy"] = {"kind": "static", "level": round(spec.level, 6)}
-    elif spec.kind == "static-max":
-        slo["policy"] = {"kind": "static", "level": 1.0}
-        throttle = {k: throttle[k] for k in ("selector", "group", "devices")}
-        throttle.update(rbps={"min": STATIC_MAX_RBPS, "max": STATIC_MAX_RBPS},
-                        wbps={"min": STATIC_MAX_WBPS, "max": STATIC_MAX_WBPS})
-    elif spec.kind == "static-weight":
-        slo["policy"] = {"kind": "static", "level": 1.0}
-        throttle = {k: throttle[k] for k in ("selector", "group", "devices")}
-        throttle["weight"] = {"min": STATIC_WEIGHT_LP, "max": STATIC_WEIGHT_LP}
-    slo["throttle"] = throttle
-    doc["slos"] = slos
-    return doc
-
-
-def validate_slo(doc: dict[str, Any], where: str) -> None:
-    """Check a generated SLO document with the controller's own loader; raise :class:`SloError` with every problem."""
-    from controller.config import parse_config
-    from controller.errors import ConfigError
-
-    try:
-        parse_config(doc, source=where)
-    except ConfigError as exc:
-        raise SloError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- run loop
@@ -404,8 +250,8 @@ def run_plan(plan: Sequence[ScenarioSpec], backend: Backend, config: RunConfig, 
             run: ScenarioRun = backend.run_scenario(
                 spec, target_ms=target.target_ms if target else math.nan, raw_dir=raw, tick=progress.tick
             )
-            progress.tick(spec.duration_seconds, spec.duration_seconds, "exporting from Prometheus")
-            export = export_range(backend.prometheus_url, run.start, run.end, queries=backend.queries)
+            progress.tick(spec.duration_seconds, spec.duration_seconds, "exporting the series")
+            export = backend.export(run)
             write_export(export, out / f"{spec.name}.csv", raw / "histogram.csv")
             meta = {**asdict(spec), "start": export.start, "end": export.end, "notes": run.notes}
             (raw / "scenario.json").write_text(json.dumps(meta, indent=2))

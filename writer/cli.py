@@ -28,6 +28,7 @@ from writer.discovery import Discovery, KubernetesDiscovery, LocalDiscovery
 from writer.lease import Failsafe, Lease
 from writer.reconcile import Reconciler
 from writer.server import ServerState, build_app
+from writer.tls import CertReloader, TokenFile, uvicorn_config
 
 __all__ = ["main", "build_state", "read_token", "run"]
 
@@ -68,6 +69,8 @@ def _discovery(config: WriterConfig, hierarchy: Hierarchy, node: str) -> Discove
         hp_selector=k.hp,
         lp_selector=k.lp,
         namespace=k.namespace,
+        hp_namespaces=k.hp_namespaces,
+        lp_namespaces=k.lp_namespaces,
     )
 
 
@@ -107,7 +110,11 @@ def build_state(
         hierarchy=hierarchy,
         discovery=discovery if discovery is not None else _discovery(config, hierarchy, node),
         lease=Lease(initial_ttl_seconds=fs.ttl),
-        failsafe=Failsafe(fs.mode, Limits(rbps=fs.rbps, wbps=fs.wbps, riops=fs.riops, wiops=fs.wiops)),
+        failsafe=Failsafe(
+            fs.mode, Limits(rbps=fs.rbps, wbps=fs.wbps, riops=fs.riops, wiops=fs.wiops),
+            floor_bps=fs.floor_bps, floor_iops=fs.floor_iops,
+        ),
+        max_lease_ttl_seconds=fs.max_ttl,
         failsafe_devices=fs.devices,
         resolve_devices=resolve,
         scheduler_of=partial(active_scheduler, sys_root=sys_root),
@@ -123,16 +130,23 @@ def build_state(
 
 
 def run(config: WriterConfig, state: ServerState, *, listen: str, log_level: str) -> None:
-    """Start reconciling, serve until interrupted, stop reconciling."""
+    """Start reconciling, serve (HTTPS when configured, certificates reloaded on change) until interrupted."""
     host, port = parse_listen(listen)
+    server_config = uvicorn_config(build_app(state), host=host, port=port, log_level=log_level, tls=config.tls)
+    # Keep-alive longer than a controller interval, so the controller's pushes reuse one connection.
+    server_config.timeout_keep_alive = 75
+    server_config.load()  # builds the SSLContext now, so the reloader can load rotated certificates into it
+    reloader = None
+    if config.tls is not None and server_config.ssl is not None:
+        reloader = CertReloader(server_config.ssl, config.tls)
+        reloader.start()
     state.reconciler.start(config.reconcile_interval)
     try:
-        # Keep-alive longer than a controller interval, so the controller's pushes reuse one connection.
-        uvicorn.run(
-            build_app(state), host=host, port=port, log_level=log_level.lower(), access_log=False, timeout_keep_alive=75
-        )
+        uvicorn.Server(server_config).run()
     finally:
         state.reconciler.stop()
+        if reloader is not None:
+            reloader.stop()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -166,6 +180,8 @@ def main(config_path: Path, listen: str | None, insecure_no_auth: bool, node_nam
             config = config.model_copy(update={"listen": listen})  # so /status shows what is served
         token = None if insecure_no_auth else read_token(config.token_file)
         state = build_state(config, token=token, node_name=node_name)
+        if token is not None and config.token_file is not None:
+            state.token_source = TokenFile(config.token_file, token)  # a rotated Secret is picked up per request
     except (ConfigError, WriterError, ValueError) as err:
         raise click.UsageError(str(err)) from None
     if token is None:

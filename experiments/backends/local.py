@@ -22,9 +22,10 @@ and then releases it together with the open-loop load generator. After the
 scenario it stops the scenario's processes and removes its cgroups (the HP
 service goes back to the root group), so scenarios never inherit limits.
 
-Every process is started in its own session (process group) and tracked by
-one :class:`Supervisor`; a process that dies unexpectedly fails the scenario
-with the tail of its log. On exit, whatever the reason (an error, Ctrl-C,
+Processes are started and stopped through one
+:class:`~experiments.backends.supervision.Supervisor` (own session each; a
+death fails the scenario with the tail of its log); host facts (PSI, the
+block scheduler) come from :mod:`experiments.backends.host`. On exit, whatever the reason (an error, Ctrl-C,
 SIGTERM turned into ``KeyboardInterrupt`` by the CLI), every process group is
 terminated (then killed), the run's cgroups removed, a switched block
 scheduler restored and the work dir deleted; process logs live in the output
@@ -33,11 +34,9 @@ directory (``raw/``) and stay.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
-import re
 import secrets
 import shutil
 import signal
@@ -45,19 +44,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
-import httpx
 import yaml
 
-from experiments.backends import BackendUnavailable, ScenarioRun, Tick
-from experiments.export import SeriesQueries
+from experiments.backends.host import SchedulerSwitch, pressure_notes, pressure_totals
+from experiments.backends.supervision import (
+    ProcessFailed,
+    Supervisor,
+    entry_point,
+    http_ok,
+    json_event,
+    nonempty,
+    wait_until,
+)
+from experiments.export import Export, SeriesQueries, export_range
+from experiments.model import LP_GROUP, BackendUnavailable, ScenarioRun, ScenarioSpec, SloWiring, Tick
 from experiments.prometheus_server import PrometheusServer, PrometheusUnavailable, ScrapeTarget, find_prometheus, free_port
-from experiments.scenarios import LP_GROUP, ScenarioSpec, SloWiring, slo_document, validate_slo
+from experiments.slo import slo_document, validate_slo
 from experiments.workloads.levels import LoadLevel, load_level
 from writer import cgroups
 from writer.api import MountRef
@@ -67,270 +75,19 @@ __all__ = [
     "ALTERNATIVE",
     "LocalConfig",
     "LocalBackend",
-    "ProcessFailed",
-    "Supervisor",
-    "SchedulerSwitch",
     "check_prerequisites",
-    "pressure_notes",
-    "pressure_totals",
 ]
 
 log = logging.getLogger(__name__)
 
 ALTERNATIVE = (
-    "The `sim` backend (a simulated disk and cgroups, no root needed) will run these scenarios anywhere; "
-    "it comes in a later issue. Until then run as root on a Linux machine with cgroup v2 `io` or v1 `blkio`."
+    "To run the same scenarios without root, use the simulator: `run-experiment --backend sim` (a seeded model "
+    "of the disk, the cgroup limits and the measurement path, driving the same controller loop and policies). "
+    "For real measurements run as root on a Linux machine with cgroup v2 `io` or v1 `blkio`."
 )
 HP_JOB = "hp-gnn"
 LP_JOB = "lp-batch"
 _LOCAL = "127.0.0.1"
-
-
-# --------------------------------------------------------------------------- process supervision
-
-
-class ProcessFailed(RuntimeError):
-    """A supervised process exited when it should have kept running (or failed to become ready)."""
-
-
-@dataclass
-class _Managed:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    expect_exit: bool
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (empty log)"
-
-
-class Supervisor:
-    """Starts processes each in a new session and stops them as whole process groups.
-
-    ``started_pids`` keeps every pid ever started (tests check that none is
-    left). ``stop`` sends SIGTERM to the group, waits ``timeout``, then
-    SIGKILLs the group (which also reaches grandchildren that outlived their
-    parent).
-    """
-
-    def __init__(self, *, stop_timeout_seconds: float = 10.0) -> None:
-        self.stop_timeout_seconds = stop_timeout_seconds
-        self._running: list[_Managed] = []
-        self.started_pids: list[int] = []
-
-    def start(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        log_path: Path,
-        stdout_path: Path | None = None,
-        expect_exit: bool = False,
-        env: dict[str, str] | None = None,
-    ) -> subprocess.Popen[bytes]:
-        """Start ``argv``; stderr (and stdout unless ``stdout_path``) go to ``log_path``."""
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        err: IO[bytes] = open(log_path, "ab")
-        out: IO[bytes] = open(stdout_path, "ab") if stdout_path is not None else err
-        try:
-            proc = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
-                env={**os.environ, **(env or {})},
-            )
-        except OSError as exc:
-            raise ProcessFailed(f"cannot start {name} ({argv[0]}): {exc.strerror}") from exc
-        finally:
-            err.close()
-            if out is not err:
-                out.close()
-        self._running.append(_Managed(name, proc, log_path, expect_exit))
-        self.started_pids.append(proc.pid)
-        return proc
-
-    def check(self) -> None:
-        """Raise :class:`ProcessFailed` if a process that should be running has exited."""
-        for m in self._running:
-            code = m.proc.poll()
-            if code is not None and not (m.expect_exit and code == 0):
-                raise ProcessFailed(f"{m.name} (pid {m.proc.pid}) exited with status {code}; "
-                                    f"last lines of {m.log_path}:\n{_tail(m.log_path)}")
-
-    def describe_failure(self, proc: subprocess.Popen[bytes]) -> str:
-        m = self._find(proc)
-        return f"{m.name} exited with status {proc.returncode}; last lines of {m.log_path}:\n{_tail(m.log_path)}"
-
-    def _find(self, proc: subprocess.Popen[bytes]) -> _Managed:
-        for m in self._running:
-            if m.proc is proc:
-                return m
-        raise KeyError(proc.pid)
-
-    def stop(self, proc: subprocess.Popen[bytes], *, timeout: float | None = None) -> int | None:
-        """Terminate ``proc``'s process group; returns its exit status."""
-        timeout = self.stop_timeout_seconds if timeout is None else timeout
-        _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("pid %d did not stop within %.0f s of SIGTERM; killing its process group", proc.pid, timeout)
-        _signal_group(proc.pid, signal.SIGKILL)  # stragglers of the group, and the leader if still there
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            log.error("pid %d survived SIGKILL (uninterruptible I/O?)", proc.pid)
-        self._running = [m for m in self._running if m.proc is not proc]
-        return proc.returncode
-
-    def stop_all(self) -> None:
-        """Stop every running process: SIGTERM to all groups first, so they stop in parallel, then wait."""
-        for m in self._running:
-            _signal_group(m.proc.pid, signal.SIGTERM)
-        for m in list(reversed(self._running)):
-            self.stop(m.proc)
-
-    @property
-    def running(self) -> list[int]:
-        return [m.proc.pid for m in self._running if m.proc.poll() is None]
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _entry(script: str, module: str) -> list[str]:
-    """The console script beside this interpreter, else the same ``main`` through ``-c``."""
-    candidate = Path(sys.executable).parent / script
-    if candidate.exists():
-        return [str(candidate)]
-    return [sys.executable, "-c", f"import sys; from {module} import main; sys.argv[0] = {script!r}; main()"]
-
-
-def _wait_until(what: str, ready: Callable[[], bool], *, proc: subprocess.Popen[bytes] | None,
-                supervisor: Supervisor, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise ProcessFailed(f"{what}: {supervisor.describe_failure(proc)}")
-        if ready():
-            return
-        time.sleep(0.1)
-    raise ProcessFailed(f"{what}: not ready within {timeout:g} s")
-
-
-def _http_ok(url: str) -> Callable[[], bool]:
-    def ready() -> bool:
-        try:
-            return httpx.get(url, timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-    return ready
-
-
-def _json_event(path: Path, event: str) -> Callable[[], bool]:
-    def ready() -> bool:
-        try:
-            lines = path.read_text(errors="replace").splitlines()
-        except OSError:
-            return False
-        for line in lines:
-            try:
-                if json.loads(line).get("event") == event:
-                    return True
-            except (ValueError, AttributeError):
-                continue
-        return False
-    return ready
-
-
-def _nonempty(path: Path) -> Callable[[], bool]:
-    return lambda: path.exists() and path.stat().st_size > 0
-
-
-# --------------------------------------------------------------------------- host pressure
-
-
-def pressure_totals(proc_root: Path = Path("/proc")) -> dict[str, float]:
-    """Cumulative seconds in which some task waited for I/O / CPU (PSI ``some total``); {} without PSI."""
-    totals: dict[str, float] = {}
-    for resource in ("io", "cpu"):
-        try:
-            text = (proc_root / "pressure" / resource).read_text()
-        except OSError:
-            continue
-        match = re.search(r"^some .*total=(\d+)", text, re.MULTILINE)
-        if match:
-            totals[resource] = int(match.group(1)) / 1e6
-    return totals
-
-
-def pressure_notes(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, str]:
-    """Share of the scenario's wall time with some task stalled, per resource, as notes for the report.
-
-    It includes the experiment's own processes (LP stalls on its limit), so
-    it is a witness, not a measurement: a baseline with high I/O pressure
-    means something else used the disk during the run.
-    """
-    return {f"{r}_pressure_pct": f"{100.0 * (after[r] - before[r]) / seconds:.1f}"
-            for r in before if r in after and seconds > 0}
-
-
-# --------------------------------------------------------------------------- block scheduler
-
-
-@dataclass
-class SchedulerSwitch:
-    """Switch one disk's block scheduler and put the previous one back.
-
-    The scheduler file is not a cgroup file, so the experiment may write it.
-    """
-
-    disk: str
-    sys_root: Path = Path("/sys")
-    previous: str | None = None
-
-    @property
-    def path(self) -> Path:
-        return self.sys_root / "block" / self.disk / "queue" / "scheduler"
-
-    def available(self) -> list[str]:
-        try:
-            return self.path.read_text().replace("[", "").replace("]", "").split()
-        except OSError:
-            return []
-
-    def active(self) -> str | None:
-        try:
-            match = re.search(r"\[([^\]]+)\]", self.path.read_text())
-        except OSError:
-            return None
-        return match.group(1) if match else None
-
-    def switch(self, scheduler: str) -> None:
-        if scheduler not in self.available():
-            raise BackendUnavailable(
-                f"the block scheduler {scheduler!r} is not available for {self.disk} ({self.path} lists "
-                f"{', '.join(self.available()) or 'nothing'}); try `modprobe {scheduler}`",
-                "Run the scenarios that do not need it (all but static-weight).",
-            )
-        current = self.active()
-        if current == scheduler:
-            return
-        if self.previous is None:
-            self.previous = current
-        self.path.write_text(scheduler)
-
-    def restore(self) -> None:
-        if self.previous is not None and self.active() != self.previous:
-            self.path.write_text(self.previous)
-        self.previous = None
 
 
 # --------------------------------------------------------------------------- the backend
@@ -442,6 +199,9 @@ class LocalBackend:
             group_matcher=f'group="{LP_GROUP}"',
         )
 
+    def export(self, run: ScenarioRun) -> Export:
+        return export_range(self.prometheus_url, run.start, run.end, queries=self.queries)
+
     def describe(self) -> dict[str, str]:
         h = self.hierarchy
         disk = ", ".join(f"{d} ({disk_name(d)})" for d in self.devices) if self.devices else "?"
@@ -542,7 +302,7 @@ class LocalBackend:
         self.hp_proc = self.supervisor.start(
             HP_JOB, [py, "-m", "experiments.workloads.hp_gnn", *hp_args, "--host", _LOCAL, "--port", str(self.ports["hp"])],
             log_path=logs / "hp-gnn.log")
-        _wait_until("the HP service", _http_ok(f"http://{_LOCAL}:{self.ports['hp']}/health"),
+        wait_until("the HP service", http_ok(f"http://{_LOCAL}:{self.ports['hp']}/health"),
                     proc=self.hp_proc, supervisor=self.supervisor, timeout=60)
         self.prometheus.wait_for_samples(f'up{{job="{HP_JOB}"}} == 1')
 
@@ -603,20 +363,20 @@ class LocalBackend:
                 slo = slo_document(spec, self.config.base_slo, target_ms=target_ms, wiring=self.wiring())
                 validate_slo(slo, str(raw_dir / "slo.yaml"))
                 (raw_dir / "slo.yaml").write_text(yaml.safe_dump(slo, sort_keys=False))
-                writer = sup.start("drcio-writer", [*_entry("drcio-writer", "writer.cli"), "--config", str(writer_cfg)],
+                writer = sup.start("drcio-writer", [*entry_point("drcio-writer", "writer.cli"), "--config", str(writer_cfg)],
                                    log_path=logs / "writer.log")
                 procs.append(writer)
-                _wait_until("the writer", _http_ok(f"http://{_LOCAL}:{self.ports['writer']}/health"),
+                wait_until("the writer", http_ok(f"http://{_LOCAL}:{self.ports['writer']}/health"),
                             proc=writer, supervisor=sup, timeout=30)
                 decisions = raw_dir / "decisions.jsonl"
                 controller = sup.start(
                     "drcio-controller",
-                    [*_entry("drcio-controller", "controller.cli"), "--config", str(raw_dir / "slo.yaml"),
+                    [*entry_point("drcio-controller", "controller.cli"), "--config", str(raw_dir / "slo.yaml"),
                      "--metrics-listen", f"{_LOCAL}:{self.ports['controller']}", "--decision-log", str(decisions)],
                     log_path=logs / "controller.log")
                 procs.append(controller)
                 # The first decision is pushed before LP starts: a fixed limit is in force from the first byte.
-                _wait_until("the controller's first decision", _nonempty(decisions), proc=controller,
+                wait_until("the controller's first decision", nonempty(decisions), proc=controller,
                             supervisor=sup, timeout=30)
             lp = None
             if spec.lp:
@@ -629,7 +389,7 @@ class LocalBackend:
                              f"{self.level.lp_block_size_bytes >> 10}K", "--file-size", self.config.lp_file_size],
                     log_path=logs / "lp-batch.log", stdout_path=lp_out)
                 procs.append(lp)
-                _wait_until("the LP job", _json_event(lp_out, "prepared"), proc=lp, supervisor=sup, timeout=120)
+                wait_until("the LP job", json_event(lp_out, "prepared"), proc=lp, supervisor=sup, timeout=120)
                 # Into its cgroup before it does a single I/O.
                 cgroups.move_pid(h, self._rel(spec, "lp"), lp.pid)
             loadgen = sup.start(

@@ -14,26 +14,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from experiments.backends import BackendUnavailable
-from experiments.backends.local import (
-    LocalConfig,
-    ProcessFailed,
-    SchedulerSwitch,
-    Supervisor,
-    check_prerequisites,
-    pressure_notes,
-    pressure_totals,
-)
+from experiments.backends.host import SchedulerSwitch, pressure_notes, pressure_totals
+from experiments.backends.local import LocalConfig, check_prerequisites
+from experiments.backends.supervision import ProcessFailed, Supervisor
+from experiments.model import BackendUnavailable
 from experiments.cli import _run_command
-from experiments.scenarios import (
-    PlanConfig,
-    ScenarioSpec,
-    SloWiring,
-    load_base_slo,
-    plan_scenarios,
-    slo_document,
-    validate_slo,
-)
+from experiments.model import ScenarioSpec, SloWiring
+from experiments.scenarios import PlanConfig, plan_scenarios
+from experiments.slo import load_base_slo, slo_document, validate_slo
 from writer.cgroups import Hierarchy, SetupError
 from tests.experiments.processes import alive
 
@@ -145,7 +133,7 @@ def test_not_root_says_so_and_names_the_backend_that_could_run() -> None:
     with pytest.raises(BackendUnavailable) as err:
         check_prerequisites(LocalConfig(), euid=lambda: 1000)
     assert "needs root (running as uid 1000)" in err.value.missing
-    assert "`sim` backend" in err.value.alternative and "later issue" in err.value.alternative
+    assert "`run-experiment --backend sim`" in err.value.alternative and "later" not in err.value.alternative
 
 
 def test_no_cgroup_io_controller_says_what_is_missing() -> None:
@@ -155,7 +143,7 @@ def test_no_cgroup_io_controller_says_what_is_missing() -> None:
     with pytest.raises(BackendUnavailable) as err:
         check_prerequisites(LocalConfig(), euid=lambda: 0, detect=no_io, prometheus=lambda: "/usr/bin/prometheus")
     assert "no cgroup I/O control on this machine" in err.value.missing
-    assert "`sim` backend" in err.value.alternative
+    assert "--backend sim" in err.value.alternative
 
 
 def test_the_cli_exits_2_without_root_and_creates_nothing(tmp_path: Path) -> None:

@@ -30,7 +30,9 @@ from experiments.cli import _run_command
 from experiments.export import SERIES_COLUMNS
 from experiments.prometheus_server import PrometheusUnavailable, find_prometheus
 from experiments.report import SUMMARY_COLUMNS, bucket_bounds, period_buckets
-from experiments.scenarios import PlanConfig, RunConfig, ScenarioSpec, TargetSetting, load_base_slo, plan_scenarios, run_plan
+from experiments.model import ScenarioSpec
+from experiments.scenarios import PlanConfig, RunConfig, TargetSetting, plan_scenarios, run_plan
+from experiments.slo import load_base_slo
 from writer.cgroups import WriterError, detect_hierarchy
 from tests.experiments.processes import alive
 
