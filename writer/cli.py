@@ -168,6 +168,8 @@ def run(config: WriterConfig, state: ServerState, *, listen: str, log_level: str
     """Start reconciling, serve (HTTPS when configured, certificates reloaded on change) until interrupted."""
     host, port = parse_listen(listen)
     server_config = uvicorn_config(build_app(state), host=host, port=port, log_level=log_level, tls=config.tls)
+    # Keep-alive longer than a controller interval, so the controller's pushes reuse one connection.
+    server_config.timeout_keep_alive = 75
     server_config.load()  # builds the SSLContext now, so the reloader can load rotated certificates into it
     reloader = None
     if config.tls is not None and server_config.ssl is not None:
