@@ -12,6 +12,8 @@ throttle range, window and policy; per scenario:
 - ``sweep`` step *i* of *n*: ``{kind: static, level: i/(n-1)}`` over the
   SAME throttle range, so the limits are geometric from floor to ceiling
   and each is exactly the limit drcio would set at that level;
+- ``probe`` (the oracle's bisection): as a sweep step, at the probed level;
+- ``dynamic``: as ``drcio`` (the schedule changes the load, not the SLO);
 - ``static-max``: a fixed LP ``io.max`` of read 200M / write 50M (a
   one-point range, static level 1);
 - ``static-weight``: weights only: LP ``io.weight`` 10 (v2 scale; the
@@ -118,7 +120,7 @@ def slo_document(spec: ScenarioSpec, base: dict[str, Any], *, target_ms: float, 
     throttle = dict(slo["throttle"])
     throttle.update(selector=dict(LP_SELECTOR), group=LP_GROUP, devices=wiring.devices)
     slos = [slo]
-    if spec.kind == "sweep":
+    if spec.kind in ("sweep", "probe"):
         assert spec.level is not None
         slo["policy"] = {"kind": "static", "level": round(spec.level, 6)}
     elif spec.kind == "static-max":
