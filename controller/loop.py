@@ -51,6 +51,7 @@ def build_policies(config: ControllerConfig) -> dict[str, Policy]:
 class _SloState:
     slo: SloConfig
     policy: Policy
+    #: Monotonic time of the last observation (not wall time: see Controller._monotonic).
     last_time: float | None = None
     level: float = 0.0
 
@@ -67,6 +68,7 @@ class TickResult:
 def _target_record(t: GroupTarget) -> dict[str, Any]:
     return {
         "io_max": t.io_max.model_dump(),
+        "failsafe": None if t.failsafe is None else t.failsafe.model_dump(),
         "io_weight": t.io_weight,
         "devices": t.devices if isinstance(t.devices, str) else [d if isinstance(d, str) else d.model_dump() for d in t.devices],
         "selector": dict(t.selector),
@@ -88,6 +90,7 @@ class Controller:
         decision_log: DecisionLog | None = None,
         dry_run: bool = False,
         name: str = "drcio-controller",
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.sensor = sensor
@@ -97,6 +100,9 @@ class Controller:
         self.decision_log = decision_log
         self.dry_run = dry_run
         self.name = name
+        #: ``dt`` comes from here, never from the wall clock: an NTP step or a VM
+        #: resume must not saturate an integral or make the allowance jump.
+        self._monotonic = monotonic
         pol = dict(policies) if policies is not None else build_policies(config)
         self._states = [_SloState(slo, pol[slo.name], level=pol[slo.name].level) for slo in config.slos]
         self._generation = 0
@@ -107,8 +113,9 @@ class Controller:
 
     def _observe(self, st: _SloState, now: float) -> tuple[Reading, Observation]:
         reading = self.sensor.read(st.slo, now)
-        dt = self.config.interval_seconds if st.last_time is None else max(now - st.last_time, 1e-3)
-        st.last_time = now
+        mono = self._monotonic()
+        dt = self.config.interval_seconds if st.last_time is None else max(mono - st.last_time, 1e-3)
+        st.last_time = mono
         obs = Observation(
             status=reading.status,
             latency_seconds=reading.latency_seconds,
@@ -125,7 +132,11 @@ class Controller:
         return self._generation
 
     def step(self, now: float) -> TickResult:
-        """One sense-decide-map-push tick at evaluation time ``now`` (Unix seconds)."""
+        """One sense-decide-map-push tick at evaluation time ``now`` (Unix seconds).
+
+        ``now`` is only what Prometheus is asked about (and the decision log's
+        time); the time between ticks comes from the monotonic clock.
+        """
         started = time.perf_counter()
         readings: dict[str, Reading] = {}
         for st in self._states:
@@ -134,7 +145,7 @@ class Controller:
             st.level = st.policy.step(obs)
             self._record_slo_metrics(st, reading)
 
-        groups = resolve_groups([(st.slo, st.level) for st in self._states])
+        groups = resolve_groups([(st.slo, st.level) for st in self._states], failsafe_level=self.config.failsafe.level)
         body = TargetsPush(
             generation=self._next_generation(now),
             lease_ttl_seconds=self.config.lease_ttl,
@@ -178,6 +189,8 @@ class Controller:
             "group_level": round(group.level, 6),
             "conflict": group.conflict,
             "winner": group.winner,
+            "limits_from": dict(group.limits_from),
+            "overlapping_groups": list(group.overlaps),
             "targets": {group.group: _target_record(group.target)},
         }
         if reading.clipped:
@@ -208,7 +221,7 @@ class Controller:
         m.writers.set(n_writers)
         for g in groups:
             m.level.labels(group=g.group).set(g.level)
-            m.conflicts.labels(group=g.group).set(len(g.slos) - 1)
+            m.conflicts.labels(group=g.group).set(len(g.slos) - 1 + len(g.overlaps))
             for direction, value in (("read", g.target.io_max.rbps), ("write", g.target.io_max.wbps)):
                 if value is None:
                     _remove_series(m.target_bps, g.group, direction)

@@ -16,7 +16,7 @@ breaking change for them.
 | ``drcio_controller_sensor_errors_total`` | slo, reason | failed readings |
 | ``drcio_controller_pushes_total`` | writer, result | pushes by writer and outcome |
 | ``drcio_controller_writers`` | | writers known this tick |
-| ``drcio_controller_conflicts`` | group | SLOs overruled on a group (0 = no conflict) |
+| ``drcio_controller_conflicts`` | group | other SLOs on the group plus groups whose selectors overlap it (0 = no conflict) |
 | ``drcio_controller_target_bytes_per_second`` | group, direction | io.max bandwidth pushed (absent = max) |
 | ``drcio_controller_target_weight`` | group | io.weight pushed |
 | ``drcio_controller_loop_duration_seconds`` | | histogram of tick durations |
@@ -52,7 +52,7 @@ class ControllerMetrics:
         self.pushes = Counter("drcio_controller_pushes", "Pushes to writers by outcome", ["writer", "result"], registry=r)
         self.writers = Gauge("drcio_controller_writers", "Writers known in the last tick", registry=r)
         self.conflicts = Gauge(
-            "drcio_controller_conflicts", "Number of SLOs overruled on an LP group", ["group"], registry=r
+            "drcio_controller_conflicts", "Other SLOs governing an LP group plus other groups whose selectors overlap it", ["group"], registry=r
         )
         self.target_bps = Gauge(
             "drcio_controller_target_bytes_per_second", "io.max bandwidth pushed", ["group", "direction"], registry=r

@@ -6,12 +6,16 @@ it reads strictly: the answer must be an instant vector with at most one
 series and a finite, non-negative value. Everything else is classified:
 
 * ``ok`` — a measurement (``latency_seconds`` is set);
-* ``no_data`` — Prometheus answered but there is nothing to measure: an
-  empty vector, NaN (``histogram_quantile`` over zero traffic), or fewer HP
-  requests per second than the SLO's ``min_rate`` (a P95 of three requests
-  is noise, not a measurement);
-* ``sensor_error`` — connection refused, timeout, HTTP error, bad query, or
-  an answer of the wrong shape.
+* ``no_data`` — the HP series exists and Prometheus answered, but there is
+  nothing to measure: fewer HP requests per second than the SLO's
+  ``min_rate`` (a P95 of three requests is noise, not a measurement), or NaN
+  from ``histogram_quantile`` over zero traffic;
+* ``sensor_error`` — connection refused, timeout, HTTP error, bad query, an
+  answer of the wrong shape, **an absent series** (an unknown metric name, a
+  label typo: the quantile or count query returns an empty vector), or the
+  HP scrape job down (``up == 0`` for the SLO's labels). The reason names
+  what is missing. drcio must never open LP up because it has gone blind:
+  an absent series looks exactly like "no traffic" to a careless reader.
 
 ``prometheus-api-client`` by default waits forever and retries for seconds;
 here every query gets the configured deadline and a small retry policy that
@@ -156,22 +160,57 @@ class PrometheusSensor:
         except (TypeError, ValueError):
             raise SensorError("bad_answer", f"{query!r} returned a non-numeric value {raw!r}") from None
 
+    def _scrape_down(self, slo: SloConfig, at: float) -> str | None:
+        """Why the HP scrape is failing, when ``up`` for the SLO's labels says so; else None.
+
+        Only meaningful for metric SLOs: ``up`` carries the target labels
+        (``job``, ``instance``, ...). Labels that are not target labels make
+        the selector match nothing, which proves nothing and is ignored here
+        (the absent-series check catches a real typo).
+        """
+        if slo.metric is None or not slo.labels:
+            return None
+        up = self._single_value(f"min(up{{{_matchers(slo.labels)}}})", at)
+        if up is not None and up == 0:
+            return f"HP scrape failing: up{{{_matchers(slo.labels)}}} == 0 (the target does not answer its scrape)"
+        return None
+
+    def _series_exists(self, slo: SloConfig, at: float) -> bool:
+        return self._single_value(f"count({slo.metric}_count{{{_matchers(slo.labels)}}})", at) is not None
+
     def read(self, slo: SloConfig, at: float) -> Reading:
         try:
+            down = self._scrape_down(slo, at)
+            if down is not None:
+                return Reading(SensorStatus.SENSOR_ERROR, None, error=down, reason="scrape_down")
             rate: float | None = None
             rq = rate_query(slo)
             if rq is not None:
                 rate = self._single_value(rq, at)
-                if rate is None or math.isnan(rate) or rate < slo.min_rate:
-                    shown = "none" if rate is None or math.isnan(rate) else f"{rate:.3g}/s"
+                if rate is None and slo.metric is not None and self._series_exists(slo, at):
+                    # A series scraped once so far: rate() needs two samples. Present, not absent.
+                    return Reading(SensorStatus.NO_DATA, None, error="HP request series has fewer than two samples in the window")
+                if rate is None:
                     return Reading(
-                        SensorStatus.NO_DATA, None, request_rate=rate if rate is not None and not math.isnan(rate) else None,
+                        SensorStatus.SENSOR_ERROR, None, reason="absent",
+                        error=f"no series for the HP request rate {rq!r}: unknown metric, label typo, or scrape down",
+                    )
+                if math.isnan(rate) or rate < slo.min_rate:
+                    shown = "none" if math.isnan(rate) else f"{rate:.3g}/s"
+                    return Reading(
+                        SensorStatus.NO_DATA, None, request_rate=None if math.isnan(rate) else rate,
                         error=f"HP request rate {shown} is below min_rate {slo.min_rate}/s",
                     )
-            value = self._single_value(quantile_query(slo), at)
+            qq = quantile_query(slo)
+            value = self._single_value(qq, at)
         except SensorError as e:
             return Reading(SensorStatus.SENSOR_ERROR, None, error=str(e), reason=e.reason)
-        if value is None or math.isnan(value):
+        if value is None:
+            return Reading(
+                SensorStatus.SENSOR_ERROR, None, request_rate=rate, reason="absent",
+                error=f"no series for the HP latency quantile {qq!r}: unknown metric, label typo, or scrape down",
+            )
+        if math.isnan(value):
             return Reading(SensorStatus.NO_DATA, None, request_rate=rate, error="no HP latency samples in the window")
         if value < 0 or value == -math.inf:
             return Reading(

@@ -168,8 +168,11 @@ class AimdPolicy:
         before = self._level
         if observation.status is SensorStatus.SENSOR_ERROR:
             self._level = self._failsafe.on_failure(self._level)
+        elif observation.status is SensorStatus.NO_DATA and self._failsafe.on_no_data():
+            pass  # a failure episode is not over because an answer came back empty: hold
         else:
-            self._failsafe.on_success()
+            if observation.status is SensorStatus.OK:
+                self._failsafe.on_success()
             if observation.status is SensorStatus.NO_DATA or observation.slack > self.params.headroom:
                 self._violating = False
                 self._grow()

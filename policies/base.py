@@ -9,9 +9,11 @@ tests.
 
 Missing measurements are explicit, never a zero:
 
-* ``NO_DATA``: Prometheus answered, but there is no HP traffic to measure
-  (empty vector, NaN, too few requests). Nothing to protect, so policies let
-  the allowance grow gently, exactly as while under target.
+* ``NO_DATA``: Prometheus answered, the HP series exists, but carries less
+  than ``min_rate`` requests/s. Nothing to protect, so policies let the
+  allowance grow gently, exactly as while under target. An *absent* series is
+  never NO_DATA (the sensor reports it as a failure). During a failure episode
+  NO_DATA holds instead (see :meth:`FailSafeTracker.on_no_data`).
 * ``SENSOR_ERROR``: the measurement failed (Prometheus down, timeout, bad
   answer). We cannot know whether the SLO holds, so policies *hold* their last
   level for ``failsafe.after`` consecutive failed steps, then move to
@@ -157,16 +159,38 @@ class FailSafeTracker:
     def __init__(self, failsafe: FailSafe) -> None:
         self.failsafe = failsafe
         self.failures = 0
+        self._quiet = 0
+
+    def on_no_data(self) -> bool:
+        """Record one NO_DATA step during or after a failure; True = hold the level this step.
+
+        An empty answer is not proof that the sensor works again: if it reset
+        the failure count, alternating errors and empty answers would keep the
+        count below ``after`` forever and the fail-safe would never engage.
+        So while failures are counted, NO_DATA holds (the fail-safe level if
+        engaged) and leaves the count alone; only ``after + 1`` NO_DATA steps
+        in a row (a sensor that answers consistently) or one valid
+        measurement end the failure episode.
+        """
+        if self.failures == 0:
+            return False
+        self._quiet += 1
+        if self._quiet > self.failsafe.after:
+            self.on_success()
+            return False
+        return True
 
     def on_failure(self, last_level: float) -> float:
         """Record one failed step; return the level to output for it."""
         self.failures += 1
+        self._quiet = 0
         if self.failures <= self.failsafe.after:
             return last_level
         return self.failsafe.level
 
     def on_success(self) -> None:
         self.failures = 0
+        self._quiet = 0
 
     @property
     def engaged(self) -> bool:

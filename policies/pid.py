@@ -184,7 +184,11 @@ class PidPolicy:
             self._set_terms(p=0.0, i=self._level, d=0.0, error=0.0)
             return self._level
 
-        self._failsafe.on_success()
+        if observation.status is SensorStatus.NO_DATA and self._failsafe.on_no_data():
+            self._set_terms(p=0.0, i=self._level, d=0.0, error=0.0)
+            return self._level
+        if observation.status is SensorStatus.OK:
+            self._failsafe.on_success()
         if observation.status is SensorStatus.NO_DATA:
             # Nothing to protect: grow gently, outside the PID so that its
             # integral and derivative memory are not fed an invented latency.

@@ -13,6 +13,7 @@ label selectors and device references must match Kubernetes label syntax and
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Literal
 
@@ -37,6 +38,8 @@ __all__ = [
     "ErrorResponse",
     "WEIGHT_MIN",
     "WEIGHT_MAX",
+    "parse_size",
+    "parse_duration",
 ]
 
 API_VERSION = "v1"
@@ -58,6 +61,61 @@ _LABEL_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _LABEL_PREFIX = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)*"
 _LABEL_KEY_RE = re.compile(rf"^(?:{_LABEL_PREFIX}/)?{_LABEL_NAME}$")
 _LABEL_VALUE_RE = re.compile(rf"^(?:{_LABEL_NAME})?$")
+
+
+# ---------------------------------------------------------------- units (one notation for both files)
+
+_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMG]?)\s*$")
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_duration(value: object) -> float:
+    """``"100ms"`` -> 0.1, ``"5s"`` -> 5.0, ``"2m"`` -> 120.0 (seconds, > 0).
+
+    The one duration parser of drcio: the SLO file (controller) and the
+    writer file both use it, so a value means the same in either. A bare
+    number is refused: is ``100`` seconds or milliseconds?
+    """
+    allowed = "expected a duration such as '100ms', '5s' or '2m' (a number with ms, s or m)"
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"{allowed}, got {value!r}")
+    m = _DURATION_RE.match(value)
+    if not m:
+        raise ValueError(f"{allowed}, got {value!r}")
+    seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"duration must be > 0, got {value!r}")
+    return seconds
+
+
+def parse_size(value: object) -> int | None:
+    """``"10M"`` -> 10485760 (K/M/G are powers of 1024), ``"max"`` -> None (no limit), a bare integer is taken as-is.
+
+    The one size parser of drcio, shared by the SLO file and the writer file.
+    ``MB``, ``MiB`` or ``T`` are refused rather than guessed at (is ``MB``
+    10**6 or 2**20?). The result is >= 1: a zero limit is a typo, ``max``
+    means no limit.
+    """
+    allowed = "expected a size such as '512K', '10M', '1.5G' (powers of 1024), a number of bytes, or 'max'"
+    if isinstance(value, bool):
+        raise ValueError(f"{allowed}, got {value!r}")
+    if isinstance(value, int):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        if value.strip() == "max":
+            return None
+        m = _SIZE_RE.match(value)
+        if not m:
+            raise ValueError(f"{allowed}, got {value!r}")
+        number, unit = float(m.group(1)), m.group(2)
+    else:
+        raise ValueError(f"{allowed}, got {value!r}")
+    size = int(number * _SIZE_UNITS[unit])
+    if size < 1:
+        raise ValueError(f"size must be at least 1 (use 'max' for no limit), got {value!r}")
+    return size
 
 
 def _check_label_key(key: str) -> str:
@@ -131,6 +189,11 @@ class GroupTarget(BaseModel):
     io_weight: Annotated[int, Field(ge=WEIGHT_MIN, le=WEIGHT_MAX)] | None = None
     #: The controller's level in [0, 1] behind these values; informational (status, metrics).
     level: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    #: What to fall back to when the controller's lease runs out: the controller's
+    #: ``failsafe.level`` turned into limits for this group. The writer applies it
+    #: only in its ``static`` fail-safe mode and never looser than its own static
+    #: limits nor tighter than its ``failsafe.floor`` (see writer.config). None = the writer's own.
+    failsafe: IoMax | None = None
 
 
 class TargetsPush(BaseModel):

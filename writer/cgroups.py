@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from writer.cgroup_paths import CgroupPathError, safe_join
+from writer.mountinfo import entries as mountinfo_entries
 
 __all__ = [
     "WriterError",
@@ -110,22 +111,18 @@ def detect_hierarchy(
     if str(cgroup_root) != "auto":
         return _classify(Path(cgroup_root))
     try:
-        lines = mountinfo.read_text().splitlines()
+        text = mountinfo.read_text()
     except OSError as err:
         raise SetupError(f"cannot read {mountinfo}: {err.strerror}") from err
     v2: list[Path] = []
     v1: list[Path] = []
-    for line in lines:
-        # mountinfo: id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(fields) < 5 or len(rfields) < 3:
+    for _, _, entry in mountinfo_entries(text):
+        if entry is None:
             continue
-        mountpoint = Path(fields[4].replace("\\040", " "))
-        if rfields[0] == "cgroup2":
-            v2.append(mountpoint)
-        elif rfields[0] == "cgroup" and "blkio" in rfields[2].split(","):
-            v1.append(mountpoint)
+        if entry.fstype == "cgroup2":
+            v2.append(Path(entry.mount_point))
+        elif entry.fstype == "cgroup" and "blkio" in entry.super_options:
+            v1.append(Path(entry.mount_point))
     for mp in v2:
         if "io" in _read_words(mp / "cgroup.controllers"):
             return Hierarchy(2, mp)

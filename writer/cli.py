@@ -68,6 +68,8 @@ def _discovery(config: WriterConfig, hierarchy: Hierarchy, node: str) -> Discove
         hp_selector=k.hp,
         lp_selector=k.lp,
         namespace=k.namespace,
+        hp_namespaces=k.hp_namespaces,
+        lp_namespaces=k.lp_namespaces,
     )
 
 
@@ -107,7 +109,11 @@ def build_state(
         hierarchy=hierarchy,
         discovery=discovery if discovery is not None else _discovery(config, hierarchy, node),
         lease=Lease(initial_ttl_seconds=fs.ttl),
-        failsafe=Failsafe(fs.mode, Limits(rbps=fs.rbps, wbps=fs.wbps, riops=fs.riops, wiops=fs.wiops)),
+        failsafe=Failsafe(
+            fs.mode, Limits(rbps=fs.rbps, wbps=fs.wbps, riops=fs.riops, wiops=fs.wiops),
+            floor_bps=fs.floor_bps, floor_iops=fs.floor_iops,
+        ),
+        max_lease_ttl_seconds=fs.max_ttl,
         failsafe_devices=fs.devices,
         resolve_devices=resolve,
         scheduler_of=partial(active_scheduler, sys_root=sys_root),

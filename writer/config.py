@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from writer.api import Devices, LabelKey, LabelValue
+from writer.api import Devices, LabelKey, LabelValue, parse_duration, parse_size
 from writer.discovery import LocalEntry
 
 __all__ = [
@@ -39,10 +39,6 @@ __all__ = [
     "parse_listen",
 ]
 
-_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m)\s*$")
-_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*([KMG]?)\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
 class ConfigError(Exception):
@@ -51,36 +47,6 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
-
-
-def parse_duration(value: object) -> float:
-    """``"500ms"`` / ``"30s"`` / ``"2m"`` -> seconds. A unit is required: a bare number is ambiguous."""
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise ValueError(f"{value!r} is not a duration; use a number with ms, s or m (e.g. 30s)")
-
-
-def parse_size(value: object) -> int | None:
-    """``"200M"`` -> 209715200 (powers of 1024); ``"max"`` -> ``None``; a bare integer is bytes."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a size")
-    if isinstance(value, int):
-        text = str(value)
-    elif isinstance(value, str):
-        text = value
-    else:
-        raise ValueError(f"{value!r} is not a size; use bytes with K, M or G, or max")
-    if text.strip() == "max":
-        return None
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ValueError(f"{value!r} is not a size; use bytes with K, M or G (powers of 1024), or max")
-    size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    if size < 1:
-        raise ValueError(f"{value!r}: a limit must be at least 1 byte (use max for no limit)")
-    return size
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
@@ -100,6 +66,11 @@ class KubernetesDiscoveryConfig(BaseModel):
     lp: Selector = {"group-id": "lp"}
     #: Only pods of this namespace; ``None`` = all namespaces.
     namespace: str | None = None
+    #: Namespaces whose pods may be HP; ``None`` = any. A pod elsewhere labelled HP is not
+    #: protected (it cannot escape a group that selects it by labelling itself HP).
+    hp_namespaces: list[str] | None = None
+    #: Namespaces whose pods may be LP; ``None`` = any.
+    lp_namespaces: list[str] | None = None
 
 
 class DiscoveryConfig(BaseModel):
@@ -134,6 +105,14 @@ class FailsafeConfig(BaseModel):
     wiops: Size = None
     #: Devices for the static limits when no push ever named any (later: the last push's devices).
     devices: Devices = "auto"
+    #: Longest lease a push may ask for; longer requests are cut to this. 5 minutes: sixty
+    #: 5 s controller ticks, plenty for a controller restart, short of "a day without control".
+    max_ttl: Duration = 300.0
+    #: A push may carry its own fail-safe limits per group (the controller's failsafe.level);
+    #: in static mode they are used, bounded by the limits above (never looser) and by these
+    #: floors (never tighter): bytes/s and IOPS.
+    floor_bps: Annotated[int, BeforeValidator(parse_size), Field(ge=1)] = 1024**2
+    floor_iops: Annotated[int, Field(ge=1)] = 10
 
 
 class WriterConfig(BaseModel):

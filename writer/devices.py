@@ -37,14 +37,13 @@ import re
 from pathlib import Path
 
 from writer.api import Devices, MountRef
+from writer.mountinfo import entries as mountinfo_entries
 
 __all__ = ["DeviceError", "resolve_devices", "disk_name", "active_scheduler"]
 
 _MAJMIN_RE = re.compile(r"^([0-9]{1,4}):([0-9]{1,7})$")
 #: Names that have a driver behind them but are not disks one throttles.
 _SKIPPED_NAME_RE = re.compile(r"^(sr|fd)[0-9]+$")
-#: Escapes the kernel uses in mountinfo paths (``\040`` space, ``\011`` tab, ``\012`` newline, ``\134`` backslash).
-_OCTAL_ESCAPE_RE = re.compile(r"\\([0-7]{3})")
 #: Guard against a dm slave loop in a broken (or hostile fake) tree.
 _MAX_STACK_DEPTH = 8
 
@@ -209,22 +208,18 @@ def _mount_device(mount: str, proc_root: Path) -> str:
     mountinfo = proc_root / "self" / "mountinfo"
     target = os.path.normpath(mount)
     try:
-        lines = mountinfo.read_text().splitlines()
+        text = mountinfo.read_text()
     except OSError as exc:
         raise DeviceError(f"mount {mount!r}: cannot read {mountinfo}: {exc.strerror or exc}") from exc
     best: tuple[int, str, str] | None = None  # (prefix length, MAJ:MIN, fstype)
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        try:
-            separator = fields.index("-")
-            majmin, mount_point, fstype = fields[2], _unescape(fields[4]), fields[separator + 1]
-        except (ValueError, IndexError):
-            raise DeviceError(f"mount {mount!r}: {mountinfo} line {number} is not a mountinfo line: {line!r}") from None
-        if not _is_under(target, mount_point):
+    for number, line, entry in mountinfo_entries(text):
+        if entry is None:
+            raise DeviceError(f"mount {mount!r}: {mountinfo} line {number} is not a mountinfo line: {line!r}")
+        if not _is_under(target, entry.mount_point):
             continue
         # ">=": of two mounts on the same point the later one is on top and visible.
-        if best is None or len(mount_point) >= best[0]:
-            best = (len(mount_point), majmin, fstype)
+        if best is None or len(entry.mount_point) >= best[0]:
+            best = (len(entry.mount_point), entry.majmin, entry.fstype)
     if best is None:
         raise DeviceError(f"mount {mount!r}: no mount in {mountinfo} holds this path")
     _, majmin, fstype = best
@@ -234,10 +229,6 @@ def _mount_device(mount: str, proc_root: Path) -> str:
             " name the disk as MAJ:MIN instead"
         )
     return _normalise(majmin)
-
-
-def _unescape(field: str) -> str:
-    return _OCTAL_ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _is_under(path: str, mount_point: str) -> bool:

@@ -15,6 +15,10 @@ find the cgroups the push's group selectors pick out. Two implementations:
 Roles: a workload matching the HP selector is ``"hp"``, else one matching the
 LP selector is ``"lp"``, else ``"other"``. HP wins when both match, because
 throttling a protected service is the one mistake the writer must not make.
+Labels are set by whoever deploys a pod, so the writer's config may restrict
+the roles to namespaces (``hp_namespaces`` / ``lp_namespaces``): a pod in
+another namespace that labels itself HP is not HP (it does not escape a group
+that selects it), and the workload's ``note`` says why, for ``/status``.
 Selectors are equality selectors (all pairs must match) and must not be empty:
 an empty selector would match every pod on the node.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -43,6 +47,7 @@ __all__ = [
     "Discovery",
     "matches",
     "role_of",
+    "namespaced_role",
     "server_label_selector",
     "LocalEntry",
     "LocalDiscovery",
@@ -78,6 +83,29 @@ class Workload:
     labels: Mapping[str, str]
     cgroup_dir: Path
     role: Role
+    #: Why the role differs from what the labels claim (a role refused outside its namespaces).
+    note: str | None = None
+
+
+def namespaced_role(
+    labels: Mapping[str, str],
+    namespace: str | None,
+    hp_selector: Mapping[str, str],
+    lp_selector: Mapping[str, str],
+    *,
+    hp_namespaces: Collection[str] | None = None,
+    lp_namespaces: Collection[str] | None = None,
+) -> tuple[Role, str | None]:
+    """:func:`role_of`, with each role honoured only in its namespaces (``None`` = any); plus why not."""
+    role = role_of(labels, hp_selector, lp_selector)
+    note = None
+    if role == "hp" and hp_namespaces is not None and namespace not in hp_namespaces:
+        role = "lp" if matches(labels, lp_selector) else "other"
+        note = f"labelled high-priority outside hp_namespaces {sorted(hp_namespaces)}: not protected, treated as {role}"
+    if role == "lp" and lp_namespaces is not None and namespace not in lp_namespaces:
+        note = (note + "; " if note else "") + f"outside lp_namespaces {sorted(lp_namespaces)}: not low-priority"
+        role = "other"
+    return role, note
 
 
 class Discovery(Protocol):
@@ -236,6 +264,7 @@ class _Pod:
     qos: QosClass
     labels: Mapping[str, str]
     role: Role
+    note: str | None = None
 
 
 def _backoff_delay(attempt: int, *, initial_seconds: float, max_seconds: float) -> float:
@@ -274,6 +303,8 @@ class KubernetesDiscovery:
         hp_selector: Mapping[str, str] = DEFAULT_HP_SELECTOR,
         lp_selector: Mapping[str, str] = DEFAULT_LP_SELECTOR,
         namespace: str | None = None,
+        hp_namespaces: Collection[str] | None = None,
+        lp_namespaces: Collection[str] | None = None,
         watch_factory: Callable[[], PodWatch] = kubernetes.watch.Watch,
         watch_timeout_seconds: int = 300,
         backoff_initial_seconds: float = 1.0,
@@ -288,6 +319,8 @@ class KubernetesDiscovery:
         self._hp = _check_selector(hp_selector, "HP")
         self._lp = _check_selector(lp_selector, "LP")
         self._namespace = namespace
+        self._hp_namespaces = None if hp_namespaces is None else frozenset(hp_namespaces)
+        self._lp_namespaces = None if lp_namespaces is None else frozenset(lp_namespaces)
         self._watch_factory = watch_factory
         #: Server-side watch timeout: the watch is renewed this often even when idle
         #: (5 min, like client-go's reflector; shorter wastes requests, longer hides dead connections).
@@ -335,7 +368,7 @@ class KubernetesDiscovery:
             except CgroupPathError as exc:
                 _log.error("pod discovery: skipping %s/%s: %s", pod.namespace, pod.name, exc)
                 continue
-            found.append(Workload(pod.name, pod.namespace, pod.uid, pod.labels, cgroup_dir, pod.role))
+            found.append(Workload(pod.name, pod.namespace, pod.uid, pod.labels, cgroup_dir, pod.role, pod.note))
         return found
 
     def start(self, on_change: Callable[[], None]) -> None:
@@ -468,9 +501,11 @@ class KubernetesDiscovery:
             # The field selector already did this; a pod reported for another node is never ours.
             return None
         labels = MappingProxyType(dict(meta.labels or {}))
-        role = role_of(labels, self._hp, self._lp)
-        if role == "other":
-            return None
+        role, note = namespaced_role(
+            labels, meta.namespace, self._hp, self._lp, hp_namespaces=self._hp_namespaces, lp_namespaces=self._lp_namespaces
+        )
+        if role == "other" and note is None:
+            return None  # kept with a note: /status shows whose claim was refused
         qos = _QOS.get(status.qos_class or "")
         if qos is None:
             _log.warning("pod %s/%s: unknown QoS class %r, skipped", meta.namespace, meta.name, status.qos_class)
@@ -484,6 +519,7 @@ class KubernetesDiscovery:
             qos=qos,
             labels=labels,
             role=role,
+            note=note,
         )
 
     def _detect_driver(self) -> Driver | None:

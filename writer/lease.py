@@ -9,7 +9,13 @@ a fake clock instead of sleeping.
 
 Generations: a push lower than the last accepted one is stale (an old
 controller or a reordered request) and refused; an equal one is a replay of
-the same desired state and is applied again (idempotent) and renews the lease.
+the same desired state and is applied again (idempotent) and renews the lease,
+but only if its body is the same: a replayed generation with a different body
+is refused (the reconciler compares them).
+
+TTL cap: a push asks for its own lease TTL, but the writer's config caps it
+(``failsafe.max_ttl``, default 5 minutes), so a broken or hostile controller
+cannot hold off the fail-safe for a day.
 """
 
 from __future__ import annotations
@@ -27,13 +33,42 @@ FailsafeMode = Literal["static", "release", "hold"]
 GenerationCheck = Literal["new", "replay", "stale"]
 
 
+def _bound(pushed: int | None, ceiling: int | None, floor: int) -> int | None:
+    value = pushed if ceiling is None else ceiling if pushed is None else min(pushed, ceiling)
+    return None if value is None else max(value, floor)
+
+
 @dataclass(frozen=True)
 class Failsafe:
-    """The configured fail-safe: ``static`` limits, ``release`` (lift all) or ``hold`` (write nothing)."""
+    """The configured fail-safe: ``static`` limits, ``release`` (lift all) or ``hold`` (write nothing).
+
+    In ``static`` mode a push may say what to fall back to per group (the
+    controller's ``failsafe.level`` as limits, :attr:`writer.api.GroupTarget.failsafe`).
+    The writer's own config bounds it: never looser than :attr:`limits` (the
+    static limits are the loosest fail-safe this node accepts), never tighter
+    than :attr:`floor_bps` / :attr:`floor_iops` (a broken controller must not
+    starve LP to a standstill when it goes away).
+    """
 
     mode: FailsafeMode = "static"
     #: The static limits (only used in ``static`` mode); default read 200M, write 50M.
     limits: Limits = Limits(rbps=200 * 1024**2, wbps=50 * 1024**2)
+    #: Lowest bandwidth (bytes/s) a pushed fail-safe may set.
+    floor_bps: int = 1024**2
+    #: Lowest IOPS a pushed fail-safe may set.
+    floor_iops: int = 10
+
+    def bounded(self, pushed: Limits | None) -> Limits | None:
+        """The limits to apply on expiry for a group whose last push said ``pushed``."""
+        base = self.limits_in_failsafe()
+        if self.mode != "static" or pushed is None or base is None:
+            return base
+        return Limits(
+            rbps=_bound(pushed.rbps, base.rbps, self.floor_bps),
+            wbps=_bound(pushed.wbps, base.wbps, self.floor_bps),
+            riops=_bound(pushed.riops, base.riops, self.floor_iops),
+            wiops=_bound(pushed.wiops, base.wiops, self.floor_iops),
+        )
 
     def limits_in_failsafe(self) -> Limits | None:
         """The limits to enforce while failed safe; ``None`` for ``hold`` (leave the files alone)."""

@@ -8,18 +8,23 @@ target as soon as it is seen, not at the next push.
 
 What is desired, per workload found by discovery:
 
-* a workload belongs to push group G when ``matches(labels, G.selector)``
-  (first matching group wins; the overlap is recorded as an error); limits go
-  on the workload's cgroup dir (pod level) for the group's resolved devices;
-  devices limited now but not in the target are lifted;
-* an LP workload no group selects is lifted (the push is the whole desired
-  state, so "not mentioned" means "no limit");
+* a workload belongs to push group G when ``matches(labels, G.selector)``;
+  limits go on the workload's cgroup dir (pod level) for the group's resolved
+  devices; devices limited now but not in the target are lifted. A workload
+  several groups select gets, per device and key, the most restrictive value
+  of those groups (never whichever came first in the push), and the overlap
+  is recorded as an error;
+* an LP workload no group selects is lifted, and its weight reset to the
+  default (the push is the whole desired state, so "not mentioned" means "no
+  limit");
 * an HP workload is never written, even when a group's selector matches it;
 * before the first push the writer *holds*: it reads what is in force and
   writes nothing, so a restart does not disturb limits that are still right;
 * when the lease has run out, the fail-safe governs: ``static`` limits on the
-  last push's devices (or ``failsafe.devices`` if no push ever came),
-  ``release`` lifts everything, ``hold`` writes nothing.
+  last push's devices (or ``failsafe.devices`` if no push ever came) - the
+  group's pushed fail-safe where the last push carried one, bounded by the
+  writer's config (:meth:`writer.lease.Failsafe.bounded`) - ``release`` lifts
+  everything and resets weights, ``hold`` writes nothing.
 
 Every write goes through :mod:`writer.cgroups`, which reads back first and
 skips unchanged files, so a round that changes nothing writes nothing.
@@ -51,6 +56,7 @@ from writer.cgroups import (
     read_io_max,
     read_weight,
     weight_effective,
+    weight_file,
 )
 from writer.discovery import Discovery, Workload, matches
 from writer.lease import Failsafe, Lease
@@ -66,7 +72,21 @@ _HISTORY = 50
 
 
 class StalePush(WriterError):
-    """A push older than the last accepted one: reject it (409), change nothing."""
+    """A push older than the last accepted one, or a replayed generation with a different body: 409."""
+
+
+#: The default weight on the v2 scale (v1 writers map it to their file's default).
+DEFAULT_WEIGHT = 100
+
+
+def _tightest(a: Limits | None, b: Limits) -> Limits:
+    if a is None:
+        return b
+
+    def pick(x: int | None, y: int | None) -> int | None:
+        return y if x is None else x if y is None else min(x, y)
+
+    return Limits(*(pick(getattr(a, k), getattr(b, k)) for k in ("rbps", "wbps", "riops", "wiops")))
 
 
 def limits_from_io_max(io_max: IoMax) -> Limits:
@@ -83,6 +103,8 @@ class _Plan:
     limits: dict[str, Limits] | None
     weight: int | None
     error: str | None = None
+    #: Put the weight back to the default (group gone, fail-safe released), where a weight file exists.
+    reset_weight: bool = False
 
 
 class Reconciler:
@@ -102,8 +124,10 @@ class Reconciler:
         node: str = "",
         wall_clock: Callable[[], float] = time.time,
         config_summary: Mapping[str, object] | None = None,
+        max_lease_ttl_seconds: float = 300.0,
     ) -> None:
         self.hierarchy = hierarchy
+        self._max_ttl = max_lease_ttl_seconds
         self.node = node
         self._discovery = discovery
         self._lease = lease
@@ -136,7 +160,15 @@ class Reconciler:
                 raise StalePush(
                     f"generation {body.generation} is older than the last accepted {self._lease.generation}"
                 )
-            self._lease.renew(body.generation, body.lease_ttl_seconds)
+            if check == "replay" and self._push is not None and body != self._push:
+                # The same generation must mean the same desired state; anything else
+                # is a second controller, a bug, or a forgery, and is not adopted.
+                self.metrics.pushes.labels("stale").inc()
+                raise StalePush(f"generation {body.generation} was already accepted with a different body")
+            ttl = min(body.lease_ttl_seconds, self._max_ttl)
+            if ttl < body.lease_ttl_seconds:
+                self._event(f"lease TTL {body.lease_ttl_seconds}s asked for, capped at {self._max_ttl}s (failsafe.max_ttl)")
+            self._lease.renew(body.generation, ttl)
             self._push = body
             self.metrics.pushes.labels("accepted" if check == "new" else "replay").inc()
             self.metrics.push_generation.set(body.generation)
@@ -244,35 +276,57 @@ class Reconciler:
             if not matched and w.role != "lp":
                 continue
             if len(matched) > 1:
-                self._error(_label(w), f"selected by several groups {[g.name for g in matched]}; using {matched[0].name}")
-            group = matched[0] if matched else None
-            name = group.name if group else UNASSIGNED
-            devices, dev_err = resolved[group.name] if group else ([], None)
+                self._error(
+                    _label(w),
+                    f"selected by several groups {[g.name for g in matched]}; applying the most restrictive value of each",
+                )
+            name = matched[0].name if matched else UNASSIGNED
+            dev_err = next((resolved[g.name][1] for g in matched if resolved[g.name][1]), None)
             if mode == "awaiting_first_push":
                 plans.append(_Plan(w, name, None, None))
             elif mode == "following_push":
                 if dev_err:
                     plans.append(_Plan(w, name, None, None, dev_err))
-                elif group is None:
-                    plans.append(_Plan(w, name, {}, None))
+                elif not matched:
+                    plans.append(_Plan(w, name, {}, None, reset_weight=True))
                 else:
-                    lim = limits_from_io_max(group.io_max)
-                    plans.append(_Plan(w, name, {d: lim for d in devices}, group.io_weight))
-                    if group.io_weight is not None:
-                        self._weight_notes[name] = weight_acts[name]
+                    per_device: dict[str, Limits] = {}
+                    for g in matched:
+                        for d in resolved[g.name][0]:
+                            per_device[d] = _tightest(per_device.get(d), limits_from_io_max(g.io_max))
+                    weights = [g.io_weight for g in matched if g.io_weight is not None]
+                    plans.append(_Plan(w, name, per_device, min(weights) if weights else None))
+                    for g in matched:
+                        if g.io_weight is not None:
+                            self._weight_notes[g.name] = weight_acts[g.name]
             else:
                 fs = self._failsafe.limits_in_failsafe()
-                if fs is None or fs.is_unlimited:
-                    plans.append(_Plan(w, name, None if fs is None else {}, None))
+                if fs is None:
+                    plans.append(_Plan(w, name, None, None))
                     continue
-                if group is None or dev_err:
+                if self._failsafe.mode == "release":
+                    plans.append(_Plan(w, name, {}, None, reset_weight=True))
+                    continue
+                limits: Limits | None = None
+                pushed_failsafes = [None if g.failsafe is None else limits_from_io_max(g.failsafe) for g in matched]
+                for pushed in pushed_failsafes or [None]:
+                    bounded = self._failsafe.bounded(pushed)
+                    assert bounded is not None  # static mode
+                    limits = _tightest(limits, bounded)
+                assert limits is not None
+                if limits.is_unlimited:
+                    plans.append(_Plan(w, name, {}, None))
+                    continue
+                if not matched or dev_err:
                     if fallback is None:
                         fallback = self._devices(self._failsafe_devices)
                     devices, dev_err = fallback
+                else:
+                    devices = sorted({d for g in matched for d in resolved[g.name][0]})
                 if dev_err:
                     plans.append(_Plan(w, name, None, None, dev_err))
                 else:
-                    plans.append(_Plan(w, name, {d: fs for d in devices}, None))
+                    plans.append(_Plan(w, name, {d: limits for d in devices}, None))
         return plans
 
     def _apply(self, plan: _Plan) -> CgroupResult:
@@ -286,6 +340,8 @@ class Reconciler:
                 outcomes.append(apply_io_max(self.hierarchy, plan.workload.cgroup_dir, plan.limits))
             if plan.weight is not None:
                 outcomes.append(apply_weight(self.hierarchy, plan.workload.cgroup_dir, plan.weight))
+            elif plan.reset_weight and weight_file(self.hierarchy, plan.workload.cgroup_dir) is not None:
+                outcomes.append(apply_weight(self.hierarchy, plan.workload.cgroup_dir, DEFAULT_WEIGHT))
         except CgroupVanished as err:
             # The pod went away between discovery and the write: an event, not a failure.
             self.metrics.vanished.inc()
@@ -372,6 +428,7 @@ class Reconciler:
                     "name": w.name,
                     "namespace": w.namespace,
                     "role": w.role,
+                    "note": w.note,
                     "group": group or None,
                     "cgroup": str(w.cgroup_dir),
                     "exists": bool(w.cgroup_dir.is_dir()),

@@ -18,8 +18,15 @@ Only then does anything reach the cgroup files. Every 4xx/5xx body is an
 :class:`writer.api.ErrorResponse`. The request body schema is still published
 in ``/openapi.json`` so the API can be fuzzed against it.
 
-``/status`` and ``/metrics`` are read-only and unauthenticated (Prometheus
-scrapes ``/metrics``); neither ever shows the token.
+``/status`` needs the bearer token too: it names every workload, cgroup
+path, namespace, device and the last push, which is a map of the node an
+attacker should not get for free. ``/health`` (probes) and ``/metrics``
+(Prometheus scrapes) stay open. ``/metrics`` reveals, by design: LP/HP
+workload counts, per LP workload ``namespace/name`` and its push group, the
+limits and weights in force per device (``MAJ:MIN``), bytes read/written,
+the lease state and the last accepted generation and push time. It never
+shows the token, cgroup paths, selectors or the controller's identity; a
+NetworkPolicy should still restrict who may scrape it.
 """
 
 from __future__ import annotations
@@ -113,7 +120,7 @@ def build_app(state: ServerState) -> FastAPI:
             for s, d in (
                 (400, "Body is not JSON"),
                 (401, "Missing or wrong bearer token"),
-                (409, "Stale generation"),
+                (409, "Stale generation, or a replayed generation with a different body"),
                 (413, "Body too large"),
                 (422, "Body does not match TargetsPush"),
             )
@@ -158,9 +165,15 @@ def build_app(state: ServerState) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/status", summary="Workloads, limits in force (read back), lease, errors, config")
-    async def status() -> dict[str, Any]:
-        return await run_in_threadpool(state.reconciler.status)
+    @app.get(
+        "/status",
+        summary="Workloads, limits in force (read back), lease, errors, config (bearer token required)",
+        responses={401: {"model": ErrorResponse, "description": "Missing or wrong bearer token"}},
+    )
+    async def status(request: Request) -> Response:
+        if not _authorized(state, request.headers.get("authorization")):
+            return _error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        return JSONResponse(await run_in_threadpool(state.reconciler.status))
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:

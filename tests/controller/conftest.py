@@ -194,6 +194,36 @@ def hanging_writer() -> Iterator[str]:
         sock.close()
 
 
+@dataclass
+class FailingTarget:
+    """A scrape target whose ``/metrics`` answers 500 (an HP service failing under contention)."""
+
+    address: str
+
+
+@pytest.fixture
+def failing_target() -> Iterator[FailingTarget]:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield FailingTarget(address=f"127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def dead_writer() -> str:
     """A loopback URL where nothing listens (connection refused)."""

@@ -183,3 +183,47 @@ def test_a_stop_event_ends_the_loop() -> None:
             stop.set()
 
     assert c.run(stop, wall_clock=clock.wall, monotonic=clock.monotonic, wait=wait) == 2
+
+
+class JumpingClock:
+    """Wall time that steps forward an hour after the third tick; monotonic time that does not."""
+
+    def __init__(self) -> None:
+        self.mono = 500.0
+        self.ticks = 0
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def wall(self) -> float:
+        return 1.7e9 + self.mono + (3600.0 if self.ticks >= 3 else 0.0)
+
+
+def _levels_across_a_wall_clock_jump(readings: list[Reading], jump: bool) -> list[float]:
+    cfg = config("http://127.0.0.1:1", [])
+    raw_policy = {"kind": "pid", "kp": 0.2, "ki": 0.2, "kd": 0.0}
+    policy = build_policy(parse_params("pid", {k: v for k, v in raw_policy.items() if k != "kind"}), initial_level=0.3)
+    clock = JumpingClock()
+    c = Controller(
+        cfg, sensor=ScriptedSensor(list(readings)), pusher=HttpPusher(token=None, timeout_seconds=1),
+        writers=StaticWriters([]), policies={cfg.slos[0].name: policy}, monotonic=clock.monotonic,
+    )
+    levels = []
+    for _ in range(6):
+        levels.append(c.step(clock.wall() if jump else 1.7e9 + clock.mono).records[0]["level"])
+        clock.mono += 1.0
+        clock.ticks += 1
+    return levels
+
+
+@pytest.mark.parametrize(
+    "reading",
+    [pytest.param(Reading(SensorStatus.OK, 0.05), id="ok-under-target"), pytest.param(Reading(SensorStatus.NO_DATA, None), id="no-data")],
+)
+def test_a_wall_clock_jumping_an_hour_changes_nothing_dt_comes_from_the_monotonic_clock(reading: Reading) -> None:
+    steady = _levels_across_a_wall_clock_jump([reading], jump=False)
+    jumped = _levels_across_a_wall_clock_jump([reading], jump=True)
+    assert jumped == pytest.approx(steady)
+    # and the steps are small: 1 s of integral (or of no-data ramp), not an hour's worth
+    assert max(b - a for a, b in zip(jumped, jumped[1:])) < 0.2
+    assert jumped[-1] < 1.0

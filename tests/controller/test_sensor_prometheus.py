@@ -11,7 +11,7 @@ import pytest
 from controller.config import PrometheusConfig, SloConfig
 from controller.sensor import PrometheusSensor, quantile_query, rate_query
 from policies import SensorStatus
-from tests.controller.conftest import BUCKET_WIDTH, LatencyExporter, exponential_inverse_cdf
+from tests.controller.conftest import BUCKET_WIDTH, FailingTarget, LatencyExporter, exponential_inverse_cdf
 
 pytestmark = pytest.mark.prometheus
 
@@ -90,12 +90,41 @@ def test_nan_from_histogram_quantile_is_no_data(latency_exporter: LatencyExporte
     assert reading.error == "no HP latency samples in the window"
 
 
-def test_an_unknown_metric_is_no_data_with_the_reason(latency_exporter: LatencyExporter, prometheus_for: Any) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "missing"),
+    [
+        pytest.param({"metric": "no_such_latency_seconds"}, "no_such_latency_seconds_count", id="unknown-metric"),
+        pytest.param({"labels": {"job": "hp-gnm"}}, 'job="hp-gnm"', id="label-typo"),
+        pytest.param({"labels": {"job": "hp-gnn", "handler": "/score"}}, 'handler="/score"', id="label-not-on-the-series"),
+    ],
+)
+def test_an_absent_series_is_a_sensor_error_naming_what_is_missing(
+    latency_exporter: LatencyExporter, prometheus_for: Any, overrides: dict[str, Any], missing: str
+) -> None:
+    # Before issue 9 these were no_data, and both policies opened LP up on them.
     prom = prometheus_for(latency_exporter)
     prom.wait_for_samples("gnn_request_latency_seconds_count")
-    reading = sensor_for(prom.url).read(slo(metric="no_such_latency_seconds"), time.time())
-    assert reading.status is SensorStatus.NO_DATA
-    assert reading.error is not None and "below min_rate" in reading.error
+    reading = sensor_for(prom.url).read(slo(**overrides), time.time())
+    assert reading.status is SensorStatus.SENSOR_ERROR, reading
+    assert reading.reason == "absent"
+    assert reading.error is not None and missing in reading.error and "no series" in reading.error
+
+
+def test_a_raw_query_with_an_empty_answer_is_a_sensor_error(latency_exporter: LatencyExporter, prometheus_for: Any) -> None:
+    prom = prometheus_for(latency_exporter)
+    prom.wait_for_samples("up")
+    s = slo(metric=None, labels={}, query="histogram_quantile(0.95, sum by (le) (rate(nothing_bucket[5s])))")
+    reading = sensor_for(prom.url).read(s, time.time())
+    assert reading.status is SensorStatus.SENSOR_ERROR and reading.reason == "absent", reading
+
+
+def test_an_hp_scrape_answering_500_is_a_sensor_error_naming_up(failing_target: FailingTarget, prometheus_for: Any) -> None:
+    prom = prometheus_for(failing_target)
+    prom.wait_for_samples('up{job="hp-gnn"} == 0')
+    reading = sensor_for(prom.url).read(slo(), time.time())
+    assert reading.status is SensorStatus.SENSOR_ERROR, reading
+    assert reading.reason == "scrape_down"
+    assert reading.error is not None and 'up{job="hp-gnn"} == 0' in reading.error
 
 
 def test_a_bad_raw_query_is_a_sensor_error(latency_exporter: LatencyExporter, prometheus_for: Any) -> None:

@@ -68,7 +68,7 @@ def test_policy_hold_restarts_after_one_valid_measurement(kind: str) -> None:
     policy = make(kind, failsafe=FailSafe(after=2, level=0.1), initial_level=0.5)
     policy.step(sensor_error())
     policy.step(sensor_error())
-    level = policy.step(no_data())  # Prometheus answered: the failure run is over
+    level = policy.step(ok(0.095))  # a valid measurement: the failure run is over (an empty answer is not, see below)
     assert policy.step(sensor_error()) == level
     assert policy.step(sensor_error()) == level
     assert policy.step(sensor_error()) == 0.1
@@ -148,3 +148,28 @@ def test_policy_refuses_an_initial_level_outside_the_range(kind: str, initial_le
 def test_observations_carry_the_target_used_for_slack() -> None:
     obs = Observation(SensorStatus.OK, 0.05, TARGET_SECONDS, 5.0)
     assert obs.slack == pytest.approx(0.5)
+
+
+@CLOSED_LOOP
+def test_alternating_errors_and_empty_answers_cannot_dodge_the_fail_safe(kind: str) -> None:
+    # An empty answer between failures must not reset the failure count (issue 9):
+    # E N E N E N ... reaches the fail-safe after `after` errors, and N never lifts it.
+    policy = make(kind, failsafe=FailSafe(after=2, level=0.2), initial_level=0.7)
+    levels = []
+    for _ in range(4):
+        levels.append(policy.step(sensor_error()))
+        levels.append(policy.step(no_data()))
+    assert levels[:4] == [0.7, 0.7, 0.7, 0.7]  # held while the failures are within `after`
+    assert levels[4:] == [0.2, 0.2, 0.2, 0.2]  # third error: fail-safe, and the empty answers hold it
+    assert policy.terms["failsafe_engaged"] == 1.0
+
+
+@CLOSED_LOOP
+def test_a_consistent_run_of_empty_answers_ends_the_failure_episode(kind: str) -> None:
+    policy = make(kind, failsafe=FailSafe(after=2, level=0.2), initial_level=0.7)
+    for _ in range(3):
+        policy.step(sensor_error())
+    held = [policy.step(no_data()) for _ in range(2)]
+    assert held == [0.2, 0.2]
+    assert policy.step(no_data()) > 0.2  # after+1 empty answers in a row: nothing to protect, grow again
+    assert policy.terms["sensor_failures"] == 0.0

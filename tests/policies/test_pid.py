@@ -286,3 +286,19 @@ def test_pid_derivative_does_not_kick_across_an_outage(outage) -> None:  # type:
     policy.step(outage())
     policy.step(ok(latency_at_slack(-0.5)))  # a very different latency after the gap
     assert policy.terms["d"] == 0.0
+
+
+def test_simple_pid_is_pinned_below_its_next_major_version_since_the_policy_touches_its_internals() -> None:
+    # PidPolicy sets simple-pid's private ``_integral`` (conditional integration); a major
+    # release may rename it, so the dependency must not float past the version it was written for.
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    [req] = [Requirement(r) for r in pyproject["project"]["dependencies"] if r.startswith("simple-pid")]
+    major = int(importlib.metadata.version("simple-pid").split(".")[0])
+    assert importlib.metadata.version("simple-pid") in req.specifier
+    assert f"{major + 1}.0" not in req.specifier

@@ -165,8 +165,8 @@ class WriterUnderTest:
         content = body if isinstance(body, (bytes, str)) else json.dumps(body)
         return httpx.put(f"{self.url}/v1/targets", content=content, headers={**headers, "Content-Type": "application/json"}, **kwargs)
 
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}")
+    def get(self, path: str, *, token: str | None = TOKEN) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", headers={} if token is None else {"Authorization": f"Bearer {token}"})
 
 
 LP_HP_ENTRIES = [
@@ -183,6 +183,7 @@ def make_writer(
     initial_ttl: float = 30.0,
     token: str | None = TOKEN,
     discovery: Any = None,
+    max_ttl: float = 300.0,
 ) -> WriterUnderTest:
     clock = FakeClock()
     registry = CollectorRegistry()
@@ -200,6 +201,7 @@ def make_writer(
         node="node-a",
         wall_clock=lambda: 1_700_000_000.0,
         config_summary={"listen": "127.0.0.1:0"},
+        max_lease_ttl_seconds=max_ttl,
     )
     return WriterUnderTest(tree, clock, ServerState(reconciler=reconciler, registry=registry, token=token))
 

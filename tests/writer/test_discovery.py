@@ -510,3 +510,60 @@ def test_start_twice_is_a_programming_error(systemd_root: Path) -> None:
             discovery.start(lambda: None)
     finally:
         discovery.stop()
+
+
+# --------------------------------------------------------------------------- roles restricted to namespaces (issue 9)
+
+
+class _EditedPods:
+    """The recorded pod list with one pod's labels edited (a pod that labels itself HP to escape throttling)."""
+
+    def __init__(self, name: str, labels: dict[str, str]) -> None:
+        data = _recorded("pods-worker-1.json")
+        for item in data["items"]:
+            if item["metadata"]["name"] == name:
+                item["metadata"]["labels"] = labels
+        self._data = data
+
+    def list_pod_for_all_namespaces(self, **kwargs: Any) -> Any:
+        return _model(self._data, "V1PodList")
+
+    def list_namespaced_pod(self, namespace: str, **kwargs: Any) -> Any:
+        return _model(self._data, "V1PodList")
+
+
+def test_a_pod_outside_hp_namespaces_that_labels_itself_hp_is_not_protected_and_is_throttled(systemd_root: Path) -> None:
+    from tests.writer.conftest import FakeTree, make_writer, push_body
+    from writer.api import TargetsPush
+    from writer.cgroups import Hierarchy, Limits, read_io_max
+
+    claims = {"app": "lp-batch", "group-id": "lp", "protected": "yes"}  # batch pod claiming the HP label
+    api = _EditedPods("lp-batch-7d9f8-abcde", claims)
+    hp, lp = {"protected": "yes"}, {"group-id": "lp"}
+    open_door = _discovery(systemd_root, api, hp_selector=hp, lp_selector=lp)  # type: ignore[arg-type]
+    guarded = _discovery(systemd_root, api, hp_selector=hp, lp_selector=lp, hp_namespaces=["prod"])  # type: ignore[arg-type]
+    for d in (open_door, guarded):
+        d.relist()
+    by_name = {w.name: w for w in guarded.snapshot()}
+    assert {w.name: w.role for w in open_door.snapshot()}["lp-batch-7d9f8-abcde"] == "hp"  # escapes without the rule
+    claimant = by_name["lp-batch-7d9f8-abcde"]
+    assert claimant.role == "lp" and claimant.note is not None and "hp_namespaces" in claimant.note
+
+    # Through the reconciler: the claimant's cgroup gets the group's limit, and /status says why.
+    tree = FakeTree(Hierarchy(2, systemd_root))
+    (systemd_root / "cgroup.controllers").write_text("io\n")
+    tree.group(str(claimant.cgroup_dir.relative_to(systemd_root)))
+    w = make_writer(tree, discovery=guarded)
+    w.reconciler.push(TargetsPush.model_validate(push_body(1)))
+    assert read_io_max(tree.hierarchy, claimant.cgroup_dir) == {"254:0": Limits(rbps=10 * 1024 * 1024)}
+    [entry] = [x for x in w.reconciler.status()["lp_workloads"] if x["name"] == claimant.name]  # type: ignore[attr-defined]
+    assert "not protected" in entry["note"]
+
+
+def test_lp_namespaces_limit_who_is_low_priority(systemd_root: Path) -> None:
+    d = _discovery(systemd_root, FakeCoreV1Api("pods-worker-1.json"), lp_namespaces=["drcio-demo"])
+    d.relist()
+    roles = {w.name: (w.role, w.note) for w in d.snapshot()}
+    role, note = roles["lp-static-worker-1"]  # kube-system
+    assert role == "other" and note is not None and "lp_namespaces" in note
+    assert roles["lp-scan-0"] == ("lp", None)

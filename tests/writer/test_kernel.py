@@ -135,7 +135,7 @@ def test_a_pushed_read_limit_throttles_a_direct_io_reader_and_lifting_it_frees_i
         weights = weight_file(kernel.hierarchy, kernel.hierarchy.root / kernel.group)
         answer = push(1, {"rbps": LIMIT}, **({"io_weight": 200} if weights else {}))
         assert [x["outcome"] for x in answer["results"]] == ["applied"]
-        status = httpx.get(f"{url}/status").json()
+        status = httpx.get(f"{url}/status", headers=auth).json()
         [lp] = status["lp_workloads"]
         assert lp["io_max_in_force"] == {kernel.device: {"rbps": LIMIT}}
         if kernel.hierarchy.version == 1 and weights:
@@ -150,7 +150,7 @@ def test_a_pushed_read_limit_throttles_a_direct_io_reader_and_lifting_it_frees_i
         assert (registry.get_sample_value("drcio_io_read_bytes_total", labels) or 0) >= 24 * MiB
 
         push(2, {})
-        [lp] = httpx.get(f"{url}/status").json()["lp_workloads"]
+        [lp] = httpx.get(f"{url}/status", headers=auth).json()["lp_workloads"]
         assert lp["io_max_in_force"] == {}
         free = _read_inside(kernel, 40 * MiB)
 

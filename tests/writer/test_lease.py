@@ -5,13 +5,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.writer.conftest import FakeClock, FakeTree, WriterUnderTest, make_writer, push_body, serving
+from tests.writer.conftest import TOKEN, FakeClock, FakeTree, WriterUnderTest, make_writer, push_body, serving
 from writer.api import TargetsPush
 from writer.cgroups import UNLIMITED, Limits, read_io_max
 from writer.lease import Failsafe, Lease
 from writer.server import build_app
 
 MiB = 1024 * 1024
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 # ---------------------------------------------------------------- the lease itself
@@ -80,7 +81,7 @@ def _in_force(w: WriterUnderTest) -> dict[str, Limits]:
 def test_an_expired_lease_says_so_in_status_and_metrics(fake_tree: FakeTree, mode: str) -> None:
     w = _expire_after_push(fake_tree, mode)
     with serving(build_app(w.state)) as url:
-        s = httpx.get(f"{url}/status").json()
+        s = httpx.get(f"{url}/status", headers=AUTH).json()
         text = httpx.get(f"{url}/metrics").text
     assert s["mode"] == "failsafe"
     assert s["failsafe"]["active"] is True and s["failsafe"]["mode"] == mode

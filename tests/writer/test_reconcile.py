@@ -9,9 +9,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import pytest
+
 from tests.writer.conftest import FakeTree, make_writer, push_body
 from writer.api import TargetsPush
-from writer.cgroups import Limits, read_io_max
+from writer.cgroups import Limits, read_io_max, read_weight
 from writer.discovery import Workload
 
 MiB = 1024 * 1024
@@ -123,15 +125,22 @@ def test_a_failing_discovery_skips_the_round_and_is_recorded(fake_v2: FakeTree) 
     assert w.metric("drc_io_low_priority_pods") == 0
 
 
-def test_a_workload_selected_by_two_groups_takes_the_first_and_the_overlap_is_reported(fake_v2: FakeTree) -> None:
+@pytest.mark.parametrize("second_first", [False, True], ids=["push-order", "reversed"])
+def test_a_workload_selected_by_two_groups_gets_the_most_restrictive_value_of_each_key(
+    fake_v2: FakeTree, second_first: bool
+) -> None:
+    # Before issue 9 the first group in the push won; the push order must not decide.
     d = fake_v2.group("drcio-demo/lp")
     w = make_writer(fake_v2)
-    body = push_body()
-    second = {**body["groups"][0], "name": "lp2", "io_max": {"rbps": 1}}
+    body = push_body(io_max={"rbps": 10 * MiB, "wbps": 1 * MiB}, io_weight=300)
+    second = {**body["groups"][0], "name": "lp2", "io_max": {"rbps": 2 * MiB}, "io_weight": 50}
     body["groups"].append(second)
+    if second_first:
+        body["groups"].reverse()
     [res] = w.reconciler.push(TargetsPush.model_validate(body)).results
-    assert res.group == "lp"
-    assert read_io_max(fake_v2.hierarchy, d) == {"254:0": Limits(rbps=10 * MiB)}
+    assert res.outcome == "applied"
+    assert read_io_max(fake_v2.hierarchy, d) == {"254:0": Limits(rbps=2 * MiB, wbps=1 * MiB)}
+    assert read_weight(fake_v2.hierarchy, d) == 50
     assert "several groups" in str(w.reconciler.status()["last_errors"])
 
 
