@@ -16,7 +16,8 @@ see ``experiments/schedules.py``) and each policy:
   (see ``experiments/plant.py``): it runs as no limit, which is roughly what
   the real static-weight run showed (HP P95 103 ms at 518 MiB/s of LP);
 * ``none``: no controller, no limit;
-* ``oracle``: the best fixed level for that scenario, bisected
+* ``oracle``: the best fixed level for that scenario (tuned per scenario, so
+  no single fixed limit matches it everywhere), bisected
   (:func:`experiments.oracle.bisect_oracle`, 5 %) with every probe running
   the whole schedule; a level "meets the SLO" when it meets the target in
   >= 99 % of intervals (the bar the loops are held to). Its uncertainty
@@ -293,13 +294,16 @@ def check_targets(records: list[dict[str, Any]]) -> list[str]:
         hp_ret = by[(policy, "hp-quiet")]["hp_return_settling_intervals"]
         lines.append(f"{policy}: settling <= 3 intervals after an LP step ({lp_step}) and after HP's return "
                      f"({hp_ret}): {'met' if lp_step <= 3 and hp_ret <= 3 else 'NOT met'}")
-    for policy in ("static-max", "static-weight", "none", "oracle"):
+    for policy in ("static-max", "static-weight", "none"):
         rows = [by[(policy, s)] for s in scenarios]
-        bad = [r["scenario"] for r in rows
-               if r["slo_attainment_all"] < 0.99 or (r["lp_fraction_of_oracle"] or 0) < 0.9
-               or max(by[(p, r["scenario"])]["lp_fraction_of_oracle"] for p in LOOPS) > 1.1]
-        lines.append(f"{policy}: misses the SLO or leaves > 10 % of the best achievable LP unused in at least one "
-                     f"scenario: {'yes' if bad else 'NO'} ({', '.join(bad[:4]) or 'none'})")
+        bad = [f"{r['scenario']} ({100 * r['slo_attainment_all']:.0f} %, LP {100 * r['lp_fraction_of_oracle']:.0f} %)"
+               for r in rows if r["slo_attainment_all"] < 0.99 or r["lp_fraction_of_oracle"] < 0.9]
+        lines.append(f"{policy}: misses the SLO (< 99 %) or leaves > 10 % of the oracle's LP unused in at least one "
+                     f"scenario: {'yes' if bad else 'NO'} ({', '.join(bad[:3]) or 'none'})")
+    levels = {s: by[("oracle", s)]["oracle_level"] for s in scenarios}
+    shown = ", ".join(f"{s} {v:.3f}" if v is not None else f"{s} none" for s, v in levels.items())
+    lines.append(f"oracle static: the best fixed level differs by scenario ({shown}), so any one fixed level "
+                 "misses the SLO where the best is lower or leaves LP unused where it is higher")
     return lines
 
 

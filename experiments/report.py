@@ -18,7 +18,8 @@ Definitions the report states and the README quotes:
   step, 1 s = the controller's interval; each with the P95 over the trailing
   export window) in the measured period, excluding the first
   :data:`SKIPPED_INTERVALS`, whose P95 met the target. An interval without a
-  P95 (no HP requests) counts as missed.
+  P95 counts as missed, unless HP sent nothing at all in it (a quiet spell of
+  a load schedule: nothing to protect).
 * **lp_mbps**: mean LP throughput (read + write) in the measured period, in
   MiB/s (2^20 bytes/s, the unit of the throttle sizes ``200M``).
 * **oracle**: the best fixed level from the same range (see :func:`oracle_row`):
@@ -187,6 +188,9 @@ def _measured(series: pd.DataFrame, warmup_seconds: float) -> pd.DataFrame:
 def slo_attainment(series: pd.DataFrame, target_ms: float, warmup_seconds: float) -> float:
     """Fraction of intervals after warm-up (minus the first three) whose ``hp_p95_ms`` met ``target_ms``."""
     rows = _measured(series, warmup_seconds).sort_values("elapsed_seconds").iloc[SKIPPED_INTERVALS:]
+    # A scheduled quiet spell (HP sent nothing: rate exactly 0) has nothing to protect and does not count;
+    # an interval without a P95 while HP had traffic, or without a rate at all, counts as missed.
+    rows = rows[~rows["hp_request_rate"].eq(0.0)]
     if rows.empty:
         return math.nan
     met = rows["hp_p95_ms"].le(target_ms) & rows["hp_p95_ms"].notna()

@@ -156,16 +156,18 @@ class KneePolicy:
         before = self._level
         if observation.status is SensorStatus.SENSOR_ERROR:
             self._level = self._failsafe.on_failure(self._level)
+        elif observation.status is SensorStatus.NO_DATA:
+            # Nothing to protect: hold (see the module docstring). During a failure episode the
+            # tracker decides when an empty answer ends it; the level it holds is ours either way.
+            self._failsafe.on_no_data()
+            self._quiet = True
         else:
             self._failsafe.on_success()
-            if observation.status is SensorStatus.NO_DATA:
-                self._quiet = True  # nothing to protect; hold (see the module docstring)
-            else:
-                assert observation.latency_seconds is not None
-                if self._quiet:
-                    self._quiet = False
-                    self._level = clamp_level(self._level - self.params.reentry_drop)
-                self._react(observation.latency_seconds, observation.target_seconds)
+            assert observation.latency_seconds is not None
+            if self._quiet:
+                self._quiet = False
+                self._level = clamp_level(self._level - self.params.reentry_drop)
+            self._react(observation.latency_seconds, observation.target_seconds)
         self._change = self._level - before
         return self._level
 

@@ -202,12 +202,14 @@ def simulate(
         n._next_scrape = start + config.scrape_offset_seconds  # see SimConfig.scrape_offset_seconds
     controller = None
     interval = math.inf
+    clock = [start]  # simulated time, read by the controller as its monotonic clock
     if slo is not None:
         cfg = parse_config(slo, source="sim")
         interval = cfg.interval_seconds
         controller = Controller(cfg, sensor=SimSensor(nodes), pusher=SimPusher(nodes),
                                 writers=StaticWriters([writer_url(i) for i in range(len(nodes))]),
-                                decision_log=decision_log, policies=policies)
+                                decision_log=decision_log, policies=policies,
+                                monotonic=lambda: clock[0])  # the loop's dt comes from simulated time
     duration = schedule.duration_seconds
     steps = int(round(duration / config.dt_seconds))
     decisions: list[tuple[float, float, float, float, float]] = []
@@ -215,6 +217,7 @@ def simulate(
     share = 1.0 / len(nodes)  # the schedule's HP rate is the service's, spread evenly over the nodes
     for k in range(steps + 1):
         now = start + k * config.dt_seconds
+        clock[0] = now
         if controller is not None and now >= next_tick - 1e-9:
             result = controller.step(now)
             g = result.groups[0]
