@@ -34,6 +34,7 @@ from controller.push import (
     read_token,
 )
 from controller.sensor import PrometheusSensor
+from controller.tls import ReloadingPusher, client_context, tls_files
 
 __all__ = ["main", "build_controller"]
 
@@ -61,7 +62,15 @@ def build_controller(
     if dry_run:
         pusher = DryRunPusher()
     else:
-        pusher = HttpPusher(token=read_token(config.effective_token_file), timeout_seconds=config.writers.timeout_seconds)
+        token_file, tls = config.effective_token_file, config.writers.tls
+
+        def build_pusher() -> Pusher:
+            return HttpPusher(
+                token=read_token(token_file), timeout_seconds=config.writers.timeout_seconds, verify=client_context(tls)
+            )
+
+        # Token and certificates are re-read when their files change (a rotated Secret).
+        pusher = ReloadingPusher(build_pusher, [*([token_file] if token_file else []), *tls_files(tls)])
     writers: WriterDirectory
     if config.writers.static is not None:
         writers = StaticWriters(config.writers.static)

@@ -45,6 +45,8 @@ __all__ = [
     "WritersConfig",
     "KubernetesWriters",
     "FailSafeConfig",
+    "TlsClientConfig",
+    "BasicAuthConfig",
     "load_config",
     "parse_config",
 ]
@@ -56,6 +58,39 @@ Bytes = Annotated[int | None, BeforeValidator(parse_size)]
 _METRIC_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _SLO_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$")
+
+
+class TlsClientConfig(BaseModel):
+    """How the controller verifies a server (and, optionally, proves itself with a client certificate).
+
+    ca_file: PEM bundle of the CA(s) that signed the server's certificate;
+        without it the system's trust store is used. Verification is never off.
+    cert_file / key_file: the controller's client certificate, for mTLS (both or neither).
+    check_hostname: whether the certificate must name the host dialled. Writers are
+        dialled by pod IP on Kubernetes; set false when their certificates carry no
+        IP SANs (the chain is still verified against ca_file).
+    Every file is re-read when it changes (a rotated Secret), without a restart.
+    """
+
+    model_config = _STRICT
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsClientConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give cert_file and key_file together (mTLS) or neither")
+        return self
+
+
+class BasicAuthConfig(BaseModel):
+    """HTTP basic auth for a Prometheus behind a proxy; the password comes from a file (re-read on change)."""
+
+    model_config = _STRICT
+    username: Annotated[str, Field(min_length=1)]
+    password_file: Path
 
 
 class PrometheusConfig(BaseModel):
@@ -71,6 +106,17 @@ class PrometheusConfig(BaseModel):
     url: str = "http://127.0.0.1:9090"
     timeout_seconds: Seconds = Field(2.0, alias="timeout")
     retries: Annotated[int, Field(ge=0, le=5)] = 1
+    #: TLS verification for an https URL (never disabled; ca_file for a private CA).
+    tls: TlsClientConfig | None = None
+    #: A bearer token for a Prometheus behind auth (Thanos, managed Prometheus); re-read on change.
+    bearer_token_file: Path | None = None
+    basic_auth: BasicAuthConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> PrometheusConfig:
+        if self.bearer_token_file is not None and self.basic_auth is not None:
+            raise ValueError("give at most one of bearer_token_file and basic_auth")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -97,6 +143,8 @@ class WritersConfig(BaseModel):
     token_file: Path | None = None
     #: Per-writer push deadline. One slow or dead writer never delays the others beyond this.
     timeout_seconds: Seconds = Field(2.0, alias="timeout")
+    #: Verify the writers' HTTPS certificates (ca_file) and optionally present a client one (mTLS).
+    tls: TlsClientConfig | None = None
 
     @field_validator("static")
     @classmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,10 +98,13 @@ class HttpPusher:
         token: str | None,
         timeout_seconds: float,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.token = token
         self.timeout_seconds = timeout_seconds
         self._transport = transport
+        #: TLS verification of the writers (built by controller.tls; True = system trust store).
+        self.verify = verify
 
     def push(self, writers: Sequence[str], body: TargetsPush) -> list[PushResult]:
         if not writers:
@@ -113,7 +117,7 @@ class HttpPusher:
             headers["Authorization"] = f"Bearer {self.token}"
         payload = body.model_dump_json().encode()
         timeout = httpx.Timeout(self.timeout_seconds)
-        async with httpx.AsyncClient(timeout=timeout, transport=self._transport, headers=headers) as client:
+        async with httpx.AsyncClient(timeout=timeout, transport=self._transport, headers=headers, verify=self.verify) as client:
             return list(await asyncio.gather(*(self._push_one(client, w, payload) for w in writers)))
 
     async def _push_one(self, client: httpx.AsyncClient, writer: str, payload: bytes) -> PushResult:

@@ -37,6 +37,7 @@ from urllib3.util.retry import Retry
 
 from controller.config import PrometheusConfig, SloConfig
 from controller.errors import SensorError
+from controller.tls import prometheus_auth, prometheus_session
 from policies import SensorStatus
 
 __all__ = ["Reading", "Sensor", "PrometheusSensor", "quantile_query", "rate_query", "CLIPPED_FACTOR"]
@@ -106,7 +107,11 @@ def _make_client(cfg: PrometheusConfig) -> PrometheusConnect:
         allowed_methods=frozenset({"GET", "POST"}),
         raise_on_status=False,
     )
-    return PrometheusConnect(url=cfg.url, disable_ssl=True, retry=retry, timeout=cfg.timeout_seconds)
+    # TLS is always verified (prometheus.tls.ca_file for a private CA); credentials come
+    # from files re-read on change (controller.tls).
+    return PrometheusConnect(
+        url=cfg.url, retry=retry, timeout=cfg.timeout_seconds, session=prometheus_session(cfg), auth=prometheus_auth(cfg)
+    )
 
 
 class PrometheusSensor:
@@ -124,6 +129,10 @@ class PrometheusSensor:
     def _instant(self, query: str, at: float) -> list[dict[str, Any]]:
         try:
             result = self._client.custom_query(query, params={"time": f"{at:.3f}"}, timeout=self.config.timeout_seconds)
+        except requests.exceptions.SSLError as e:
+            verify = self.config.tls.ca_file if self.config.tls is not None and self.config.tls.ca_file else "the system trust store"
+            reason = "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(e) else _short(e)
+            raise SensorError("tls", f"TLS with Prometheus at {self.config.url} failed ({reason}; verified against {verify})") from None
         except requests.exceptions.ConnectionError as e:
             raise SensorError("unreachable", f"Prometheus at {self.config.url} is unreachable: {_errno(e)}") from None
         except requests.exceptions.Timeout:
@@ -176,7 +185,10 @@ class PrometheusSensor:
         return None
 
     def _series_exists(self, slo: SloConfig, at: float) -> bool:
-        return self._single_value(f"count({slo.metric}_count{{{_matchers(slo.labels)}}})", at) is not None
+        """Whether the count series has a sample inside the window (fresh, not just within the 5 min lookback:
+        a Prometheus killed and restarted keeps the old sample without a staleness marker)."""
+        sel = f"{slo.metric}_count{{{_matchers(slo.labels)}}}[{_window(slo.window_seconds)}]"
+        return self._single_value(f"count(count_over_time({sel}))", at) is not None
 
     def read(self, slo: SloConfig, at: float) -> Reading:
         try:

@@ -12,6 +12,19 @@ if ! command -v prometheus >/dev/null 2>&1 && [ ! -x /usr/bin/prometheus ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# Test tools from Debian (no Python dependency): the openssl CLI makes the TLS tests'
+# certificates at test time; libfaketime steps a real controller's wall clock in the
+# fault matrix (tests/test_faults.py) without touching the host's clock.
+MISSING=()
+command -v openssl >/dev/null 2>&1 || MISSING+=(openssl)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || [ "$(uname -m)" != x86_64 ] || MISSING+=(libfaketime)
+if [ ${#MISSING[@]} -gt 0 ]; then
+  echo "setup: installing ${MISSING[*]} (Debian packages, for the tests)" >&2
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${MISSING[@]}" >/dev/null
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2

@@ -28,6 +28,7 @@ from writer.discovery import Discovery, KubernetesDiscovery, LocalDiscovery
 from writer.lease import Failsafe, Lease
 from writer.reconcile import Reconciler
 from writer.server import ServerState, build_app
+from writer.tls import CertReloader, TokenFile, uvicorn_config
 
 __all__ = ["main", "build_state", "read_token", "run"]
 
@@ -129,13 +130,21 @@ def build_state(
 
 
 def run(config: WriterConfig, state: ServerState, *, listen: str, log_level: str) -> None:
-    """Start reconciling, serve until interrupted, stop reconciling."""
+    """Start reconciling, serve (HTTPS when configured, certificates reloaded on change) until interrupted."""
     host, port = parse_listen(listen)
+    server_config = uvicorn_config(build_app(state), host=host, port=port, log_level=log_level, tls=config.tls)
+    server_config.load()  # builds the SSLContext now, so the reloader can load rotated certificates into it
+    reloader = None
+    if config.tls is not None and server_config.ssl is not None:
+        reloader = CertReloader(server_config.ssl, config.tls)
+        reloader.start()
     state.reconciler.start(config.reconcile_interval)
     try:
-        uvicorn.run(build_app(state), host=host, port=port, log_level=log_level.lower(), access_log=False)
+        uvicorn.Server(server_config).run()
     finally:
         state.reconciler.stop()
+        if reloader is not None:
+            reloader.stop()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -169,6 +178,8 @@ def main(config_path: Path, listen: str | None, insecure_no_auth: bool, node_nam
             config = config.model_copy(update={"listen": listen})  # so /status shows what is served
         token = None if insecure_no_auth else read_token(config.token_file)
         state = build_state(config, token=token, node_name=node_name)
+        if token is not None and config.token_file is not None:
+            state.token_source = TokenFile(config.token_file, token)  # a rotated Secret is picked up per request
     except (ConfigError, WriterError, ValueError) as err:
         raise click.UsageError(str(err)) from None
     if token is None:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from writer.api import Devices, LabelKey, LabelValue, parse_duration, parse_size
 from writer.discovery import LocalEntry
+from writer.tls import TlsServerConfig
 
 __all__ = [
     "ConfigError",
@@ -122,6 +123,8 @@ class WriterConfig(BaseModel):
     listen: str = "127.0.0.1:9100"
     #: File holding the bearer token (a mounted Secret); whitespace around it is stripped.
     token_file: Path | None = None
+    #: Serve HTTPS with this certificate (re-read when the files change); client_ca_file = require mTLS.
+    tls: TlsServerConfig | None = None
     #: ``auto``, or the io/blkio hierarchy root to use.
     cgroup_root: str = "auto"
     discovery: DiscoveryConfig

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,11 @@ class ServerState:
     registry: CollectorRegistry
     token: str | None
     max_body_bytes: int = MAX_BODY_BYTES
+    #: Where the current token comes from when it can change (the token file, re-read on change).
+    token_source: Callable[[], str] | None = None
+
+    def current_token(self) -> str | None:
+        return self.token_source() if self.token_source is not None else self.token
 
 
 def _error(status: int, error: str, detail: list[str] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -71,11 +77,12 @@ def _error(status: int, error: str, detail: list[str] | None = None, headers: di
 
 
 def _authorized(state: ServerState, header: str | None) -> bool:
-    if state.token is None:
+    token = state.current_token()
+    if token is None:
         return True
     scheme, _, given = (header or "").partition(" ")
     # compare_digest on bytes of both: constant time in the token's content.
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), state.token.encode())
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
