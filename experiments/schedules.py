@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from experiments.yamlfile import read_yaml
 
 __all__ = [
     "LpMode",
@@ -252,10 +253,4 @@ def load_schedule(name_or_path: str) -> Schedule:
     if not path.exists():
         raise ScheduleError(f"{name_or_path!r} is neither a built-in schedule ({', '.join(BUILTIN_SCHEDULES)}) "
                             "nor an existing file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ScheduleError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ScheduleError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_schedule(raw, source=str(path))
+    return parse_schedule(read_yaml(path, ScheduleError, "schedule"), source=str(path))

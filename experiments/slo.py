@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from experiments.model import LP_GROUP, LP_SELECTOR, ScenarioSpec, SloWiring
+from experiments.yamlfile import read_yaml
 
 __all__ = [
     "STATIC_MAX_RBPS",
@@ -75,12 +76,7 @@ def load_base_slo(path: Path | None) -> tuple[dict[str, Any], str]:
     """
     if path is None:
         return _template(), "the packaged template experiments/templates/slo.yaml"
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SloError(f"{path}: cannot read the SLO file: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise SloError(f"{path}: not valid YAML: {exc}") from exc
+    doc = read_yaml(path, SloError, "SLO file")
     if not isinstance(doc, dict) or not isinstance(doc.get("slos"), list) or not doc["slos"]:
         raise SloError(f"{path}: needs a 'slos' list with at least one SLO (see README 'SLO file')")
     if not isinstance(doc["slos"][0], dict) or not isinstance(doc["slos"][0].get("throttle"), dict):

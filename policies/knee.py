@@ -17,19 +17,20 @@ miss two things a loop must do when load changes:
 What it does (all levels in [0, 1]; a level step of 0.05 is about 30 % of
 bandwidth in the SLO's geometric range):
 
-* **Search.** Until the knee is known, climb ``search_step`` per tick while
-  latency is below ``(1 - setpoint) * target``: a fast initial search.
+* **Search.** Climb ``search_step`` per tick while latency is below
+  ``(1 - setpoint) * target``, up to ``unloaded_ceiling`` (or the known
+  knee, if higher): a fast initial search that cannot overshoot far, since
+  the 5 s window shows a level's effect only seconds later.
 * **Knee memory.** The knee ``K`` is the highest level known to be safe
   while LP loads the disk. A violation cuts the level by ``cut +
   cut_gain * (latency / target - 1)`` and sets ``K`` to the cut level;
   latency between ``(1 - setpoint)`` and 1 of the target trims by ``trim``.
-* **Probe only under load.** Below ``K`` the level returns to it at
-  ``search_step`` per tick. At or above ``K``, with latency under the
-  setpoint, the level rises by ``probe_step`` (and ``K`` with it) only if
-  LP visibly loads HP: latency above the learned floor (the lowest recent
-  latency, see ``floor_rise``) by ``load_margin``. At the floor LP is idle
-  or light: the level holds at ``K``, so a returning LP or burst meets the
-  limit that was safe last time.
+* **Probe only under load.** Past that, with latency under the aim, the
+  level rises by ``probe_step`` (and ``K`` with it) only if LP visibly loads
+  HP: latency above the learned floor (the lowest recent latency, see
+  ``floor_rise``) by ``load_margin``. At the floor LP is idle or light: the
+  level holds, so a returning LP or burst meets the limit that was safe
+  last time.
 * **No data** (no HP traffic): hold the level, and on the first measurement
   after it restart ``reentry_drop`` below it: HP may come back at a higher
   rate than it left, and at a 5 s window a clamp must come before the
@@ -60,19 +61,21 @@ __all__ = ["KneeParams", "KneePolicy"]
 class KneeParams:
     """Parameters of the knee policy (the SLO file's ``policy`` section). Defaults from benchmarks/control_quality.py.
 
-    setpoint: slack to keep, in [0, 1). Default 0.2: aim at 80 % of the
-        target (a 5 s-window P95 here wobbles by about +-15 %).
-    search_step: level per tick while searching for the knee or returning to
-        it, in (0, 1]. Default 0.03: from the fail-safe 0.2 to a knee near
-        0.5 in ten ticks.
+    setpoint: slack to keep, in [0, 1). Default 0.25: aim at 75 % of the
+        target (a 5 s-window P95 here wobbles by about +-15 %; 0.2 and 0.3
+        were worse in benchmarks/control_quality.py).
+    search_step: level per tick below ``unloaded_ceiling`` or the known
+        knee, in (0, 1]. Default 0.03: from the fail-safe 0.2 to 0.45 in
+        nine ticks.
     probe_step: level per tick past the knee while LP loads HP and latency
         is under the setpoint, in [0, 1]. Default 0.004: +2.5 % bandwidth a
         tick, so a change of plant is followed within a minute.
     cut / cut_gain: a violation cuts ``cut + cut_gain * (latency/target - 1)``.
         Defaults 0.03 and 0.1: a slight miss costs ~20 % of bandwidth, twice
         the target costs ~50 %.
-    trim: level removed per tick while latency is between the setpoint and
-        the target, in [0, 1]. Default 0.005.
+    trim: level removed per tick while the smoothed latency is between the
+        aim and the target, in [0, 1]. Default 0.003 (0.005 made the
+        window's lag into a limit cycle).
     load_margin: latency above the floor by this fraction counts as "LP
         loads HP", >= 0. Default 0.25.
     floor_rise: per tick, the floor creeps up by this fraction towards the
@@ -80,16 +83,24 @@ class KneeParams:
         Default 0.01: a floor from minutes ago fades in ~100 ticks.
     reentry_drop: level below the held level to restart at after a spell
         without HP traffic, in [0, 1]. Default 0.04.
+    smoothing: EWMA weight of the newest latency for the trim / probe
+        decisions (violations act on the raw reading), in (0, 1]. Default 0.3.
+    unloaded_ceiling: the level the policy climbs to fast without evidence
+        that LP loads HP, in [0, 1]. Default 0.45, about the classic fixed
+        200M / 50M limit in the template's range: opening further is only
+        done by probing under load.
+    probe_margin: probe only while the smoothed latency is this fraction
+        under the aim, in [0, 1). Default 0.
     """
 
     kind: ClassVar[str] = "knee"
 
-    setpoint: float = 0.3
+    setpoint: float = 0.25
     search_step: float = 0.03
     probe_step: float = 0.004
     cut: float = 0.03
     cut_gain: float = 0.1
-    trim: float = 0.005
+    trim: float = 0.003
     load_margin: float = 0.15
     floor_rise: float = 0.01
     reentry_drop: float = 0.04
@@ -190,12 +201,11 @@ class KneePolicy:
             level -= p.trim
             if self._knee is not None:
                 self._knee = min(self._knee, clamp_level(level))
-        elif self._knee is None:
-            if loaded or level < p.unloaded_ceiling:
-                level += p.search_step
-        elif level < self._knee:
-            level = min(self._knee, level + p.search_step)
+        elif level < (fast := p.unloaded_ceiling if self._knee is None else max(self._knee, p.unloaded_ceiling)):
+            # Below what a classic fixed limit allows, or below the knee known to be safe: go there fast.
+            level = min(fast, level + p.search_step)
         elif loaded and self._smooth < aim * (1 - p.probe_margin):
+            # Past it only slowly, and only while LP visibly loads HP: the window's lag hides an overshoot.
             level += p.probe_step
             self._knee = clamp_level(level)
         self._level = clamp_level(level)
