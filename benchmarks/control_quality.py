@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.backends.sim import SimBackend, SimConfig, SimResult, simulate
+from experiments.convergence import reactions, settling, slo_settling
 from experiments.model import Kind, ScenarioSpec
 from experiments.oracle import OracleResult, Probe, bisect_oracle
 from experiments.plant import load_fit
@@ -68,7 +69,6 @@ from experiments.slo import load_base_slo, slo_document
 
 MIB = 2**20
 WARMUP_SECONDS = 5.0
-SETTLE_BAND = 0.05
 SETTLE_CAP = 10
 ORACLE_ATTAINMENT = 0.99
 POLICIES = ("pid", "aimd", "knee", "static-max", "static-weight", "none", "oracle")
@@ -122,60 +122,18 @@ def _counted(series: pd.DataFrame) -> pd.DataFrame:
     return series[series["elapsed_seconds"] >= WARMUP_SECONDS]
 
 
-def _phase_segments(schedule: Schedule) -> list[tuple[float, float, str]]:
-    """(start, end, what) for every phase boundary, what = start | lp-step | hp-return | step."""
-    out = []
-    bounds = schedule.boundaries + [schedule.duration_seconds]
-    for i, p in enumerate(schedule.phases):
-        if i == 0:
-            what = "start"
-        else:
-            prev = schedule.phases[i - 1]
-            if prev.lp == "idle" and p.lp != "idle":
-                what = "lp-step"
-            elif prev.hp_rate_at(prev.duration_seconds) == 0 and p.hp_rate > 0:
-                what = "hp-return"
-            else:
-                what = "step"
-        out.append((bounds[i], bounds[i + 1], what))
-    return out
-
-
-def _settling(series: pd.DataFrame, start: float, end: float, target_ms: float, by_slo: bool) -> int:
-    seg = series[(series["elapsed_seconds"] >= start) & (series["elapsed_seconds"] < end)]
-    if seg.empty:
-        return 0
-    if by_slo:  # until the SLO holds for the rest of the segment (intervals with HP traffic)
-        ok = (seg["hp_p95_ms"] <= target_ms) | seg["hp_p95_ms"].isna()
-    else:  # until the level stays within the band around where the segment ends
-        level = seg["throttle_level"].fillna(1.0).to_numpy()
-        final = float(np.mean(level[-min(5, len(level)):]))
-        ok = pd.Series(np.abs(level - final) <= SETTLE_BAND, index=seg.index)
-    bad = np.flatnonzero(~ok.to_numpy())
-    return 0 if len(bad) == 0 else int(bad[-1]) + 1
-
-
-def _reaction(series: pd.DataFrame, target_ms: float) -> float | None:
-    s = _counted(series).reset_index(drop=True)
-    over = (s["hp_p95_ms"] > target_ms).to_numpy()
-    level = s["throttle_level"].fillna(1.0).to_numpy()
-    worst: float | None = None
-    for i in range(len(s)):
-        if over[i] and (i == 0 or not over[i - 1]):
-            later = np.flatnonzero(level[i:] < level[i] - 1e-6)
-            r = float(later[0]) if len(later) else -1.0
-            worst = r if worst is None or r == -1 or (worst != -1 and r > worst) else worst
-    return worst
+def _worst_reaction(series: pd.DataFrame, target_ms: float) -> float | None:
+    found = [r for _, r in reactions(series, target_ms, from_seconds=WARMUP_SECONDS)]
+    return None if not found else float(-1 if -1 in found else max(found))
 
 
 def cell_metrics(res: SimResult, schedule: Schedule, target_ms: float) -> dict[str, Any]:
     series = res.series
     counted = _counted(series)
-    segs = _phase_segments(schedule)
     settle: dict[str, list[int]] = {"start": [], "lp-step": [], "hp-return": [], "step": []}
     excluded = pd.Series(False, index=series.index)
-    for start, end, what in segs:
-        k = _settling(series, start, end, target_ms, by_slo=(what == "hp-return"))
+    for start, end, what in schedule.segments():
+        k = slo_settling(series, start, end, target_ms) if what == "hp-return" else settling(series, start, end)
         settle[what].append(k)
         allowance = min(k, SETTLE_CAP)
         excluded |= (series["elapsed_seconds"] >= start) & (series["elapsed_seconds"] < start + allowance)
@@ -199,7 +157,7 @@ def cell_metrics(res: SimResult, schedule: Schedule, target_ms: float) -> dict[s
         "hp_return_settling_intervals": max(settle["hp-return"]) if settle["hp-return"] else None,
         "worst_overshoot": float(max(0.0, overshoot)) if not math.isnan(overshoot) else math.nan,
         "changes_per_minute": changes / (schedule.duration_seconds / 60.0),
-        "reaction_intervals": _reaction(series, target_ms),
+        "reaction_intervals": _worst_reaction(series, target_ms),
         "mean_level": float(counted["throttle_level"].mean()) if counted["throttle_level"].notna().any() else 1.0,
     }
 

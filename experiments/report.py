@@ -40,6 +40,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from experiments.convergence import SETTLE_BAND, step_table
+
 __all__ = [
     "SUMMARY_COLUMNS",
     "SKIPPED_INTERVALS",
@@ -109,6 +111,8 @@ class ScenarioResult:
     level: float | None = None
     #: Facts recorded by the backend, e.g. ``io_pressure_pct`` (host PSI during the scenario).
     notes: dict[str, str] = field(default_factory=dict)
+    #: Load steps (start s, end s, what) of the scenario: its start, and each phase of a load schedule.
+    steps: list[tuple[float, float, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -494,6 +498,23 @@ def _checks(summary: pd.DataFrame) -> list[str]:
     return out
 
 
+def _convergence(results: Sequence[ScenarioResult], target_ms: float) -> list[str]:
+    """Per closed-loop scenario, settling and reaction for every load step (:mod:`experiments.convergence`)."""
+    out: list[str] = []
+    for r in results:
+        if r.kind not in ("drcio", "dynamic") or not r.steps or math.isnan(target_ms):
+            continue
+        table = step_table(r.series, r.steps, target_ms)
+        if not out:
+            out += ["## Convergence", "",
+                    "Per load step: `settling_intervals` until the level stays within "
+                    f"{SETTLE_BAND:g} of where the phase ends; `slo_settling_intervals` until the P95 meets the "
+                    "target for the rest of the phase; `worst_reaction_intervals` from a violation's onset to a "
+                    "tighter limit in force (-1: none came). The issue's bar: settled within 10 intervals.", ""]
+        out += [f"### {r.name}", "", _markdown_table(table, list(table.columns)), ""]
+    return out
+
+
 def write_report(
     out: Path,
     results: Sequence[ScenarioResult],
@@ -538,6 +559,7 @@ def write_report(
     checks = _checks(summary)
     if checks:
         lines += ["## Against the acceptance figures", "", *checks, ""]
+    lines += _convergence(results, target.target_ms)
     if pending:
         lines += ["## Not run", "", "Planned but not run (interrupted or failed): " + ", ".join(pending) + ".", ""]
     captions = {

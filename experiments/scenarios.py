@@ -216,9 +216,12 @@ def _result_from_files(output: Path, meta: dict[str, Any]) -> ScenarioResult:
     series = pd.read_csv(output / f"{name}.csv")
     histogram = pd.read_csv(raw / "histogram.csv")
     client = read_client_csv(raw / "client.csv", float(meta["start"]))
+    record = meta.get("schedule")
+    steps = (Schedule.from_record(record).segments() if record
+             else [(0.0, float(meta["duration_seconds"]), "start")])
     return ScenarioResult(name=name, kind=meta["kind"], series=series, histogram=histogram, client=client,
                           warmup_seconds=float(meta["warmup_seconds"]), lp=bool(meta["lp"]), level=meta.get("level"),
-                          notes={str(k): str(v) for k, v in (meta.get("notes") or {}).items()})
+                          notes={str(k): str(v) for k, v in (meta.get("notes") or {}).items()}, steps=steps)
 
 
 def load_results(output: Path) -> tuple[list[ScenarioResult], TargetChoice | None, dict[str, str]]:

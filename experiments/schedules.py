@@ -155,6 +155,23 @@ class Schedule:
         phase, into = self.at(t)
         return phase.lp_mode_at(into)
 
+    def segments(self) -> list[tuple[float, float, str]]:
+        """(start, end, what) per phase; what = start | lp-step (LP from idle) | hp-return (after quiet) | step."""
+        out = []
+        bounds = [*self.boundaries, self.duration_seconds]
+        for i, p in enumerate(self.phases):
+            what = "start"
+            if i > 0:
+                prev = self.phases[i - 1]
+                if prev.lp == "idle" and p.lp != "idle":
+                    what = "lp-step"
+                elif prev.hp_rate_at(prev.duration_seconds) == 0 and p.hp_rate > 0:
+                    what = "hp-return"
+                else:
+                    what = "step"
+            out.append((bounds[i], bounds[i + 1], what))
+        return out
+
     def steps(self) -> list[float]:
         """Times (s) at which the load changes at once: phase starts, and every burst edge."""
         times: set[float] = set()
@@ -168,6 +185,12 @@ class Schedule:
                         times.add(round(start + t + p.burst_on_seconds, 6))
                     t += p.burst_on_seconds + p.burst_off_seconds
         return sorted(times)
+
+    @staticmethod
+    def from_record(record: dict[str, Any]) -> Schedule:
+        """The schedule from its ``dataclasses.asdict`` form (as ``scenario.json`` keeps it)."""
+        return Schedule(str(record["name"]), tuple(Phase(**p) for p in record["phases"]),
+                        str(record.get("description", "")))
 
     def scaled(self, factor: float) -> Schedule:
         """The same schedule with every duration times ``factor`` (``--quick`` runs)."""
