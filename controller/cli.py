@@ -10,18 +10,22 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import click
+import yaml
 from prometheus_client import start_http_server
 
 from controller.config import ControllerConfig, load_config
 from controller.decision_log import DecisionLog
 from controller.errors import ConfigError
+from controller.leader import ElectionConfig, LeaderElector, LeaderGatedPusher, in_cluster_lease_api
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
 from controller.push import (
@@ -56,8 +60,12 @@ def build_controller(
     dry_run: bool,
     metrics: ControllerMetrics | None = None,
     decision_log: DecisionLog | None = None,
+    leader: Callable[[], bool] | None = None,
 ) -> Controller:
-    """Wire a controller for real Prometheus and real writers (or a dry-run pusher)."""
+    """Wire a controller for real Prometheus and real writers (or a dry-run pusher).
+
+    ``leader``: with leader election, pushes go out only while it returns True.
+    """
     pusher: Pusher
     if dry_run:
         pusher = DryRunPusher()
@@ -71,6 +79,8 @@ def build_controller(
 
         # Token and certificates are re-read when their files change (a rotated Secret).
         pusher = ReloadingPusher(build_pusher, [*([token_file] if token_file else []), *tls_files(tls)])
+    if leader is not None:
+        pusher = LeaderGatedPusher(pusher, leader)
     writers: WriterDirectory
     if config.writers.static is not None:
         writers = StaticWriters(config.writers.static)
@@ -125,6 +135,34 @@ def build_controller(
     help="Stop after this many steps (for bounded runs and experiments; default: run until SIGTERM/SIGINT).",
 )
 @click.option(
+    "--leader-elect",
+    is_flag=True,
+    help="Run as one of several replicas: only the holder of the Lease --lease-name pushes; the others keep "
+    "their policies warm and take over when the lease expires (see controller/leader.py).",
+)
+@click.option("--lease-name", default="drcio-controller", show_default=True, help="The coordination.k8s.io Lease.")
+@click.option(
+    "--lease-namespace",
+    envvar="POD_NAMESPACE",
+    default="drcio-system",
+    show_default=True,
+    help="Namespace of the Lease. Env: POD_NAMESPACE.",
+)
+@click.option(
+    "--identity",
+    envvar="POD_NAME",
+    default=None,
+    help="This replica's name in the Lease (default: the host name). Env: POD_NAME.",
+)
+@click.option(
+    "--lease-duration",
+    type=click.FloatRange(min=3),
+    default=15.0,
+    show_default=True,
+    help="Seconds a standby waits after the Lease last changed before taking over; the leader renews every "
+    "2 s and steps down after 2/3 of this without a renewal.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -138,6 +176,11 @@ def _command(
     metrics_listen: str | None,
     decision_log: Path | None,
     max_ticks: int | None,
+    leader_elect: bool,
+    lease_name: str,
+    lease_namespace: str,
+    identity: str | None,
+    lease_duration: float,
     log_level: str,
 ) -> None:
     """Closed-loop latency-SLO controller for block I/O.
@@ -153,12 +196,36 @@ def _command(
     # urllib3 warns on every retry; the sensor reports failures itself, once, with context.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     listen = _parse_listen(metrics_listen)
+    if leader_elect and once:
+        raise click.UsageError("--leader-elect is for the long-running controller, not --once")
+    elector: LeaderElector | None = None
     try:
         config = load_config(config_path)
         dry = dry_run or config.mode == "dry-run"
         metrics = ControllerMetrics()
         dlog = DecisionLog(decision_log) if decision_log is not None else None
-        controller = build_controller(config, dry_run=dry, metrics=metrics, decision_log=dlog)
+        election: ElectionConfig | None = None
+        if leader_elect:
+            try:
+                election = ElectionConfig(
+                    name=lease_name, namespace=lease_namespace, identity=identity or socket.gethostname(),
+                    lease_duration_seconds=lease_duration, renew_deadline_seconds=lease_duration * 2 / 3,
+                    retry_period_seconds=min(2.0, lease_duration / 5),
+                )
+            except ValueError as e:
+                raise click.UsageError(str(e)) from None
+        gate: list[LeaderElector] = []
+        controller = build_controller(config, dry_run=dry, metrics=metrics, decision_log=dlog,
+                                      leader=(lambda: gate[0].is_leader()) if election is not None else None)
+        if election is not None:
+            elector = LeaderElector(
+                in_cluster_lease_api(), election, generation=lambda: controller.generation,
+                on_elected=controller.resume_after, on_change=lambda lead: metrics.leader.set(1.0 if lead else 0.0),
+            )
+            gate.append(elector)
+            metrics.leader.set(0.0)
+        else:
+            metrics.leader.set(1.0)
     except ConfigError as e:
         for problem in e.problems:
             click.echo(f"error: {problem}", err=True)
@@ -191,17 +258,99 @@ def _command(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    election_thread = elector.start(stop) if elector is not None else None
     try:
         controller.run(stop, max_ticks=max_ticks)
     finally:
+        if election_thread is not None:
+            stop.set()
+            election_thread.join(timeout=5)  # lets it release the Lease for the standby
         if dlog is not None:
             dlog.close()
 
 
-def main() -> None:
-    """Console entry point; usage errors exit 2 (click's convention matches ours)."""
+@click.command("export-rules", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", envvar="DRCIO_CONFIG", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The SLO file the rules are built from.")
+@click.option("--format", "fmt", type=click.Choice(["prometheusrule", "rules"]), default="prometheusrule",
+              show_default=True, help="prometheusrule: a prometheus-operator PrometheusRule (kube-prometheus-stack); "
+              "rules: a plain Prometheus rules file (rule_files:, promtool check rules).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write here instead of stdout (nothing is written when the SLO file or a check fails).")
+@click.option("--prometheus", "prometheus_url", default=None, metavar="URL",
+              help="Check against this Prometheus that each SLO's target is a bucket edge (le) of its "
+              "histogram; without it the check happens at run time (alert DrcioSloTargetBucketMissing).")
+@click.option("--controller-job", default="drcio-controller", show_default=True,
+              help="The controller's scrape job (on Kubernetes: its metrics Service's name).")
+@click.option("--writer-job", default="drcio-writer", show_default=True,
+              help="The writers' scrape job (on Kubernetes: the writer Service's name).")
+@click.option("--namespace", default="drcio-system", show_default=True, help="The PrometheusRule's namespace.")
+@click.option("--rule-label", "rule_labels", multiple=True, metavar="KEY=VALUE",
+              help="Label of the PrometheusRule (repeatable); default release=kube-prometheus-stack, "
+              "which that chart's default ruleSelector matches.")
+def _export_rules(
+    config_path: Path, fmt: str, output: Path | None, prometheus_url: str | None, controller_job: str,
+    writer_job: str, namespace: str, rule_labels: tuple[str, ...],
+) -> None:
+    """Build the recording rules and alerts of every SLO in the SLO file.
+
+    Per SLO: its quantile, and the share of requests slower than the target over
+    5m..3d (from the histogram bucket whose le is the target); multi-window
+    multi-burn-rate alerts (page: 1h/5m at 14.4x, 6h/30m at 6x; ticket: 1d/2h at
+    3x, 3d/6h at 1x). Plus alerts on the controller, the writers and the sensor.
+
+    Example: drcio-controller export-rules --config slo.yaml > prometheusrule.yaml
+    """
+    from controller.rules import RuleOptions, missing_target_buckets, prometheus_rule, rules_file
+
+    labels: dict[str, str] = {}
+    for item in rule_labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--rule-label")
+        labels[key] = value
     try:
-        _command.main(standalone_mode=True)
+        config = load_config(config_path)
+    except ConfigError as e:
+        for problem in e.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(2)
+    if prometheus_url is not None:
+        from controller.rules import bucket_edges
+
+        metrics = sorted({s.metric for s in config.slos if s.metric is not None})
+        try:
+            edges = {m: bucket_edges(prometheus_url, m) for m in metrics}
+        except OSError as e:
+            click.echo(f"error: cannot read the histograms' buckets from {prometheus_url}: {e}", err=True)
+            sys.exit(1)
+        problems = missing_target_buckets(config.slos, {m: e for m, e in edges.items() if e})
+        if problems:
+            for problem in problems:
+                click.echo(f"error: {config_path}: {problem}", err=True)
+            sys.exit(2)
+    options = RuleOptions(controller_job=controller_job, writer_job=writer_job, namespace=namespace,
+                          labels=labels or None)
+    doc = prometheus_rule(config, options) if fmt == "prometheusrule" else rules_file(config, options)
+    header = f"# Generated by drcio-controller export-rules from {config_path.name}; do not edit.\n"
+    text = header + yaml.safe_dump(doc, sort_keys=False, width=120)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+
+
+def main() -> None:
+    """Console entry point; usage errors exit 2 (click's convention matches ours).
+
+    ``drcio-controller export-rules ...`` is a subcommand of its own; every
+    other invocation is the controller itself (``drcio-controller --config ...``).
+    """
+    command = _export_rules if sys.argv[1:2] == ["export-rules"] else _command
+    args = sys.argv[2:] if command is _export_rules else sys.argv[1:]
+    try:
+        command.main(args=args, prog_name="drcio-controller export-rules" if command is _export_rules else None,
+                     standalone_mode=True)
     except SystemExit:
         raise
     except Exception as e:  # anything unexpected: readable message, exit 1

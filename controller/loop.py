@@ -124,6 +124,15 @@ class Controller:
         )
         return reading, obs
 
+    @property
+    def generation(self) -> int:
+        """The generation of the last push body built (0 before the first tick)."""
+        return self._generation
+
+    def resume_after(self, generation: int) -> None:
+        """Continue strictly above ``generation`` (a new leader above its predecessor's last push)."""
+        self._generation = max(self._generation, generation)
+
     def _next_generation(self, now: float) -> int:
         # Wall-clock milliseconds keep generations increasing across controller
         # restarts (a restarted controller must not look stale to the writers);

@@ -22,6 +22,7 @@ breaking change for them.
 | ``drcio_controller_loop_duration_seconds`` | | histogram of tick durations |
 | ``drcio_controller_ticks_total`` | | ticks run |
 | ``drcio_controller_last_tick_timestamp_seconds`` | | wall time of the last tick |
+| ``drcio_controller_leader`` | | 1 on the replica that pushes (holds the Lease, or runs without election) |
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class ControllerMetrics:
             registry=r,
         )
         self.ticks = Counter("drcio_controller_ticks", "Ticks run", registry=r)
+        self.leader = Gauge(
+            "drcio_controller_leader", "1 while this replica pushes (leader, or no election), 0 on a standby", registry=r
+        )
         self.last_tick = Gauge("drcio_controller_last_tick_timestamp_seconds", "Wall time of the last tick", registry=r)
 
     def set_status(self, slo: str, status: SensorStatus) -> None:

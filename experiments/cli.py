@@ -16,6 +16,7 @@ import math
 import shlex
 import shutil
 import signal
+import tempfile
 import sys
 import time
 from datetime import datetime, timezone
@@ -208,7 +209,8 @@ def _default_output() -> Path:
 @click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True,
               help="Where to run: local = this machine with real Prometheus, cgroups and disk (needs root); "
                    "sim = the same controller loop and policies against a seeded model of the disk and the "
-                   "measurement path, fitted to this machine (no root; ten simulated minutes take seconds).")
+                   "measurement path, fitted to this machine (no root; ten simulated minutes take seconds); "
+                   "kubernetes = the demo on the cluster of your kubeconfig (see README 'Deploy on Kubernetes').")
 @click.option("--schedule", default=None, metavar="NAME|FILE",
               help="For --scenario dynamic: a built-in schedule (hp-steps, lp-phases, diurnal, steady, lp-step, "
                    "lp-bursts, hp-ramp, hp-quiet) or a YAML schedule file (see experiments/schedules.py).")
@@ -238,6 +240,14 @@ def _default_output() -> Path:
               help="The cgroup io/blkio hierarchy root, or auto (v2 with io, else v1 blkio).")
 @click.option("--report-only", is_flag=True,
               help="Run nothing: rebuild summary.csv, plots and report.md from the raw data in --output.")
+@click.option("--dry-run", is_flag=True,
+              help="kubernetes backend: print what would be applied, patched, scaled, waited for and queried, "
+                   "in order, and touch nothing.")
+@click.option("--manifests", type=click.Path(dir_okay=False, path_type=Path), default=Path("deploy/rendered/demo.yaml"),
+              show_default=True, help="kubernetes backend: the rendered demo (kubectl kustomize deploy/demo).")
+@click.option("--prometheus-url", default="http://127.0.0.1:9090", show_default=True, envvar="PROMETHEUS_URL",
+              help="kubernetes backend: the cluster's Prometheus as reachable from here (e.g. a port-forward). "
+                   "Env: PROMETHEUS_URL.")
 def _run_command(**options: Any) -> None:
     """Run drcio's experiments on this machine and write CSVs, plots and a report.
 
@@ -270,6 +280,9 @@ def run_experiment(
     work_dir: Path,
     cgroup_root: str,
     report_only: bool,
+    dry_run: bool = False,
+    manifests: Path = Path("deploy/rendered/demo.yaml"),
+    prometheus_url: str = "http://127.0.0.1:9090",
     console: Console | None = None,
 ) -> int:
     """The body of ``run-experiment``; returns the exit code."""
@@ -295,8 +308,9 @@ def run_experiment(
             loaded = load_schedule(schedule) if schedule is not None else None
         except ScheduleError as exc:
             raise ValueError(f"--schedule: {exc}") from exc
-        if scenario == "dynamic" and backend == "local":
-            raise ValueError("the local backend runs the steady scenarios only; run dynamic schedules with --backend sim")
+        if scenario == "dynamic" and backend != "sim":
+            raise ValueError(f"the {backend} backend runs the steady scenarios only; run dynamic schedules with "
+                             "--backend sim")
         plan_config = PlanConfig(duration, warmup, sweep_levels, sweep_duration, schedule=loaded)
         plan = plan_scenarios(scenario, plan_config, need_baseline=setting.target_ms is None)
         _check_slo(base_slo, slo_source, setting)
@@ -304,6 +318,12 @@ def run_experiment(
         console.print(f"[red]run-experiment: {exc}[/red]")
         return 2
 
+    if backend == "kubernetes":
+        return _run_kubernetes(plan, setting, base_slo, manifests=manifests, prometheus_url=prometheus_url,
+                               dry_run=dry_run, output=output, pause=pause, console=console)
+    if dry_run:
+        console.print("[red]run-experiment: --dry-run is for --backend kubernetes[/red]")
+        return 2
     from experiments.backends.local import LocalBackend, LocalConfig, check_prerequisites
     from experiments.model import Backend
 
@@ -375,6 +395,69 @@ def run_experiment(
             return 130
     console.print(f"done in {(time.monotonic() - started) / 60:.1f} min: {output / 'report.md'}, "
                   f"{output / 'summary.csv'}")
+    return 0
+
+
+def _run_kubernetes(plan: list[ScenarioSpec], setting: TargetSetting, base_slo: dict[str, Any], *, manifests: Path,
+                    prometheus_url: str, dry_run: bool, output: Path | None, pause: float, console: Console) -> int:
+    """``--backend kubernetes``: the plan on a cluster through the API (or, with --dry-run, printed)."""
+    from experiments.backends.kubernetes import (
+        ApiCluster,
+        DryRunCluster,
+        KubernetesBackend,
+        KubernetesConfig,
+        in_cluster_or_kubeconfig,
+    )
+
+    config = KubernetesConfig(manifests=manifests, prometheus_url=prometheus_url, base_slo=base_slo)
+    if dry_run:
+        backend = KubernetesBackend(config, DryRunCluster(sys.stdout))
+        target = setting.target_ms if setting.target_ms is not None else math.nan
+        if setting.target_ms is None:
+            print("(target: auto, from the baseline's P95; the SLOs below show a 100 ms placeholder)")
+        try:
+            with backend:
+                with tempfile.TemporaryDirectory() as raw:
+                    for i, spec in enumerate(plan):
+                        if i:
+                            backend.pause(pause, lambda *_: None)
+                        print(f"--- scenario {spec.name}")
+                        run = backend.run_scenario(spec, target_ms=target, raw_dir=Path(raw), tick=lambda *_: None)
+                        backend.export(run)
+        except (BackendUnavailable, SloError) as exc:
+            console.print(f"[red]run-experiment: {exc}[/red]")
+            return 2
+        return 0
+    try:
+        backend = KubernetesBackend(config, ApiCluster(in_cluster_or_kubeconfig()),
+                                    status=lambda text: console.print(f"[dim]{text}[/dim]"))
+        output = output or _default_output()
+        _prepare_output(output)
+    except BackendUnavailable as exc:
+        console.print(f"[red]run-experiment: the kubernetes backend cannot run here: {exc.missing}[/red]\n"
+                      f"{exc.alternative}")
+        return 2
+    except click.BadParameter as exc:
+        console.print(f"[red]run-experiment: {exc.format_message()}[/red]")
+        return 2
+    run_info = {"command": shlex.join(sys.argv), "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
+    with _Interrupts(console):
+        try:
+            with backend:
+                run_info.update(backend.describe())
+                total = sum(s.duration_seconds for s in plan) + pause * (len(plan) - 1)
+                with RichProgress(console, total) as progress:
+                    run_plan(plan, backend, RunConfig(output, setting, pause, run_info), progress)
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted; the LP job is scaled to 0; finished scenarios are in {output}[/yellow]")
+            return 130
+        except (BackendUnavailable, SloError) as exc:
+            console.print(f"[red]run-experiment: {exc}[/red]")
+            return 2
+        except Exception as exc:  # noqa: BLE001 - the CLI's last word
+            console.print(f"[red]run-experiment failed: {exc.__class__.__name__}: {exc}[/red]")
+            return 1
+    console.print(f"done: {output / 'report.md'}, {output / 'summary.csv'}")
     return 0
 
 

@@ -64,6 +64,8 @@ class PrometheusServer:
     port: int = 0
     workdir: Path | None = None
     ready_timeout_seconds: float = 30.0
+    #: Rule files Prometheus loads (recording and alerting rules), e.g. from ``drcio-controller export-rules``.
+    rule_files: list[Path] = field(default_factory=list)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _own_dir: bool = field(default=False, init=False, repr=False)
 
@@ -75,6 +77,7 @@ class PrometheusServer:
         interval = f"{int(self.scrape_interval_seconds * 1000)}ms"
         return {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            **({"rule_files": [str(p) for p in self.rule_files]} if self.rule_files else {}),
             "scrape_configs": [
                 {
                     "job_name": t.job,

@@ -37,3 +37,22 @@ if [ ! -f .venv/.setup-stamp ] || [ pyproject.toml -nt .venv/.setup-stamp ]; the
   .venv/bin/python -m pip install -q -e '.[test]'
   touch .venv/.setup-stamp
 fi
+
+# kubectl 1.20 from Debian's kubernetes-client, the renderer the deploy/ tests
+# use (`kubectl kustomize`), so the manifests stay within what it supports.
+# Unpacked into a cache rather than installed: a machine may already have
+# another kubectl at /usr/bin/kubectl, which the package would conflict with.
+KUBECTL_CACHE=${DRCIO_KUBECTL_CACHE:-/var/cache/drcio/kubernetes-client}
+[ -w "$(dirname "$(dirname "$KUBECTL_CACHE")")" ] || [ -d "$KUBECTL_CACHE" ] || KUBECTL_CACHE="$HOME/.cache/drcio/kubernetes-client"
+if [ ! -x "$KUBECTL_CACHE/usr/bin/kubectl" ]; then
+  echo "setup: unpacking Debian's kubernetes-client (kubectl 1.20) into $KUBECTL_CACHE" >&2
+  DL=$(mktemp -d); chmod 755 "$DL"
+  if ! (cd "$DL" && apt-get download -qq kubernetes-client 2>/dev/null); then
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq
+    (cd "$DL" && apt-get download -qq kubernetes-client 2>/dev/null)
+  fi
+  mkdir -p "$KUBECTL_CACHE"
+  dpkg-deb -x "$DL"/kubernetes-client_*.deb "$KUBECTL_CACHE"
+  rm -rf "$DL"
+fi

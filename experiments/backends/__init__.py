@@ -18,4 +18,4 @@ from experiments.model import Backend, BackendUnavailable, ScenarioRun, Tick
 __all__ = ["Backend", "BackendUnavailable", "ScenarioRun", "Tick", "BACKENDS"]
 
 #: Names accepted by ``--backend``; only these are implemented.
-BACKENDS = ("local", "sim")
+BACKENDS = ("local", "sim", "kubernetes")

@@ -1,0 +1,70 @@
+"""A fake of the API server's Lease endpoints, at the boundary the elector talks to.
+
+There is no API server here, so this stands in for ``CoordinationV1Api`` with
+the server's semantics that leader election relies on (Kubernetes API
+conventions, "Concurrency Control and Consistency"):
+
+* every write bumps ``metadata.resourceVersion``;
+* a replace whose ``resourceVersion`` is not the stored one is refused with
+  409 Conflict; a create of an existing name with 409 AlreadyExists;
+* a read of a missing object is 404;
+* callers get copies, never the stored object (as from JSON over the wire).
+
+``fail_next`` makes the next N calls fail with 500/503 as an overloaded server would.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kubernetes.client import ApiException, V1Lease
+
+
+class FakeLeaseApi:
+    def __init__(self) -> None:
+        self.leases: dict[tuple[str, str], V1Lease] = {}
+        self._version = 100
+        self.fail_next = 0
+        self.calls: list[str] = []
+
+    def _maybe_fail(self, call: str) -> None:
+        self.calls.append(call)
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise ApiException(status=503, reason="Service Unavailable")
+
+    def read_namespaced_lease(self, name: str, namespace: str) -> V1Lease:
+        self._maybe_fail("read")
+        try:
+            return copy.deepcopy(self.leases[(namespace, name)])
+        except KeyError:
+            raise ApiException(status=404, reason="Not Found") from None
+
+    def create_namespaced_lease(self, namespace: str, body: V1Lease) -> V1Lease:
+        self._maybe_fail("create")
+        key = (namespace, body.metadata.name)
+        if key in self.leases:
+            raise ApiException(status=409, reason="AlreadyExists")
+        stored = copy.deepcopy(body)
+        self._version += 1
+        stored.metadata.resource_version = str(self._version)
+        self.leases[key] = stored
+        return copy.deepcopy(stored)
+
+    def replace_namespaced_lease(self, name: str, namespace: str, body: V1Lease) -> V1Lease:
+        self._maybe_fail("replace")
+        key = (namespace, name)
+        if key not in self.leases:
+            raise ApiException(status=404, reason="Not Found")
+        if body.metadata.resource_version != self.leases[key].metadata.resource_version:
+            raise ApiException(status=409, reason="Conflict")
+        stored = copy.deepcopy(body)
+        self._version += 1
+        stored.metadata.resource_version = str(self._version)
+        self.leases[key] = stored
+        return copy.deepcopy(stored)
+
+    def holder(self, name: str = "drcio-controller", namespace: str = "drcio-system") -> Any:
+        lease = self.leases.get((namespace, name))
+        return lease.spec.holder_identity if lease is not None else None
