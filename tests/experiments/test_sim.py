@@ -5,6 +5,7 @@ real policies pass."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,11 @@ def test_the_real_policies_pass_the_steady_check(kind: str) -> None:
 def test_a_policy_regression_fails_the_steady_check(kind: str, bug: type[FlippedSign]) -> None:
     attainment, lp = _steady_quality(kind, bug)
     assert not _passes(attainment, lp), (attainment, lp)
+
+
+def test_two_nodes_get_every_push_and_share_the_hp_load(tmp_path: Path) -> None:
+    _run(tmp_path / "two", "--scenario", "drcio", "--nodes", "2", "--target", "10ms")
+    first = json.loads((tmp_path / "two" / "raw" / "drcio" / "decisions.jsonl").read_text().splitlines()[-1])
+    assert sorted(p["node"] for p in first["push"]) == ["sim-node-0", "sim-node-1"]
+    series = pd.read_csv(tmp_path / "two" / "drcio.csv")
+    assert series["hp_request_rate"].iloc[10:].mean() == pytest.approx(200, rel=0.15)  # the service's rate, summed
