@@ -229,10 +229,11 @@ def test_a_non_empty_output_dir_that_is_not_a_run_is_left_alone(tmp_path: Path) 
 # --------------------------------------------------------------------------- plan and SLOs
 
 
-def test_all_runs_baseline_contention_static_max_an_8_level_sweep_and_drcio() -> None:
+def test_all_runs_baseline_contention_static_max_an_8_level_sweep_the_bisected_oracle_and_drcio() -> None:
     plan = plan_scenarios("all", PlanConfig(duration_seconds=40))
     assert [s.name for s in plan] == ["baseline", "contention", "static-max",
-                                      *[f"sweep-{i}" for i in range(8)], "drcio"]
+                                      *[f"sweep-{i}" for i in range(8)], "oracle", "drcio"]
+    assert [s.duration_seconds for s in plan if s.kind == "oracle"] == [20.0]
     levels = [s.level for s in plan if s.kind == "sweep"]
     assert levels == pytest.approx([i / 7 for i in range(8)])
     assert {s.duration_seconds for s in plan if s.kind == "sweep"} == {20.0}
