@@ -43,7 +43,8 @@ from controller.targets import rate_at
 from experiments.prometheus_server import find_prometheus, free_port
 from tests.controller.conftest import BUCKETS
 from tests.test_end_to_end import DISK, _hierarchy_or_skip
-from writer.cgroups import Hierarchy, create_group, remove_group
+from writer.cgroups import Hierarchy
+from writer.groups import create_group, remove_group
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.kernel]
 
