@@ -35,9 +35,11 @@ from controller.push import (
     Pusher,
     StaticWriters,
     WriterDirectory,
+    raise_open_files_limit,
     read_token,
 )
-from controller.sensor import PrometheusSensor
+from controller.sensor_batch import BatchedPrometheusSensor
+from controller.shard import Shard, ShardedWriters, aligned_clock, host_of
 from controller.tls import ReloadingPusher, client_context, tls_files
 
 __all__ = ["main", "build_controller"]
@@ -61,16 +63,20 @@ def build_controller(
     metrics: ControllerMetrics | None = None,
     decision_log: DecisionLog | None = None,
     leader: Callable[[], bool] | None = None,
+    shard: Shard | None = None,
 ) -> Controller:
     """Wire a controller for real Prometheus and real writers (or a dry-run pusher).
 
     ``leader``: with leader election, pushes go out only while it returns True.
+    ``shard``: this replica pushes only to the writers whose node hashes to it (README "Scale").
     """
     pusher: Pusher
     if dry_run:
         pusher = DryRunPusher()
     else:
         token_file, tls = config.effective_token_file, config.writers.tls
+        # One kept-alive connection per writer: lift the soft fd limit (as Go programs do at start).
+        raise_open_files_limit(65536)
 
         def build_pusher() -> Pusher:
             return HttpPusher(
@@ -82,15 +88,20 @@ def build_controller(
     if leader is not None:
         pusher = LeaderGatedPusher(pusher, leader)
     writers: WriterDirectory
+    node_of = host_of
     if config.writers.static is not None:
         writers = StaticWriters(config.writers.static)
     else:
         k = config.writers.kubernetes
         assert k is not None  # the config model guarantees one source
-        writers = KubernetesWriterDirectory(namespace=k.namespace, service=k.service, port=k.port, scheme=k.scheme)
+        kube = KubernetesWriterDirectory(namespace=k.namespace, service=k.service, port=k.port, scheme=k.scheme)
+        writers, node_of = kube, kube.node_of
+    if shard is not None and shard.count > 1:
+        writers = ShardedWriters(writers, shard, node_of=node_of)
     return Controller(
         config,
-        sensor=PrometheusSensor(config.prometheus),
+        # All SLOs in one Prometheus request per tick (README "Scale").
+        sensor=BatchedPrometheusSensor(config.prometheus, config.slos),
         pusher=pusher,
         writers=writers,
         metrics=metrics,
@@ -163,6 +174,26 @@ def build_controller(
     "2 s and steps down after 2/3 of this without a renewal.",
 )
 @click.option(
+    "--shards",
+    envvar="DRCIO_SHARDS",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Number of controller replicas sharing the writers (see README 'Scale'). Each replica pushes only to "
+    "the nodes whose name hashes to its --shard-index, and evaluates at interval-aligned times so all replicas "
+    "read the same data. With --leader-elect, each shard elects its own leader (Lease <lease-name>-shard-<k>). "
+    "Env: DRCIO_SHARDS.",
+)
+@click.option(
+    "--shard-index",
+    envvar="DRCIO_SHARD_INDEX",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="This replica's index, 0..shards-1 (on Kubernetes: the StatefulSet ordinal, from the pod label "
+    "apps.kubernetes.io/pod-index). Env: DRCIO_SHARD_INDEX.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -181,6 +212,8 @@ def _command(
     lease_namespace: str,
     identity: str | None,
     lease_duration: float,
+    shards: int,
+    shard_index: int,
     log_level: str,
 ) -> None:
     """Closed-loop latency-SLO controller for block I/O.
@@ -198,6 +231,11 @@ def _command(
     listen = _parse_listen(metrics_listen)
     if leader_elect and once:
         raise click.UsageError("--leader-elect is for the long-running controller, not --once")
+    if shard_index >= shards:
+        raise click.BadParameter(f"must be below --shards ({shards}), got {shard_index}", param_hint="--shard-index")
+    shard = Shard(shard_index, shards)
+    if shards > 1:
+        lease_name = f"{lease_name}-shard-{shard_index}"  # one leader per shard
     elector: LeaderElector | None = None
     try:
         config = load_config(config_path)
@@ -216,7 +254,7 @@ def _command(
                 raise click.UsageError(str(e)) from None
         gate: list[LeaderElector] = []
         controller = build_controller(config, dry_run=dry, metrics=metrics, decision_log=dlog,
-                                      leader=(lambda: gate[0].is_leader()) if election is not None else None)
+                                      leader=(lambda: gate[0].is_leader()) if election is not None else None, shard=shard)
         if election is not None:
             elector = LeaderElector(
                 in_cluster_lease_api(), election, generation=lambda: controller.generation,
@@ -237,7 +275,10 @@ def _command(
     if once:
         if listen is not None:
             start_http_server(listen[1], addr=listen[0], registry=metrics.registry)
-        result = controller.step(time.time())
+        try:
+            result = controller.step(time.time())
+        finally:
+            _close(controller.pusher)
         for record in result.records:
             click.echo(json.dumps(record, allow_nan=False))
         if dlog is not None:
@@ -259,14 +300,27 @@ def _command(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     election_thread = elector.start(stop) if elector is not None else None
+    # Sharded replicas evaluate at the start of the interval slot, so they query the same data.
+    wall_clock = aligned_clock(config.interval_seconds, time.time) if shards > 1 else time.time
     try:
-        controller.run(stop, max_ticks=max_ticks)
+        controller.run(stop, max_ticks=max_ticks, wall_clock=wall_clock)
     finally:
+        _close(controller.pusher)
         if election_thread is not None:
             stop.set()
             election_thread.join(timeout=5)  # lets it release the Lease for the standby
         if dlog is not None:
             dlog.close()
+
+
+def _close(pusher: object) -> None:
+    """Close the push client's pooled connections, through the wrappers around it."""
+    while pusher is not None:
+        close = getattr(pusher, "close", None)
+        if callable(close):
+            close()
+            return
+        pusher = getattr(pusher, "inner", None)  # LeaderGatedPusher
 
 
 @click.command("export-rules", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

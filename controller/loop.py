@@ -166,7 +166,13 @@ class Controller:
         self._record_group_metrics(groups, pushes, len(writers))
 
         by_group = {g.group: g for g in groups}
-        records = [self._record(st, readings[st.slo.name], by_group[st.slo.throttle.group_name], now, pushes) for st in self._states]
+        # One list of push records, shared by every SLO's record: built per SLO it
+        # would cost SLOs x writers dicts a tick (a million at 100 x 10,000).
+        push_records = [p.as_record() for p in pushes]
+        records = [
+            self._record(st, readings[st.slo.name], by_group[st.slo.throttle.group_name], now, push_records)
+            for st in self._states
+        ]
         if self.decision_log is not None:
             self.decision_log.write(records)
         self.metrics.loop_duration.observe(time.perf_counter() - started)
@@ -180,7 +186,7 @@ class Controller:
         return st.policy.terms.get("failsafe_engaged", 0.0) > 0.0
 
     def _record(
-        self, st: _SloState, reading: Reading, group: GroupDecision, now: float, pushes: list[PushResult]
+        self, st: _SloState, reading: Reading, group: GroupDecision, now: float, push_records: list[dict[str, Any]]
     ) -> dict[str, Any]:
         rec: dict[str, Any] = {
             "time": round(now, 3),
@@ -205,7 +211,7 @@ class Controller:
         if reading.clipped:
             rec["clipped"] = True
         if not self.dry_run:
-            rec["push"] = [p.as_record() for p in pushes]
+            rec["push"] = push_records
         else:
             rec["dry_run"] = True
         return rec

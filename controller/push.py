@@ -1,4 +1,4 @@
-"""Pushing targets to the node writers over HTTP, concurrently, each with its own deadline.
+"""Pushing targets to the node writers over HTTP: concurrently, bounded, over kept-alive connections.
 
 Called by the loop once per tick with the whole desired state (every LP
 group), which makes pushes level-triggered and idempotent: a writer that
@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
+from yarl import URL
 from pydantic import ValidationError
 
 from controller.errors import ConfigError
@@ -37,6 +40,7 @@ __all__ = [
     "StaticWriters",
     "KubernetesWriterDirectory",
     "read_token",
+    "raise_open_files_limit",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,54 +94,170 @@ def read_token(path: Path | None) -> str | None:
 
 
 class HttpPusher:
-    """``PUT /v1/targets`` to every writer at once, with a per-writer deadline."""
+    """``PUT /v1/targets`` to every writer, over one connection pool that lives as long as the pusher.
+
+    What makes a tick cheap at thousands of writers (measured by
+    ``benchmarks/scale.py``, figures in the README's "Scale" section):
+
+    * the body is serialized once per tick, not once per writer;
+    * connections are kept alive across ticks (one per writer, idle for at
+      most ``idle_seconds``), so a steady tick costs one request per writer
+      and no TCP or TLS handshake; the writer keeps them open longer than an
+      interval (``drcio-writer`` serves with a 75 s keep-alive);
+    * at most ``max_in_flight`` requests are outstanding at once, so a
+      10,000-node tick does not open 10,000 sockets in the same instant, and
+      each writer's deadline starts when its own request starts;
+    * the client is aiohttp on uvloop where installed: about a third of
+      httpx's CPU per request (``benchmarks/http_client_cpu.py``), and the
+      client's CPU is what bounds a controller replica.
+
+    A pusher owns an event loop and the pool: call :meth:`close` (or use it
+    as a context manager) when done. ``verify`` is the TLS setting used for
+    ``https://`` writers: ``True`` (system CA bundle), ``False`` (no check;
+    tests only) or an :class:`ssl.SSLContext` (custom CA, client certificate
+    for mTLS), built by the caller.
+    """
 
     def __init__(
         self,
         *,
         token: str | None,
         timeout_seconds: float,
-        transport: httpx.AsyncBaseTransport | None = None,
         verify: ssl.SSLContext | bool = True,
+        max_in_flight: int = 256,
+        idle_seconds: float = 60.0,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.token = token
         self.timeout_seconds = timeout_seconds
-        self._transport = transport
-        #: TLS verification of the writers (built by controller.tls; True = system trust store).
         self.verify = verify
+        self.max_in_flight = max_in_flight
+        self.idle_seconds = idle_seconds
+        self._loop = _new_event_loop()
+        self._session: aiohttp.ClientSession | None = None
+        self._connector: _CountingConnector | None = None
+        #: Parsed target URLs per writer, kept across ticks (parsing costs as much as sending).
+        self._urls: dict[str, URL] = {}
+
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections opened so far; a steady tick to known writers opens none."""
+        return self._connector.opened if self._connector is not None else 0
 
     def push(self, writers: Sequence[str], body: TargetsPush) -> list[PushResult]:
         if not writers:
             return []
-        return asyncio.run(self._push_all(writers, body))
+        payload = body.model_dump_json().encode()  # once per tick, shared by every request
+        return self._loop.run_until_complete(self._push_all(writers, payload))
 
-    async def _push_all(self, writers: Sequence[str], body: TargetsPush) -> list[PushResult]:
-        headers = {"Content-Type": "application/json"}
-        if self.token is not None:
-            headers["Authorization"] = f"Bearer {self.token}"
-        payload = body.model_dump_json().encode()
-        timeout = httpx.Timeout(self.timeout_seconds)
-        async with httpx.AsyncClient(timeout=timeout, transport=self._transport, headers=headers, verify=self.verify) as client:
-            return list(await asyncio.gather(*(self._push_one(client, w, payload) for w in writers)))
+    def close(self) -> None:
+        """Close the pooled connections and the event loop."""
+        if self._loop.is_closed():
+            return
+        if self._session is not None:
+            self._loop.run_until_complete(self._session.close())
+            self._session = None
+        self._loop.close()
 
-    async def _push_one(self, client: httpx.AsyncClient, writer: str, payload: bytes) -> PushResult:
-        url = writer.rstrip("/") + TARGETS_PATH
+    def __enter__(self) -> HttpPusher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            headers = {"Content-Type": "application/json"}
+            if self.token is not None:
+                headers["Authorization"] = f"Bearer {self.token}"
+            self._connector = _CountingConnector(
+                limit=0,  # the semaphore bounds what is in flight; the pool keeps one idle connection per writer
+                keepalive_timeout=self.idle_seconds,
+                ssl=self.verify,
+            )
+            self._session = aiohttp.ClientSession(connector=self._connector, headers=headers, raise_for_status=False)
+        return self._session
+
+    def _url(self, writer: str) -> URL:
+        url = self._urls.get(writer)
+        if url is None:
+            if len(self._urls) > 100_000:  # writers come and go; do not keep every one ever seen
+                self._urls.clear()
+            url = self._urls[writer] = URL(writer.rstrip("/") + TARGETS_PATH)
+        return url
+
+    async def _push_all(self, writers: Sequence[str], payload: bytes) -> list[PushResult]:
+        client = self._client()
+        timeout = aiohttp.ClientTimeout(total=self.timeout_seconds)
+        results: list[PushResult | None] = [None] * len(writers)
+        todo = iter(enumerate(writers))
+
+        # max_in_flight workers share one queue of writers: the bound on what is in
+        # flight, without a task per writer waiting on a semaphore (10,000 of them).
+        async def worker() -> None:
+            for i, writer in todo:
+                results[i] = await self._push_one(client, timeout, writer, payload)
+
+        await asyncio.gather(*(worker() for _ in range(min(self.max_in_flight, len(writers)))))
+        return [r for r in results if r is not None]
+
+    async def _push_one(
+        self, client: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout, writer: str, payload: bytes
+    ) -> PushResult:
         try:
-            # wait_for bounds the whole exchange: httpx's timeouts are per phase,
-            # and a writer trickling bytes could otherwise hold us far longer.
-            resp = await asyncio.wait_for(client.put(url, content=payload), timeout=self.timeout_seconds)
-        except (asyncio.TimeoutError, httpx.TimeoutException):
+            # ``total`` bounds the whole exchange (connect, send, answer), so a
+            # writer trickling bytes cannot hold the tick beyond its deadline.
+            async with client.put(self._url(writer), data=payload, timeout=timeout) as resp:
+                content = await resp.read()
+                return _classify(writer, resp.status, content)
+        except asyncio.TimeoutError:
             return PushResult(writer, "timeout", detail=f"no answer within {self.timeout_seconds}s")
-        except httpx.TransportError as e:
+        except aiohttp.ClientError as e:
             return PushResult(writer, "unreachable", detail=f"{type(e).__name__}: {e}"[:300])
-        return _classify(writer, resp)
+        except OSError as e:  # e.g. EMFILE: too many open files for the pool
+            return PushResult(writer, "unreachable", detail=f"{type(e).__name__}: {e}"[:300])
 
 
-def _classify(writer: str, resp: httpx.Response) -> PushResult:
-    code = resp.status_code
+class _CountingConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, counting the connections it opens (cheaper than a TraceConfig on every request)."""
+
+    opened = 0
+
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        proto = await super()._create_connection(*args, **kwargs)
+        self.opened += 1
+        return proto
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed (less CPU per request), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; the fallback keeps pure-Python installs working
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` towards ``wanted`` (never above the hard limit); returns the soft limit.
+
+    The pool keeps one connection per writer, so a controller for N writers
+    needs N file descriptors plus a few; the common soft default of 1024 would
+    make pushes fail with EMFILE beyond ~1000 nodes.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if limit > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        return limit
+    return soft
+
+
+def _classify(writer: str, code: int, content: bytes) -> PushResult:
     if code == 200:
         try:
-            parsed = PushResponse.model_validate_json(resp.content)
+            parsed = PushResponse.model_validate_json(content)
         except ValidationError as e:
             return PushResult(writer, "error", code, detail=f"writer answered 200 with a malformed body: {e.errors()[:2]}")
         bad = [r for r in parsed.results if r.outcome == "error"]
@@ -149,7 +269,7 @@ def _classify(writer: str, resp: httpx.Response) -> PushResult:
             results=tuple(parsed.results),
             detail="; ".join(f"{r.cgroup}: {r.detail}" for r in bad)[:500],
         )
-    detail = resp.text[:500]
+    detail = content[:500].decode("utf-8", "replace")
     outcome: PushOutcome
     if code == 401 or code == 403:
         outcome = "unauthorized"
@@ -197,6 +317,11 @@ class KubernetesWriterDirectory:
         self._api = api
         self._api_factory = api_factory or _in_cluster_discovery_api
         self._last: list[str] = []
+        self._nodes: dict[str, str] = {}
+
+    def node_of(self, url: str) -> str:
+        """The node a writer URL runs on (the endpoint's ``nodeName``; its address if unknown)."""
+        return self._nodes.get(url) or urlsplit(url).netloc
 
     def writers(self) -> list[str]:
         try:
@@ -209,6 +334,7 @@ class KubernetesWriterDirectory:
             log.warning("listing writer endpoints failed, keeping %d known writers: %s", len(self._last), e)
             return list(self._last)
         urls = set()
+        nodes: dict[str, str] = {}
         for s in slices.items or []:
             for ep in s.endpoints or []:
                 ready = ep.conditions is None or ep.conditions.ready is not False
@@ -216,8 +342,13 @@ class KubernetesWriterDirectory:
                     continue
                 for addr in ep.addresses or []:
                     host = f"[{addr}]" if ":" in addr else addr
-                    urls.add(f"{self.scheme}://{host}:{self.port}")
+                    url = f"{self.scheme}://{host}:{self.port}"
+                    urls.add(url)
+                    node = getattr(ep, "node_name", None)
+                    if node:
+                        nodes[url] = node
         self._last = sorted(urls)
+        self._nodes = nodes
         return list(self._last)
 
 

@@ -116,12 +116,22 @@ class ReloadingPusher:
     def push(self, writers: Sequence[str], body: TargetsPush) -> list[PushResult]:
         if self._watch.changed():
             try:
-                self._pusher = self._build()
+                old, self._pusher = self._pusher, self._build()
+                _close(old)  # its pooled connections carry the old credentials
                 self.reloads += 1
                 log.info("push credentials changed on disk: token / certificates reloaded")
             except ConfigError as e:
                 log.error("push credentials changed but cannot be loaded, keeping the previous ones: %s", e)
         return self._pusher.push(writers, body)
+
+    def close(self) -> None:
+        _close(self._pusher)
+
+
+def _close(pusher: object) -> None:
+    close = getattr(pusher, "close", None)
+    if callable(close):
+        close()
 
 
 def _read_secret(path: Path) -> str:

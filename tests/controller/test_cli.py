@@ -109,3 +109,25 @@ def test_the_decision_log_keeps_the_same_record_as_once_prints(tmp_path: Path, p
     proc = run("--config", str(write_config(tmp_path, push_recorder.url)), "--once", "--decision-log", str(log))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(log.read_text()) == json.loads(proc.stdout)
+
+
+def test_two_sharded_replicas_push_each_writer_exactly_once(tmp_path: Path, push_recorder: PushRecorder, dead_writer: str) -> None:
+    # Two writers, two replicas: whichever replica owns a writer pushes to it, the other leaves it alone.
+    path = write_config(tmp_path, push_recorder.url)
+    raw = yaml.safe_load(path.read_text())
+    raw["writers"]["static"] = [push_recorder.url, dead_writer]
+    path.write_text(yaml.safe_dump(raw))
+    pushed: dict[str, int] = {}
+    for k in range(2):
+        proc = run("--config", str(path), "--once", "--shards", "2", "--shard-index", str(k))
+        assert proc.returncode == 0, proc.stderr
+        for p in json.loads(proc.stdout)["push"]:
+            pushed[p["writer"]] = pushed.get(p["writer"], 0) + 1
+    assert pushed == {push_recorder.url: 1, dead_writer: 1}
+    assert len(push_recorder.bodies) == 1
+
+
+def test_a_shard_index_outside_the_replicas_exits_2() -> None:
+    proc = run("--config", str(EXAMPLE), "--once", "--dry-run", "--shards", "2", "--shard-index", "2")
+    assert proc.returncode == 2
+    assert "--shard-index" in proc.stderr and "below --shards (2)" in proc.stderr

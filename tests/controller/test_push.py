@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
+import threading
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from controller.push import DryRunPusher, HttpPusher, KubernetesWriterDirectory, StaticWriters
@@ -89,3 +92,80 @@ def test_a_failed_endpoint_listing_keeps_the_last_known_writers() -> None:
     assert d.writers() == ["http://10.0.0.1:1"]
     api.slices = RuntimeError("apiserver down")
     assert d.writers() == ["http://10.0.0.1:1"]
+
+
+# -- at scale: connection reuse, bounded concurrency (behaviour; the timings live in benchmarks/scale.py) --
+
+
+def test_a_steady_tick_reuses_the_connections_the_first_one_opened(tmp_path: Any) -> None:
+    from tests.writer.conftest import make_tree, make_writer, serving
+    from writer.server import build_app
+
+    writers = []
+    with ExitStack() as stack:
+        for i in range(3):
+            (tmp_path / f"w{i}").mkdir()
+            tree = make_tree(tmp_path / f"w{i}", 2)
+            tree.group("drcio-demo/lp")
+            w = make_writer(tree, token=None)
+            writers.append(stack.enter_context(serving(build_app(w.state))))
+        with HttpPusher(token=None, timeout_seconds=2) as pusher:
+            first = pusher.push(writers, body(1))
+            assert pusher.connections_opened == 3
+            second = pusher.push(writers, body(2))
+            assert pusher.connections_opened == 3  # the real writer keeps them alive between ticks
+    assert [r.outcome for r in first + second] == ["ok"] * 6
+
+
+def test_no_more_than_max_in_flight_pushes_are_outstanding_at_once() -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    lock = threading.Lock()
+    state = {"now": 0, "peak": 0}
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                state["now"] += 1
+                state["peak"] = max(state["peak"], state["now"])
+            time.sleep(0.05)  # holds the request open so that overlap can be seen
+            with lock:
+                state["now"] -= 1
+            answer = b'{"node": "slow", "generation": 1, "results": []}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Slow) for _ in range(6)]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        urls = [f"http://127.0.0.1:{s.server_address[1]}" for s in servers]
+        with HttpPusher(token=None, timeout_seconds=5, max_in_flight=2) as pusher:
+            results = pusher.push(urls, body())
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()
+    assert [r.outcome for r in results] == ["ok"] * 6
+    assert state["peak"] == 2
+
+
+def test_the_pusher_takes_its_tls_setting_as_an_argument(push_recorder: PushRecorder) -> None:
+    ctx = ssl.create_default_context()
+    with HttpPusher(token=None, timeout_seconds=2, verify=ctx) as pusher:
+        (result,) = pusher.push([push_recorder.url], body())  # plain http: the context is unused, and harmless
+    assert pusher.verify is ctx and result.outcome == "ok"
+
+
+def test_kubernetes_writers_are_named_by_their_node_for_sharding() -> None:
+    ep = _Obj(addresses=["10.0.0.1"], conditions=None, node_name="node-a")
+    d = KubernetesWriterDirectory(namespace="n", service="s", port=9100, api=FakeDiscoveryApi([_Obj(endpoints=[ep])]))
+    (url,) = d.writers()
+    assert d.node_of(url) == "node-a"
+    assert d.node_of("http://10.9.9.9:9100") == "10.9.9.9:9100"

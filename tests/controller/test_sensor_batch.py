@@ -1,0 +1,98 @@
+"""The batched sensor against the real Prometheus: one request a tick, the same readings as one query at a time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from controller.config import PrometheusConfig, SloConfig
+from controller.sensor import PrometheusSensor
+from controller.sensor_batch import BatchedPrometheusSensor, batch_query
+from policies import SensorStatus
+from tests.controller.conftest import LatencyExporter, exponential_inverse_cdf
+
+pytestmark = pytest.mark.prometheus
+
+
+def slo(name: str, **overrides: Any) -> SloConfig:
+    raw: dict[str, Any] = {
+        "name": name,
+        "metric": "gnn_request_latency_seconds",
+        "labels": {"job": "hp-gnn"},
+        "window": "5s",
+        "target": "100ms",
+        "policy": {"kind": "static", "level": 0.5},
+        "throttle": {"selector": {"group-id": "lp"}, "rbps": {"min": "10M", "max": "max"}},
+    }
+    raw.update(overrides)
+    return SloConfig.model_validate(raw)
+
+
+class CountingSensor(PrometheusSensor):
+    requests = 0
+
+    def _instant(self, query: str, at: float) -> list[dict[str, Any]]:
+        self.requests += 1
+        return super()._instant(query, at)
+
+
+SLOS = [
+    slo("p95"),
+    slo("p50", quantile=0.5),
+    slo("quiet", min_rate=1e9),  # traffic far below min_rate: no_data
+    slo("typo", labels={"job": "hp-gmn"}),  # absent series: a sensor error
+    slo("two-series", metric=None, query="gnn_request_latency_seconds_count or vector(1)"),  # refused: two series
+]
+
+
+def test_one_request_per_tick_reads_what_one_query_at_a_time_reads(
+    latency_exporter: LatencyExporter, prometheus_for: Any
+) -> None:
+    latency_exporter.drive(exponential_inverse_cdf(0.03), per_second=500)
+    prom = prometheus_for(latency_exporter)
+    prom.wait_for_samples('rate(gnn_request_latency_seconds_count[5s]) > 0')
+    config = PrometheusConfig.model_validate({"url": prom.url, "timeout": "2s", "retries": 0})
+    single, batched = CountingSensor(config), BatchedPrometheusSensor(config, SLOS)
+    time.sleep(1.0)  # readiness: a few more scrapes inside the window
+    at = round(time.time(), 3)
+
+    alone = [single.read(s, at) for s in SLOS]
+    together = [batched.read(s, at) for s in SLOS]
+    first_tick = batched.requests
+    # The next tick (a new evaluation time): every query the sensor asked is now in the one batch.
+    alone_next = [single.read(s, at - 0.5) for s in SLOS]
+    together_next = [batched.read(s, at - 0.5) for s in SLOS]
+
+    assert together == alone and together_next == alone_next
+    assert [r.status for r in together] == [
+        SensorStatus.OK, SensorStatus.OK, SensorStatus.NO_DATA, SensorStatus.SENSOR_ERROR, SensorStatus.SENSOR_ERROR
+    ]
+    assert single.requests > 2 * len(SLOS) and first_tick < single.requests / 2
+    assert batched.requests - first_tick == 1
+
+
+def test_a_batch_prometheus_refuses_falls_back_to_one_query_at_a_time(
+    latency_exporter: LatencyExporter, prometheus_for: Any
+) -> None:
+    latency_exporter.drive(exponential_inverse_cdf(0.03), per_second=500)
+    prom = prometheus_for(latency_exporter)
+    prom.wait_for_samples('rate(gnn_request_latency_seconds_count[5s]) > 0')
+    config = PrometheusConfig.model_validate({"url": prom.url, "timeout": "2s", "retries": 0})
+    slos = [slo("p95"), slo("broken", metric=None, query="histogram_quantile(0.9, ")]
+    sensor = BatchedPrometheusSensor(config, slos)
+    time.sleep(1.0)  # readiness: a few more scrapes inside the window
+    at = round(time.time(), 3)
+
+    good, broken = (sensor.read(s, at) for s in slos)
+
+    assert good.status is SensorStatus.OK
+    assert broken.status is SensorStatus.SENSOR_ERROR and broken.reason == "http_error"
+    assert "histogram_quantile(0.9, " in (broken.error or "") and good.error is None
+
+
+def test_the_batch_labels_each_query_apart() -> None:
+    assert batch_query(["up", "sum(x)"]) == (
+        'label_replace((up), "drcio_query", "0", "", "") or label_replace((sum(x)), "drcio_query", "1", "", "")'
+    )
