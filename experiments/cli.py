@@ -184,8 +184,10 @@ def _default_output() -> Path:
 @click.option("--scenario", type=click.Choice(SCENARIO_CHOICES), default="all", show_default=True,
               help="baseline: HP alone. contention: HP + unthrottled LP. static-max: LP fixed at read 200M / "
                    "write 50M. static-weight: LP I/O weight 10 (HP keeps the default 100) with the BFQ scheduler. sweep: LP at "
-                   "fixed levels from floor to ceiling of the SLO's throttle range (the static frontier and the "
-                   "oracle). drcio: the closed-loop controller. all: baseline, contention, static-max, sweep, drcio.")
+                   "fixed levels from floor to ceiling of the SLO's throttle range (the static frontier). oracle: "
+                   "the best fixed level, bisected until its LP throughput is pinned within 5 %. drcio: the "
+                   "closed-loop controller. dynamic: drcio over a --schedule of load phases, then the oracle over "
+                   "the same schedule (sim backend). all: baseline, contention, static-max, sweep, oracle, drcio.")
 @click.option("--duration", type=click.FloatRange(min=1), default=40.0, show_default=True,
               help="Seconds of each scenario's measured run (HP load on), warm-up included.")
 @click.option("--load-level", type=click.Choice(["low", "medium", "high"]), default="medium", show_default=True,
@@ -206,7 +208,15 @@ def _default_output() -> Path:
                    "Default: results/<UTC time>. An earlier run's output dir is replaced.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True,
               help="Where to run: local = this machine with real Prometheus, cgroups and disk (needs root); "
+                   "sim = the same controller loop and policies against a seeded model of the disk and the "
+                   "measurement path, fitted to this machine (no root; ten simulated minutes take seconds); "
                    "kubernetes = the demo on the cluster of your kubeconfig (see README 'Deploy on Kubernetes').")
+@click.option("--schedule", default=None, metavar="NAME|FILE",
+              help="For --scenario dynamic: a built-in schedule (hp-steps, lp-phases, diurnal, steady, lp-step, "
+                   "lp-bursts, hp-ramp, hp-quiet) or a YAML schedule file (see experiments/schedules.py).")
+@click.option("--seed", type=int, default=1, show_default=True, help="sim backend: the random seed (same seed, same files).")
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="sim backend: simulated nodes (one disk, HP share and LP job each).")
 @click.option("--warmup", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds at the start of each scenario left out of every figure.")
 @click.option("--pause", type=click.FloatRange(min=0), default=5.0, show_default=True,
@@ -257,6 +267,9 @@ def run_experiment(
     output: Path | None,
     backend: str,
     warmup: float,
+    schedule: str | None = None,
+    seed: int = 1,
+    nodes: int = 1,
     pause: float,
     sweep_levels: int,
     sweep_duration: float | None,
@@ -289,7 +302,16 @@ def run_experiment(
         from experiments.workloads.lp_batch import parse_size
 
         parse_size(lp_file_size)  # a bad size is a usage error now, not a failed LP job later
-        plan_config = PlanConfig(duration, warmup, sweep_levels, sweep_duration)
+        from experiments.schedules import ScheduleError, load_schedule
+
+        try:
+            loaded = load_schedule(schedule) if schedule is not None else None
+        except ScheduleError as exc:
+            raise ValueError(f"--schedule: {exc}") from exc
+        if scenario == "dynamic" and backend != "sim":
+            raise ValueError(f"the {backend} backend runs the steady scenarios only; run dynamic schedules with "
+                             "--backend sim")
+        plan_config = PlanConfig(duration, warmup, sweep_levels, sweep_duration, schedule=loaded)
         plan = plan_scenarios(scenario, plan_config, need_baseline=setting.target_ms is None)
         _check_slo(base_slo, slo_source, setting)
     except (SloError, ValueError) as exc:
@@ -303,6 +325,7 @@ def run_experiment(
         console.print("[red]run-experiment: --dry-run is for --backend kubernetes[/red]")
         return 2
     from experiments.backends.local import LocalBackend, LocalConfig, check_prerequisites
+    from experiments.model import Backend
 
     local_config = LocalConfig(
         load_level=load_level, lp_mode=lp_mode, lp_workers=lp_workers, lp_file_size=lp_file_size,
@@ -310,7 +333,8 @@ def run_experiment(
         needs_scheduler=tuple(sorted({s.scheduler for s in plan if s.scheduler})),
     )
     try:
-        check_prerequisites(local_config)  # before anything is created
+        if backend == "local":
+            check_prerequisites(local_config)  # before anything is created
         output = output or _default_output()
         _prepare_output(output)
     except BackendUnavailable as exc:
@@ -320,8 +344,19 @@ def run_experiment(
     except click.BadParameter as exc:
         console.print(f"[red]run-experiment: {exc.format_message()}[/red]")
         return 2
-    local = LocalBackend(local_config, status=lambda text: console.print(f"[dim]{text}[/dim]"))
-    local.set_log_dir(output / "raw" / "logs")
+    chosen: Backend
+    if backend == "sim":
+        from experiments.backends.sim import SimBackend, SimConfig
+        from experiments.workloads.levels import load_level as level_preset
+
+        preset = level_preset(load_level)
+        chosen = SimBackend(SimConfig(seed=seed, nodes=nodes, hp_rate_per_second=preset.hp_rate_per_second,
+                                      lp_mode=lp_mode or preset.lp_mode, base_slo=base_slo))
+        pause = 0.0
+    else:
+        local = LocalBackend(local_config, status=lambda text: console.print(f"[dim]{text}[/dim]"))
+        local.set_log_dir(output / "raw" / "logs")
+        chosen = local
     total = sum(s.duration_seconds for s in plan) + pause * (len(plan) - 1)
     console.print(f"run-experiment: {len(plan)} scenarios ({', '.join(s.name for s in plan)}), "
                   f"about {total / 60:.0f} min of measurement; output in {output}")
@@ -336,10 +371,11 @@ def run_experiment(
     started = time.monotonic()
     with _Interrupts(console) as interrupts:
         try:
-            with local:
-                run_info.update(local.describe())
+            with chosen:
+                run_info.update(chosen.describe())
                 with RichProgress(console, total) as progress:
-                    run_plan(plan, local, RunConfig(output, setting, pause, run_info), progress)
+                    run_plan(plan, chosen, RunConfig(output, setting, pause, run_info,
+                                                     report_each_scenario=backend != "sim"), progress)
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted: every process stopped, cgroups and temp dirs removed; "
                           f"results of finished scenarios are in {output}[/yellow]")

@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol
 
 from experiments.export import Export
+from experiments.schedules import Schedule
 
 __all__ = [
     "Kind",
@@ -50,7 +51,7 @@ __all__ = [
     "LP_SELECTOR",
 ]
 
-Kind = Literal["baseline", "contention", "static-max", "static-weight", "sweep", "drcio"]
+Kind = Literal["baseline", "contention", "static-max", "static-weight", "sweep", "drcio", "dynamic", "oracle", "probe"]
 
 #: The LP group's name on the wire and in metrics, and its selector.
 LP_GROUP = "lp"
@@ -67,6 +68,8 @@ class ScenarioSpec:
     lp: the LP batch job runs. controlled: the controller and the writer run
     (limits or weights are applied). level: a sweep step's fixed level.
     scheduler: the block scheduler the scenario needs (``bfq``), restored after.
+    schedule: the load schedule of a dynamic scenario (and of the oracle's
+        probes for it); None = steady load for ``duration_seconds``.
     """
 
     name: str
@@ -77,6 +80,7 @@ class ScenarioSpec:
     controlled: bool
     level: float | None = None
     scheduler: str | None = None
+    schedule: Schedule | None = None
 
 
 @dataclass

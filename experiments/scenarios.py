@@ -29,7 +29,19 @@ import pandas as pd
 
 from experiments.export import write_export
 from experiments.model import Backend, Kind, ScenarioRun, ScenarioSpec, SloWiring
-from experiments.report import ScenarioResult, TargetChoice, auto_target_ms, histogram_quantile, period_buckets, write_report
+from experiments.schedules import Schedule
+from experiments.oracle import Probe, bisect_oracle
+from experiments.report import (
+    MIB,
+    ORACLE_ATTAINMENT,
+    ScenarioResult,
+    TargetChoice,
+    auto_target_ms,
+    histogram_quantile,
+    period_buckets,
+    summarize,
+    write_report,
+)
 # Re-exported: callers planned and checked SLOs through this module before the split.
 from experiments.slo import SloError, load_base_slo, slo_document, slo_target_text, validate_slo
 
@@ -53,8 +65,8 @@ __all__ = [
     "run_plan",
 ]
 
-SCENARIO_CHOICES = ("baseline", "contention", "static-max", "static-weight", "sweep", "drcio", "all")
-_ALL: tuple[Kind, ...] = ("baseline", "contention", "static-max", "sweep", "drcio")
+SCENARIO_CHOICES = ("baseline", "contention", "static-max", "static-weight", "sweep", "oracle", "drcio", "dynamic", "all")
+_ALL: tuple[Kind, ...] = ("baseline", "contention", "static-max", "sweep", "oracle", "drcio")
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,7 @@ class PlanConfig:
     warmup_seconds: float = 5.0
     sweep_levels: int = 8
     sweep_duration_seconds: float | None = None
+    schedule: Schedule | None = None
 
     def __post_init__(self) -> None:
         errors = []
@@ -105,6 +118,12 @@ def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = Fal
     if choice not in SCENARIO_CHOICES:
         raise ValueError(f"unknown scenario {choice!r} (choose from {', '.join(SCENARIO_CHOICES)})")
     kinds: list[Kind] = list(_ALL) if choice == "all" else [choice]  # type: ignore[list-item]
+    if choice == "dynamic":
+        if config.schedule is None:
+            raise ValueError("--scenario dynamic needs --schedule NAME|FILE")
+        kinds = ["dynamic", "oracle"]
+    elif config.schedule is not None:
+        raise ValueError("--schedule is only for --scenario dynamic")
     if need_baseline and "baseline" not in kinds:
         kinds.insert(0, "baseline")
     d, w = config.duration_seconds, config.warmup_seconds
@@ -122,6 +141,14 @@ def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = Fal
             specs.append(ScenarioSpec("contention", kind, d, w, lp=True, controlled=False))
         elif kind == "static-weight":
             specs.append(ScenarioSpec(kind, kind, d, w, lp=True, controlled=True, scheduler="bfq"))
+        elif kind == "dynamic":
+            assert config.schedule is not None
+            specs.append(ScenarioSpec(f"dynamic-{config.schedule.name}", kind, config.schedule.duration_seconds, w,
+                                      lp=True, controlled=True, schedule=config.schedule))
+        elif kind == "oracle":
+            # Probes as long as the sweep's steps (steady) or the whole schedule (dynamic).
+            length = config.schedule.duration_seconds if config.schedule else config.sweep_seconds
+            specs.append(ScenarioSpec("oracle", kind, length, w, lp=True, controlled=True, schedule=config.schedule))
         else:
             specs.append(ScenarioSpec(kind, kind, d, w, lp=True, controlled=True))
     return specs
@@ -145,6 +172,11 @@ class RunConfig:
     target: TargetSetting
     pause_seconds: float = 5.0
     run_info: dict[str, str] = field(default_factory=dict)
+    #: The oracle's bisection stops once the met / missed bracket's LP throughputs differ by at most this.
+    oracle_tolerance: float = 0.05
+    #: Rewrite plots and report after every scenario (an interrupted real run keeps them); the simulator,
+    #: whose scenarios take milliseconds, writes them once at the end.
+    report_each_scenario: bool = True
 
 
 class ProgressSink(Protocol):
@@ -184,9 +216,12 @@ def _result_from_files(output: Path, meta: dict[str, Any]) -> ScenarioResult:
     series = pd.read_csv(output / f"{name}.csv")
     histogram = pd.read_csv(raw / "histogram.csv")
     client = read_client_csv(raw / "client.csv", float(meta["start"]))
+    record = meta.get("schedule")
+    steps = (Schedule.from_record(record).segments() if record
+             else [(0.0, float(meta["duration_seconds"]), "start")])
     return ScenarioResult(name=name, kind=meta["kind"], series=series, histogram=histogram, client=client,
                           warmup_seconds=float(meta["warmup_seconds"]), lp=bool(meta["lp"]), level=meta.get("level"),
-                          notes={str(k): str(v) for k, v in (meta.get("notes") or {}).items()})
+                          notes={str(k): str(v) for k, v in (meta.get("notes") or {}).items()}, steps=steps)
 
 
 def load_results(output: Path) -> tuple[list[ScenarioResult], TargetChoice | None, dict[str, str]]:
@@ -221,12 +256,21 @@ def _write_run_json(config: RunConfig, target: TargetChoice | None, plan: Sequen
     }, indent=2))
 
 
+def _probe_spec(spec: ScenarioSpec, index: int, level: float) -> ScenarioSpec:
+    return ScenarioSpec(f"oracle-{index}", "probe", spec.duration_seconds, spec.warmup_seconds, lp=True,
+                        controlled=True, level=round(level, 6), schedule=spec.schedule)
+
+
 def run_plan(plan: Sequence[ScenarioSpec], backend: Backend, config: RunConfig, progress: ProgressSink) -> pd.DataFrame | None:
     """Run every scenario of ``plan`` on ``backend`` (already entered); returns the final summary.
 
     Each scenario's outputs are written as soon as it finishes; on an
     exception the report is rewritten with what finished and the exception
-    propagates (the backend's ``__exit__`` cleans up).
+    propagates (the backend's ``__exit__`` cleans up). An ``oracle`` spec runs
+    as a bisection (:func:`experiments.oracle.bisect_oracle`): fixed-level
+    probes ``oracle-1``, ``oracle-2``, ... until the best fixed level's LP
+    throughput is pinned within ``PlanConfig``'s tolerance; a probe meets the
+    SLO when its attainment reaches :data:`experiments.report.ORACLE_ATTAINMENT`.
     """
     out = config.output
     out.mkdir(parents=True, exist_ok=True)
@@ -237,38 +281,69 @@ def run_plan(plan: Sequence[ScenarioSpec], backend: Backend, config: RunConfig, 
     results: list[ScenarioResult] = []
     summary: pd.DataFrame | None = None
     done: list[str] = []
+    count = 0
+
+    def run_one(spec: ScenarioSpec, index: int, total: int, pending: list[str]) -> dict[str, object] | None:
+        nonlocal target, summary, count
+        if count > 0 and config.pause_seconds > 0:
+            progress.message(f"pausing {config.pause_seconds:g} s (host write-back settles)")
+            backend.pause(config.pause_seconds, progress.tick)
+        count += 1
+        progress.scenario_started(index, total, spec)
+        if spec.controlled and target is None:
+            raise RuntimeError(f"scenario {spec.name} needs an SLO target, but none is known yet")
+        raw = out / "raw" / spec.name
+        raw.mkdir(parents=True, exist_ok=True)
+        run: ScenarioRun = backend.run_scenario(
+            spec, target_ms=target.target_ms if target else math.nan, raw_dir=raw, tick=progress.tick
+        )
+        progress.tick(spec.duration_seconds, spec.duration_seconds, "exporting the series")
+        export = backend.export(run)
+        write_export(export, out / f"{spec.name}.csv", raw / "histogram.csv")
+        meta = {**asdict(spec), "start": export.start, "end": export.end, "notes": run.notes}
+        (raw / "scenario.json").write_text(json.dumps(meta, indent=2))
+        result = _result_from_files(out, meta)
+        results.append(result)
+        done.append(spec.name)
+        if spec.kind == "baseline" and target is None:
+            p95, edges = _baseline_p95_ms(result)
+            value = auto_target_ms(p95, config.target.multiple, edges)
+            target = TargetChoice(value, f"auto: {config.target.multiple:g} x the baseline's measured P95 "
+                                         f"({p95:.3f} ms), rounded up to the next histogram bucket edge")
+            progress.message(f"SLO target {value:g} ms ({target.how})")
+            _write_run_json(config, target, plan)
+        known = target or TargetChoice(math.nan, "not yet known")
+        if config.report_each_scenario:
+            summary = write_report(out, results, known, run_info=config.run_info, pending=pending)
+        else:
+            summary = summarize(results, known)
+        row = summary[summary["scenario"] == spec.name]
+        found = row.iloc[0].to_dict() if not row.empty else None
+        progress.scenario_finished(spec, found)
+        return found
+
     try:
         for index, spec in enumerate(plan):
-            if index > 0 and config.pause_seconds > 0:
-                progress.message(f"pausing {config.pause_seconds:g} s (host write-back settles)")
-                backend.pause(config.pause_seconds, progress.tick)
-            progress.scenario_started(index + 1, len(plan), spec)
-            if spec.controlled and target is None:
-                raise RuntimeError(f"scenario {spec.name} needs an SLO target, but none is known yet")
-            raw = out / "raw" / spec.name
-            raw.mkdir(parents=True, exist_ok=True)
-            run: ScenarioRun = backend.run_scenario(
-                spec, target_ms=target.target_ms if target else math.nan, raw_dir=raw, tick=progress.tick
-            )
-            progress.tick(spec.duration_seconds, spec.duration_seconds, "exporting the series")
-            export = backend.export(run)
-            write_export(export, out / f"{spec.name}.csv", raw / "histogram.csv")
-            meta = {**asdict(spec), "start": export.start, "end": export.end, "notes": run.notes}
-            (raw / "scenario.json").write_text(json.dumps(meta, indent=2))
-            result = _result_from_files(out, meta)
-            results.append(result)
-            done.append(spec.name)
-            if spec.kind == "baseline" and target is None:
-                p95, edges = _baseline_p95_ms(result)
-                value = auto_target_ms(p95, config.target.multiple, edges)
-                target = TargetChoice(value, f"auto: {config.target.multiple:g} x the baseline's measured P95 "
-                                             f"({p95:.3f} ms), rounded up to the next histogram bucket edge")
-                progress.message(f"SLO target {value:g} ms ({target.how})")
-                _write_run_json(config, target, plan)
+            later = [s.name for s in plan[index + 1:]]
+            if spec.kind != "oracle":
+                run_one(spec, index + 1, len(plan), later)
+                continue
+
+            def probe(level: float, spec: ScenarioSpec = spec, index: int = index, later: list[str] = later) -> Probe:
+                number = sum(1 for r in results if r.kind == "probe") + 1
+                row = run_one(_probe_spec(spec, number, level), index + 1, len(plan), later) or {}
+                attainment = float(row.get("slo_attainment", math.nan))  # type: ignore[arg-type]
+                lp = float(row.get("lp_mbps", 0.0)) * MIB  # type: ignore[arg-type]
+                return Probe(level, lp, attainment >= ORACLE_ATTAINMENT)
+
+            found = bisect_oracle(probe, tolerance=config.oracle_tolerance)
+            progress.message(f"oracle: {found.describe()}")
+            (out / "oracle.json").write_text(json.dumps({**asdict(found), "scenario": spec.name,
+                                                         "tolerance": config.oracle_tolerance,
+                                                         "meets": f"attainment >= {ORACLE_ATTAINMENT:g}"}, indent=2))
+        if not config.report_each_scenario and results:
             summary = write_report(out, results, target or TargetChoice(math.nan, "not yet known"),
-                                   run_info=config.run_info, pending=[s.name for s in plan[index + 1:]])
-            row = summary[summary["scenario"] == spec.name]
-            progress.scenario_finished(spec, row.iloc[0].to_dict() if not row.empty else None)
+                                   run_info=config.run_info)
     except BaseException:
         if results:
             summary = write_report(out, results, target or TargetChoice(math.nan, "not yet known"),

@@ -12,6 +12,8 @@ throttle range, window and policy; per scenario:
 - ``sweep`` step *i* of *n*: ``{kind: static, level: i/(n-1)}`` over the
   SAME throttle range, so the limits are geometric from floor to ceiling
   and each is exactly the limit drcio would set at that level;
+- ``probe`` (the oracle's bisection): as a sweep step, at the probed level;
+- ``dynamic``: as ``drcio`` (the schedule changes the load, not the SLO);
 - ``static-max``: a fixed LP ``io.max`` of read 200M / write 50M (a
   one-point range, static level 1);
 - ``static-weight``: weights only: LP ``io.weight`` 10 (v2 scale; the
@@ -36,6 +38,7 @@ from typing import Any
 import yaml
 
 from experiments.model import LP_GROUP, LP_SELECTOR, ScenarioSpec, SloWiring
+from experiments.yamlfile import read_yaml
 
 __all__ = [
     "STATIC_MAX_RBPS",
@@ -73,12 +76,7 @@ def load_base_slo(path: Path | None) -> tuple[dict[str, Any], str]:
     """
     if path is None:
         return _template(), "the packaged template experiments/templates/slo.yaml"
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SloError(f"{path}: cannot read the SLO file: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise SloError(f"{path}: not valid YAML: {exc}") from exc
+    doc = read_yaml(path, SloError, "SLO file")
     if not isinstance(doc, dict) or not isinstance(doc.get("slos"), list) or not doc["slos"]:
         raise SloError(f"{path}: needs a 'slos' list with at least one SLO (see README 'SLO file')")
     if not isinstance(doc["slos"][0], dict) or not isinstance(doc["slos"][0].get("throttle"), dict):
@@ -118,7 +116,7 @@ def slo_document(spec: ScenarioSpec, base: dict[str, Any], *, target_ms: float, 
     throttle = dict(slo["throttle"])
     throttle.update(selector=dict(LP_SELECTOR), group=LP_GROUP, devices=wiring.devices)
     slos = [slo]
-    if spec.kind == "sweep":
+    if spec.kind in ("sweep", "probe"):
         assert spec.level is not None
         slo["policy"] = {"kind": "static", "level": round(spec.level, 6)}
     elif spec.kind == "static-max":

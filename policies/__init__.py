@@ -6,6 +6,7 @@ parameters :func:`parse_params` validated, and calls ``step`` once per tick.
 
 from policies.aimd import AimdParams, AimdPolicy
 from policies.base import FailSafe, FailSafeTracker, Observation, Policy, PolicyConfigError, SensorStatus, clamp_level
+from policies.knee import KneeParams, KneePolicy
 from policies.pid import PidParams, PidPolicy
 from policies.registry import POLICY_KINDS, PolicyParams, build_policy, parse_params
 from policies.static import StaticParams, StaticPolicy
@@ -16,6 +17,8 @@ __all__ = [
     "AimdPolicy",
     "FailSafe",
     "FailSafeTracker",
+    "KneeParams",
+    "KneePolicy",
     "Observation",
     "PidParams",
     "PidPolicy",

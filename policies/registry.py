@@ -15,16 +15,18 @@ from typing import Any, TypeAlias
 
 from policies.aimd import AimdParams, AimdPolicy
 from policies.base import FailSafe, Policy, PolicyConfigError
+from policies.knee import KneeParams, KneePolicy
 from policies.pid import PidParams, PidPolicy
 from policies.static import StaticParams, StaticPolicy
 
 __all__ = ["POLICY_KINDS", "PolicyParams", "parse_params", "build_policy"]
 
-PolicyParams: TypeAlias = PidParams | AimdParams | StaticParams
+PolicyParams: TypeAlias = PidParams | AimdParams | KneeParams | StaticParams
 
 _KINDS: dict[str, tuple[type[Any], Callable[..., Policy]]] = {
     "pid": (PidParams, PidPolicy),
     "aimd": (AimdParams, AimdPolicy),
+    "knee": (KneeParams, KneePolicy),
     "static": (StaticParams, StaticPolicy),
 }
 

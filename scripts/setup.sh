@@ -56,3 +56,37 @@ if [ ! -x "$KUBECTL_CACHE/usr/bin/kubectl" ]; then
   dpkg-deb -x "$DL"/kubernetes-client_*.deb "$KUBECTL_CACHE"
   rm -rf "$DL"
 fi
+
+# The cgroup v2 guest of scripts/run-in-v2-kernel.sh (issue 7): QEMU, a static
+# busybox for its initramfs, and Debian's generic 6.1 kernel unpacked into a
+# cache (never installed over the host's boot). Needs root, as the guest does;
+# without root the guest tests skip and say so.
+if [ "$(id -u)" -eq 0 ]; then
+  VM_PKGS=
+  command -v qemu-system-x86_64 >/dev/null 2>&1 || VM_PKGS="$VM_PKGS qemu-system-x86"
+  command -v busybox >/dev/null 2>&1 || VM_PKGS="$VM_PKGS busybox-static"
+  if [ -n "$VM_PKGS" ]; then
+    echo "setup: installing$VM_PKGS for the cgroup v2 guest" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $VM_PKGS >/dev/null
+  fi
+  VM_CACHE=${DRCIO_VM_CACHE:-/var/cache/drcio/v2-kernel}
+  if ! ls -d "$VM_CACHE"/*/boot >/dev/null 2>&1; then
+    # The newest 6.1 ABI the archive offers (older ABIs drop out of it over time).
+    KPKG=$(apt-cache search --names-only '^linux-image-6\.1\.[0-9]+-[0-9]+-amd64-unsigned$' | awk '{print $1}' | sort -V | tail -n 1)
+    if [ -z "$KPKG" ]; then apt-get update -qq; KPKG=$(apt-cache search --names-only '^linux-image-6\.1\.[0-9]+-[0-9]+-amd64-unsigned$' | awk '{print $1}' | sort -V | tail -n 1); fi
+    [ -n "$KPKG" ] || { echo "setup: no linux-image-6.1.*-amd64-unsigned package in the apt sources" >&2; exit 1; }
+    KREL=${KPKG#linux-image-}; KREL=${KREL%-unsigned}
+    echo "setup: unpacking $KPKG into $VM_CACHE/$KREL for the cgroup v2 guest" >&2
+    DL=$(mktemp -d); chmod 755 "$DL"
+    (cd "$DL" && apt-get download -qq "$KPKG" 2>/dev/null)
+    mkdir -p "$VM_CACHE"
+    dpkg-deb -x "$DL"/*.deb "$DL/root"
+    busybox depmod -b "$DL/root" "$KREL"  # the package ships no modules.dep (depmod runs at install)
+    rm -rf "${VM_CACHE:?}/$KREL"
+    mv "$DL/root" "$VM_CACHE/$KREL"
+    rm -rf "$DL"
+  fi
+else
+  echo "setup: not root, so no cgroup v2 guest (scripts/run-in-v2-kernel.sh); its tests will skip" >&2
+fi

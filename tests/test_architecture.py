@@ -61,6 +61,19 @@ def test_only_the_writer_names_cgroup_files() -> None:
                     raise AssertionError(f"{path.relative_to(ROOT)} names a cgroup file: {node.value[:60]!r}")
 
 
+def test_the_writer_agent_cannot_create_move_or_remove_cgroups() -> None:
+    # writer/groups.py (create, move, remove) is for experiments and tests; kubelet makes a node's cgroups.
+    for path in (ROOT / "writer").rglob("*.py"):
+        if path.name == "groups.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            imported = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                imported = [f"{node.module}.{a.name}" for a in node.names] + [node.module or ""]
+            bad = [n for n in imported if n == "writer.groups" or n.startswith("writer.groups.")]
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
 def test_only_controller_and_experiments_query_prometheus() -> None:
     for package in ("policies", "writer"):
         for path, names in imports_of(package).items():

@@ -28,7 +28,8 @@ from tests.controller.conftest import (  # noqa: F401 (fixtures shared with the 
     latency_exporter,
     prometheus_for,
 )
-from writer.cgroups import Hierarchy, WriterError, create_group, detect_hierarchy, remove_group
+from writer.cgroups import Hierarchy, WriterError, detect_hierarchy
+from writer.groups import create_group, remove_group
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.kernel]
 

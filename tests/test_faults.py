@@ -42,17 +42,18 @@ from controller.config import RateRange
 from controller.targets import rate_at
 from experiments.prometheus_server import find_prometheus, free_port
 from tests.controller.conftest import BUCKETS
-from writer.cgroups import Hierarchy, WriterError, create_group, detect_hierarchy, remove_group
+from tests.test_end_to_end import DISK, _hierarchy_or_skip
+from writer.cgroups import Hierarchy
+from writer.groups import create_group, remove_group
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.kernel]
 
-DISK = "254:0"
 INTERVAL = 1.0
 LEASE_TTL = 3.0
 FAILSAFE_LEVEL = 0.2
 M = 1024**2
 #: The read limit the fail-safe means for this SLO's range (the controller pushes it; the writer bounds it).
-FAILSAFE_RBPS = rate_at(RateRange(min=10 * M), FAILSAFE_LEVEL)
+FAILSAFE_RBPS: int = rate_at(RateRange(min=10 * M), FAILSAFE_LEVEL) or 0  # 30.3 MiB/s (never None below level 1)
 #: Polling granularity and the time a tick's own work may add on this shared 2-core box.
 SLACK = 0.6
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
@@ -172,27 +173,10 @@ class Rig:
         return None
 
     def wait_prometheus(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.prom_url}/-/ready", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("Prometheus did not come back")
+        _wait_answering(f"{self.prom_url}/-/ready", self.prometheus, 30)
 
     def wait_writer(self) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.writer.alive(), self.writer.log.read_text()[-2000:]
-            try:
-                if httpx.get(f"{self.writer_url}/health", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("the writer did not come up")
+        _wait_answering(f"{self.writer_url}/health", self.writer, 20)
 
     def healthy_since(self, t: float) -> float | None:
         """Arrival time of the first decision after ``t`` with status ok and a push the writer accepted."""
@@ -230,6 +214,20 @@ class Rig:
         return None
 
 
+def _wait_answering(url: str, proc: Proc, limit: float) -> None:
+    """Until ``url`` answers 200 (readiness, bounded), failing at once with the log if ``proc`` died."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert proc.alive(), f"{proc.name} died: {proc.log.read_text()[-2000:]}"
+        try:
+            if httpx.get(url, timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{proc.name} did not answer {url} within {limit}s")
+
+
 def _monitor(rig: Rig, stop: threading.Event) -> None:
     offset = 0
     while not stop.wait(0.05):
@@ -253,16 +251,9 @@ def _monitor(rig: Rig, stop: threading.Event) -> None:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a blkio cgroup")
-    try:
-        h = detect_hierarchy("auto")
-    except WriterError as e:
-        pytest.skip(f"no cgroup I/O controller: {e}")
+    h = _hierarchy_or_skip()  # root, an I/O controller and the disk, or a skip saying which is missing
     if h.version != 1:
         pytest.skip(f"the fault matrix runs on this box's cgroup v1 blkio; found v{h.version}")
-    if not Path(f"/sys/dev/block/{DISK}").exists():
-        pytest.skip(f"block device {DISK} (the dev/CI machine's disk) is not present")
     tmp = tmp_path_factory.mktemp("faults")
     top = f"drcio-t9-{secrets.token_hex(4)}"
     cgroup = create_group(h, f"{top}/lp")
@@ -376,19 +367,21 @@ def _report() -> None:
                                          "prometheus_first_scrape_after_ready_seconds": PROM_FIRST_SCRAPE}, indent=2))
 
 
-def _blind_fault(rig: Rig, name: str, inject: Callable[[], None], clear: Callable[[], None], blind_for: float = 5.0) -> None:
+def _blind_fault(rig: Rig, name: str, inject: Callable[[], object], clear: Callable[[], object], blind_for: float = 5.0) -> None:
     """A fault that blinds the loop: the fail-safe must arrive in time, hold, and go once the fault clears."""
     rig.wait_open()
     t0 = time.monotonic()
     inject()
-    time.sleep(blind_for)
-    in_force = rig.failsafe_in_force_at(t0)
+    try:
+        time.sleep(blind_for)
+        in_force = rig.failsafe_in_force_at(t0)
+        t_clear = time.monotonic()
+    finally:
+        clear()  # also when an assertion fails, so the next fault starts from a healthy rig
+    t_cleared = time.monotonic()
     assert in_force is not None, f"{name}: the fail-safe never came into force"
     failsafe_after = in_force - t0
-    t_clear = time.monotonic()
     looser = rig.looser_than_failsafe(in_force, t_clear)
-    clear()
-    t_cleared = time.monotonic()
     rig.wait_until(lambda: rig.healthy_since(t_cleared) is not None, 15, f"recovery from {name}")
     recovered = (rig.healthy_since(t_cleared) or 0.0) - t_cleared
     RESULTS.append({"fault": name, "failsafe_after": round(failsafe_after, 3), "looser_samples": len(looser),
@@ -452,10 +445,12 @@ def test_the_writer_killed_then_restarted_keeps_the_limits_in_force(rig: Rig) ->
     rig.wait_open()
     # Throttle first so there is something to keep: stop the HP scrape until the fail-safe limit is in force.
     rig.target.failing = True
-    rig.wait_until(lambda: (r := rig.rbps_in_force()) is not None and r <= FAILSAFE_RBPS, 10, "a limit in force")
-    before = rig.rbps_in_force()
-    rig.writer.signal(signal.SIGKILL)
-    rig.target.failing = False  # the loop would now open LP up, but nobody can write
+    try:
+        rig.wait_until(lambda: (r := rig.rbps_in_force()) is not None and r <= FAILSAFE_RBPS, 10, "a limit in force")
+        before = rig.rbps_in_force()
+        rig.writer.signal(signal.SIGKILL)
+    finally:
+        rig.target.failing = False  # the loop would now open LP up, but nobody can write
     time.sleep(INTERVAL)
     assert rig.rbps_in_force() == before  # the kernel keeps the limit while the writer is dead
     rig.writer.start()
@@ -477,9 +472,11 @@ def test_a_writer_slower_than_the_push_deadline(rig: Rig) -> None:
     rig.wait_open()
     before = len(rig.decisions)
     rig.writer.signal(signal.SIGSTOP)  # accepts connections (kernel backlog), answers nothing
-    time.sleep(2.0)
-    outcomes = [p["outcome"] for _, rec in rig.decisions[before:] for p in rec.get("push", [])]
-    rig.writer.signal(signal.SIGCONT)
+    try:
+        time.sleep(2.0)
+        outcomes = [p["outcome"] for _, rec in rig.decisions[before:] for p in rec.get("push", [])]
+    finally:
+        rig.writer.signal(signal.SIGCONT)
     cleared = time.monotonic()
     assert "timeout" in outcomes, outcomes
     ticks = len(rig.decisions) - before

@@ -178,7 +178,7 @@ def test_health_and_metrics_answer_over_https_without_a_token_status_does_not(fa
     leaf = one.issue("writer")
     with https_writer(fake_v2, TlsServerConfig(cert_file=leaf.cert, key_file=leaf.key)) as (url, _):
         verify = client_context(TlsClientConfig(ca_file=one.cert))
-        with httpx.Client(verify=verify) as c:  # type: ignore[arg-type]
+        with httpx.Client(verify=verify) as c:
             assert c.get(f"{url}/health").status_code == 200
             assert c.get(f"{url}/metrics").status_code == 200
             assert c.get(f"{url}/status").status_code == 401

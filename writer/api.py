@@ -240,6 +240,10 @@ class PushResponse(BaseModel):
     node: str
     generation: int
     results: list[CgroupResult]
+    #: Groups of the push that selected no LP workload on this node (nothing written for them).
+    unmatched_groups: list[str] = []
+    #: What an all-green ``results`` would hide: no LP workload, no kubelet tree recognised, ...
+    warnings: list[str] = []
 
 
 class ErrorResponse(BaseModel):

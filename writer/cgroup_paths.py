@@ -19,7 +19,12 @@ systemd       ``kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<u
 cgroupfs      ``kubepods/burstable/pod<uid>`` (Guaranteed: ``kubepods/pod<uid>``)
 ============  =========================================================================
 
-The kubelet's ``--cgroup-root`` is assumed to be the default (``/``).
+The kubelet's ``--cgroup-root`` (default ``/``) is a parameter. kubelet names
+cgroups as a list of components (``[<root parts>..., "kubepods", <qos>,
+"pod<uid>"]``); the cgroupfs driver joins them with ``/``, the systemd driver
+turns them into nested slices, each slice named after all components so far
+joined by ``-`` (``kubelet.slice/kubelet-kubepods.slice/...`` for
+``--cgroup-root=/kubelet``), with ``-`` inside a component escaped to ``_``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ __all__ = [
     "safe_join",
     "container_scopes",
     "check_pod_uid",
+    "kubelet_tree_problem",
 ]
 
 Driver = Literal["systemd", "cgroupfs"]
@@ -69,39 +75,84 @@ def check_pod_uid(uid: str) -> str:
     return uid
 
 
-def detect_driver(hierarchy_root: Path) -> Driver:
-    """Tell the kubelet's cgroup driver from the tree: ``kubepods.slice/`` (systemd) or ``kubepods/`` (cgroupfs)."""
-    systemd = (hierarchy_root / "kubepods.slice").is_dir()
-    cgroupfs = (hierarchy_root / "kubepods").is_dir()
+def _root_parts(cgroup_root: str, driver: Driver) -> list[str]:
+    """kubelet's ``--cgroup-root`` as name components (``/`` -> none; ``/kubelet`` -> ``["kubelet"]``).
+
+    For the systemd driver the root is a slice: ``/kubelet.slice`` and ``/kubelet``
+    name the same one, and a nested slice path (``/a.slice/a-b.slice``) is
+    identified by its last slice's name, whose parts are split on ``-``.
+    """
+    parts = [p for p in cgroup_root.strip("/").split("/") if p]
+    if not cgroup_root.startswith("/") or any(p in (".", "..") for p in parts) or "\x00" in cgroup_root:
+        raise CgroupPathError(f"kubelet cgroup root {cgroup_root!r} must be an absolute cgroup path like /kubelet")
+    if driver == "systemd" and parts:
+        return parts[-1].removesuffix(".slice").split("-")
+    return parts
+
+
+def _kubelet_path(components: list[str], driver: Driver) -> str:
+    if driver == "cgroupfs":
+        return "/".join(components)
+    # systemd: every component becomes a slice named after the whole prefix (systemd's ExpandSlice).
+    names, prefix = [], ""
+    for c in components:
+        prefix = f"{prefix}-{c.replace('-', '_')}" if prefix else c.replace("-", "_")
+        names.append(f"{prefix}.slice")
+    return "/".join(names)
+
+
+def _kubepods(cgroup_root: str, driver: Driver) -> str:
+    return _kubelet_path([*_root_parts(cgroup_root, driver), "kubepods"], driver)
+
+
+def detect_driver(hierarchy_root: Path, *, cgroup_root: str = "/") -> Driver:
+    """Tell the kubelet's cgroup driver from the tree: ``kubepods.slice/`` (systemd) or ``kubepods/`` (cgroupfs).
+
+    ``cgroup_root`` is kubelet's ``--cgroup-root``; the kubepods cgroup is looked up under it.
+    """
+    systemd_dir = _kubepods(cgroup_root, "systemd")
+    cgroupfs_dir = _kubepods(cgroup_root, "cgroupfs")
+    systemd = (hierarchy_root / systemd_dir).is_dir()
+    cgroupfs = (hierarchy_root / cgroupfs_dir).is_dir()
     if systemd and cgroupfs:
         raise CgroupPathError(
-            f"both kubepods.slice and kubepods exist under {hierarchy_root}; set the cgroup driver explicitly"
+            f"both {systemd_dir} and {cgroupfs_dir} exist under {hierarchy_root}; set the cgroup driver explicitly"
         )
     if systemd:
         return "systemd"
     if cgroupfs:
         return "cgroupfs"
     raise CgroupPathError(
-        f"no kubepods.slice (systemd driver) or kubepods (cgroupfs driver) under {hierarchy_root};"
-        " is this the cgroup v2 mount or the v1 blkio hierarchy of a Kubernetes node?"
+        f"no {systemd_dir} (systemd driver) or {cgroupfs_dir} (cgroupfs driver) under {hierarchy_root};"
+        " is this the host's cgroup v2 mount or v1 blkio hierarchy of a Kubernetes node"
+        " (in a pod: the host's /sys/fs/cgroup mounted in, e.g. at /host/sys/fs/cgroup),"
+        " and is kubelet's --cgroup-root set?"
     )
 
 
-def pod_cgroup_dir(hierarchy_root: Path, uid: str, qos: QosClass, driver: Driver) -> Path:
-    """The pod's cgroup directory under ``hierarchy_root`` (it may not exist yet, or any more)."""
+def kubelet_tree_problem(hierarchy_root: Path, *, cgroup_root: str = "/") -> str | None:
+    """``None`` when a kubelet tree is found under the root, else what is missing (for /status and pushes)."""
+    try:
+        detect_driver(hierarchy_root, cgroup_root=cgroup_root)
+    except CgroupPathError as err:
+        return str(err)
+    return None
+
+
+def pod_cgroup_dir(hierarchy_root: Path, uid: str, qos: QosClass, driver: Driver, *, cgroup_root: str = "/") -> Path:
+    """The pod's cgroup directory under ``hierarchy_root`` (it may not exist yet, or any more).
+
+    ``cgroup_root`` is kubelet's ``--cgroup-root``.
+    """
     check_pod_uid(uid)
     if qos not in _QOS_CLASSES:
         raise CgroupPathError(f"QoS class {qos!r} is not one of {', '.join(_QOS_CLASSES)}")
-    if driver == "systemd":
-        escaped = uid.replace("-", "_")
-        if qos == "guaranteed":
-            return hierarchy_root / "kubepods.slice" / f"kubepods-pod{escaped}.slice"
-        return hierarchy_root / "kubepods.slice" / f"kubepods-{qos}.slice" / f"kubepods-{qos}-pod{escaped}.slice"
-    if driver == "cgroupfs":
-        if qos == "guaranteed":
-            return hierarchy_root / "kubepods" / f"pod{uid}"
-        return hierarchy_root / "kubepods" / qos / f"pod{uid}"
-    raise CgroupPathError(f"cgroup driver {driver!r} is not 'systemd' or 'cgroupfs'")
+    if driver not in ("systemd", "cgroupfs"):
+        raise CgroupPathError(f"cgroup driver {driver!r} is not 'systemd' or 'cgroupfs'")
+    parts = _root_parts(cgroup_root, driver)
+    # Guaranteed pods sit directly in kubepods; the other classes in a QoS cgroup below it.
+    components = [*parts, "kubepods", *([] if qos == "guaranteed" else [qos]), f"pod{uid}"]
+    return hierarchy_root / _kubelet_path(components, driver)
 
 
 def safe_join(root: Path, relative: str | Path) -> Path:

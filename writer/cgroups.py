@@ -3,9 +3,9 @@
 This is the only module of drcio that opens files under the cgroup hierarchy.
 The reconciler (:mod:`writer.reconcile`) and the metrics collector call the
 file-level API (:func:`read_io_max`, :func:`apply_io_max`, :func:`apply_weight`,
-:func:`read_io_bytes`, ...); the local experiment calls the group helpers
-(:func:`detect_hierarchy`, :func:`create_group`, :func:`move_pid`,
-:func:`remove_group`).
+:func:`read_io_bytes`, ...). Making, filling and removing cgroups is not the
+agent's business (kubelet does that on a node): those helpers, used only by
+experiments and tests, live in :mod:`writer.groups`, which the agent never imports.
 
 Every path is checked to lie inside the hierarchy root before it is touched,
 and every ``OSError`` is translated here into the small exception tree below,
@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -42,18 +42,21 @@ __all__ = [
     "UNLIMITED",
     "Outcome",
     "detect_hierarchy",
-    "create_group",
-    "move_pid",
-    "remove_group",
-    "remove_empty_groups",
     "read_io_max",
     "apply_io_max",
+    "throttle_dirs",
     "weight_file",
     "read_weight",
     "apply_weight",
     "to_v1_weight",
     "read_io_bytes",
     "weight_effective",
+    "Mechanism",
+    "weight_mechanisms",
+    "apply_bfq_weight",
+    "IO_COST_MODEL_KEYS",
+    "IO_COST_QOS_KEYS",
+    "enable_io_cost",
 ]
 
 # ---------------------------------------------------------------- errors
@@ -101,12 +104,25 @@ class Hierarchy:
 
 
 def detect_hierarchy(
-    cgroup_root: str | Path = "auto", *, mountinfo: Path = Path("/proc/self/mountinfo")
+    cgroup_root: str | Path = "auto",
+    *,
+    mountinfo: Path = Path("/proc/self/mountinfo"),
+    require_any: Sequence[str] = (),
 ) -> Hierarchy:
     """Find the hierarchy to write: a v2 mount with ``io`` enabled, else the v1 ``blkio`` mount.
 
-    An explicit ``cgroup_root`` is classified by what it contains (``io.max``
-    or ``cgroup.controllers`` listing ``io`` -> v2, ``blkio.*`` files -> v1).
+    An explicit ``cgroup_root`` (e.g. the host's tree mounted into the
+    writer's pod at ``/host/sys/fs/cgroup``) is classified by what it contains
+    (``io.max`` or ``cgroup.controllers`` listing ``io`` -> v2, ``blkio.*``
+    files -> v1).
+
+    Inside a pod, mountinfo cannot tell the pod's own cgroup-namespaced mount
+    from the host's tree: recorded in the v2 guest, the namespaced mount shows
+    root ``/`` and the host's tree bound in shows ``/../../../..``
+    (``tests/writer/recorded/v2-guest-pod-cgroupns.txt``). So with
+    ``require_any`` (kubelet's ``kubepods.slice`` / ``kubepods`` dirs) only a
+    mount holding one of them is taken - the host's tree, never the pod's
+    namespaced view - and finding none is an error naming what was seen.
     """
     if str(cgroup_root) != "auto":
         return _classify(Path(cgroup_root))
@@ -123,11 +139,19 @@ def detect_hierarchy(
             v2.append(Path(entry.mount_point))
         elif entry.fstype == "cgroup" and "blkio" in entry.super_options:
             v1.append(Path(entry.mount_point))
-    for mp in v2:
-        if "io" in _read_words(mp / "cgroup.controllers"):
-            return Hierarchy(2, mp)
-    if v1:
-        return Hierarchy(1, v1[0])
+    candidates = [Hierarchy(2, mp) for mp in v2 if "io" in _read_words(mp / "cgroup.controllers")]
+    candidates += [Hierarchy(1, mp) for mp in v1]
+    if require_any:
+        held = [c for c in candidates if any((c.root / d).is_dir() for d in require_any)]
+        if not held:
+            seen = ", ".join(str(c.root) for c in candidates) or "none"
+            raise SetupError(
+                f"no cgroup I/O hierarchy holds {' or '.join(require_any)} (looked at: {seen}); in a pod, mount the"
+                " host's /sys/fs/cgroup (e.g. at /host/sys/fs/cgroup) and set cgroup_root to it"
+            )
+        candidates = held
+    if candidates:
+        return candidates[0]
     found = ", ".join(str(p) for p in v2) or "none"
     raise SetupError(
         "no cgroup I/O controller found: need a cgroup v2 mount whose cgroup.controllers lists 'io' "
@@ -168,76 +192,6 @@ def _group_path(h: Hierarchy, relative: str) -> Path:
         return safe_join(h.root, relative)
     except CgroupPathError as err:
         raise WriterError(str(err)) from err
-
-
-def create_group(h: Hierarchy, relative: str) -> Path:
-    """``mkdir -p`` a group under the root; on v2 also enable ``+io`` in every parent."""
-    path = _group_path(h, relative)
-    if h.version == 2:
-        # The io files only appear in a child when every ancestor delegates io.
-        parent = h.root.resolve()
-        for part in path.relative_to(parent).parts:
-            control = parent / "cgroup.subtree_control"
-            if "io" not in _read_words(control):
-                _write(control, "+io")
-            parent = parent / part
-            _mkdir(parent)
-    else:
-        _mkdir(path, parents=True)
-    return path
-
-
-def move_pid(h: Hierarchy, relative: str, pid: int) -> None:
-    """Move process ``pid`` into the group (write ``cgroup.procs``)."""
-    _write(_group_path(h, relative) / "cgroup.procs", str(int(pid)))
-
-
-def remove_group(h: Hierarchy, relative: str) -> None:
-    """Remove the group and its descendants: move leftover pids to the root, rmdir deepest first."""
-    path = _group_path(h, relative)
-    if not path.is_dir():
-        return
-    dirs = [Path(d) for d, _, _ in os.walk(path)]
-    root_procs = h.root.resolve() / "cgroup.procs"
-    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-        for pid in _read_words(d / "cgroup.procs"):
-            try:
-                _write(root_procs, pid)
-            except KernelError as err:
-                if err.errno_name != "ESRCH":  # the process exited meanwhile
-                    raise
-        try:
-            d.rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            # The kernel removes a cgroup with its virtual files; only a plain
-            # directory (a fake tree) says ENOTEMPTY once its children are gone.
-            if err.errno != _errno.ENOTEMPTY or any(f.is_dir() for f in d.iterdir()):
-                raise KernelError(d, err) from err
-            for f in d.iterdir():
-                f.unlink()
-            d.rmdir()
-
-
-def remove_empty_groups(h: Hierarchy, prefix: str) -> list[str]:
-    """Remove top-level groups named ``prefix*`` whose whole subtree holds no process.
-
-    For leftovers of runs that were killed before they could clean up. A
-    group with any process in it (a run still going) is left alone, so this
-    is safe beside a concurrent run. Returns the names removed.
-    """
-    if not prefix or "/" in prefix or prefix.startswith("."):
-        raise ValueError(f"prefix must be a plain name start, got {prefix!r}")
-    removed = []
-    for entry in sorted(h.root.iterdir()):
-        if not (entry.is_dir() and entry.name.startswith(prefix)):
-            continue
-        busy = any(_read_words(Path(d) / "cgroup.procs") for d, _, _ in os.walk(entry))
-        if not busy:
-            remove_group(h, entry.name)
-            removed.append(entry.name)
-    return removed
 
 
 def _mkdir(path: Path, *, parents: bool = False) -> None:
@@ -372,6 +326,28 @@ def apply_io_max(h: Hierarchy, cgroup_dir: Path, desired: Mapping[str, Limits]) 
     return "applied" if changes else "unchanged"
 
 
+def throttle_dirs(h: Hierarchy, cgroup_dir: Path) -> list[Path]:
+    """The cgroups a limit meant for ``cgroup_dir`` must be written to, the cgroup itself first.
+
+    cgroup v2 ``io.max`` is hierarchical: the pod cgroup's limit covers the
+    container cgroups below it, so it is written once. cgroup v1
+    ``blkio.throttle.*`` is not (measured on this machine: a reader in a child
+    of a 10 MiB/s parent read at about 2 GB/s), and kubelet keeps a pod's
+    processes in container cgroups below the pod cgroup, so on v1 the limit
+    goes to the cgroup and every cgroup below it. The list is taken fresh on
+    every reconcile round, which is how a container started after the push
+    is covered within one reconcile interval.
+    """
+    d = _inside(h, cgroup_dir)
+    if h.version == 2:
+        return [d]
+    found = [d]
+    for parent, dirs, _ in os.walk(d):
+        dirs.sort()
+        found.extend(Path(parent) / name for name in dirs)
+    return found
+
+
 # ---------------------------------------------------------------- weight
 
 #: (file, minimum, default, maximum) of each kernel weight interface.
@@ -433,27 +409,137 @@ def apply_weight(h: Hierarchy, cgroup_dir: Path, weight: int) -> Outcome:
     return "applied"
 
 
-def weight_effective(
+#: What carries a weight on a device: the v2 io.cost controller, the BFQ scheduler,
+#: legacy CFQ (v1 kernels before 5.0), or nothing (the weight is written but inert).
+Mechanism = Literal["iocost", "bfq", "cfq", "none"]
+
+
+def weight_mechanisms(
     h: Hierarchy,
     devices: Iterable[str],
     *,
     scheduler_of: Callable[[str], str | None],
-) -> dict[str, bool]:
-    """Per device: does a weight written here actually act?
+) -> dict[str, Mechanism]:
+    """Per device: which kernel mechanism makes a weight written here act, if any.
 
-    Only a weight-honouring controller makes weights bite: BFQ as the device's
-    active scheduler (v1 and v2), CFQ on old v1 kernels (``blkio.weight``), or
-    on v2 the io.cost controller enabled for the device in the root's
-    ``io.cost.qos`` (``MAJ:MIN enable=1 ...``).
+    Only a weight-honouring controller makes weights bite: on v2 the io.cost
+    controller enabled for the device in the root's ``io.cost.qos``
+    (``MAJ:MIN enable=1 ...``; it governs ``io.weight`` and wins over the
+    scheduler), else BFQ as the device's active scheduler (``io.bfq.weight`` /
+    ``blkio.bfq.weight``), or CFQ on old v1 kernels (``blkio.weight``).
     """
-    honouring = {"bfq"} if h.version == 2 else {"bfq", "cfq"}
     cost_enabled: set[str] = set()
     if h.version == 2:
         for line in _read_words_lines(h.root / "io.cost.qos"):
             parts = line.split()
             if parts and "enable=1" in parts[1:]:
                 cost_enabled.add(parts[0])
-    return {dev: dev in cost_enabled or scheduler_of(dev) in honouring for dev in devices}
+    out: dict[str, Mechanism] = {}
+    for dev in devices:
+        scheduler = scheduler_of(dev)
+        if dev in cost_enabled:
+            out[dev] = "iocost"
+        elif scheduler == "bfq":
+            out[dev] = "bfq"
+        elif scheduler == "cfq" and h.version == 1:
+            out[dev] = "cfq"
+        else:
+            out[dev] = "none"
+    return out
+
+
+def weight_effective(
+    h: Hierarchy,
+    devices: Iterable[str],
+    *,
+    scheduler_of: Callable[[str], str | None],
+) -> dict[str, bool]:
+    """Per device: does a weight written here actually act? (see :func:`weight_mechanisms`)."""
+    return {dev: m != "none" for dev, m in weight_mechanisms(h, devices, scheduler_of=scheduler_of).items()}
+
+
+def apply_bfq_weight(h: Hierarchy, cgroup_dir: Path, weight: int) -> Outcome | None:
+    """On v2, also set ``io.bfq.weight`` (1-1000, mapped from the v2 scale) where BFQ offers it.
+
+    ``io.weight`` is read by io.cost only; BFQ reads its own file. The file
+    exists once the BFQ module is loaded; writing it is harmless on devices
+    that run another scheduler and keeps the weight right if BFQ is switched
+    on later. ``None`` when there is no such file (v1 handles BFQ in
+    :func:`apply_weight`).
+    """
+    if h.version != 2:
+        return None
+    path = _inside(h, cgroup_dir) / "io.bfq.weight"
+    if not path.exists():
+        return None
+    value = to_v1_weight(weight, 1, 100, 1000)
+    for line in _read_lines(path):
+        parts = line.split()
+        if (len(parts) == 2 and parts[0] == "default" and parts[1] == str(value)) or parts == [str(value)]:
+            return "unchanged"
+    _write(path, f"default {value}")
+    return "applied"
+
+
+#: Keys ``io.cost.model`` takes after ``MAJ:MIN`` (Documentation/admin-guide/cgroup-v2.rst).
+IO_COST_MODEL_KEYS = frozenset({"ctrl", "model", "rbps", "rseqiops", "rrandiops", "wbps", "wseqiops", "wrandiops"})
+#: Keys of ``io.cost.qos`` one may set (besides ``enable`` and ``ctrl``).
+IO_COST_QOS_KEYS = frozenset({"rpct", "rlat", "wpct", "wlat", "min", "max"})
+
+
+def enable_io_cost(
+    h: Hierarchy, device: str, *, model: Mapping[str, str] | None = None, qos: Mapping[str, str] | None = None
+) -> Outcome:
+    """Switch the io.cost controller on for ``device`` in the root's ``io.cost.qos``.
+
+    Without ``model`` the kernel's own device model applies, and without
+    ``qos`` its own QoS (``ctrl=auto``: the rate is raised until latency
+    suffers, so weights act once the device is saturated). A given ``model``
+    is written to ``io.cost.model`` (``ctrl=user``) first; given ``qos``
+    parameters (``rpct``, ``rlat``, ``wpct``, ``wlat``, ``min``, ``max``) are
+    written with ``ctrl=user``. Reads back and writes nothing when already so.
+    Only v2 has io.cost; on v1 this raises :class:`KernelError`.
+    """
+    if h.version != 2:
+        raise KernelError(h.root / "io.cost.qos", "io.cost exists only on cgroup v2")
+    if qos and not set(qos) <= IO_COST_QOS_KEYS:
+        raise WriterError(f"io.cost.qos keys must be among {sorted(IO_COST_QOS_KEYS)}, got {sorted(qos)}")
+    qos_path = h.root / "io.cost.qos"
+    model_path = h.root / "io.cost.model"
+    changed = False
+    if model:
+        wanted = {"ctrl": "user", "model": "linear", **model}
+        current = _device_params(model_path, device)
+        if not all(_same(current.get(k), v) for k, v in wanted.items()):
+            _write(model_path, device + " " + " ".join(f"{k}={v}" for k, v in wanted.items()))
+            changed = True
+    wanted_qos = {"enable": "1", "ctrl": "user", **qos} if qos else {"enable": "1"}
+    if not all(_same(_device_params(qos_path, device).get(k), v) for k, v in wanted_qos.items()):
+        if not qos and not model:
+            wanted_qos["ctrl"] = "auto"
+        _write(qos_path, device + " " + " ".join(f"{k}={v}" for k, v in wanted_qos.items()))
+        changed = True
+    return "applied" if changed else "unchanged"
+
+
+def _same(a: str | None, b: str) -> bool:
+    """Equal as written, or as numbers (the kernel shows ``rbps=2e8`` back as ``rbps=200000000``)."""
+    if a is None or a == b:
+        return a == b
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
+def _device_params(path: Path, device: str) -> dict[str, str]:
+    """The ``key=value`` pairs of ``device``'s line in an io.cost file (last line wins)."""
+    found: dict[str, str] = {}
+    for line in _read_lines(path) if path.exists() else []:
+        parts = line.split()
+        if parts and parts[0] == device:
+            found = dict(p.partition("=")[::2] for p in parts[1:])
+    return found
 
 
 def _read_words_lines(path: Path) -> list[str]:

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -21,12 +22,13 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from writer.api import Devices
+from writer.cgroup_paths import kubelet_tree_problem, pod_cgroup_dir
 from writer.cgroups import Hierarchy, Limits, WriterError, detect_hierarchy
 from writer.config import ConfigError, WriterConfig, load_config, parse_listen
 from writer.devices import active_scheduler, resolve_devices
 from writer.discovery import Discovery, KubernetesDiscovery, LocalDiscovery
 from writer.lease import Failsafe, Lease
-from writer.reconcile import Reconciler
+from writer.reconcile import IoCost, Reconciler
 from writer.server import ServerState, build_app
 from writer.tls import CertReloader, TokenFile, uvicorn_config
 
@@ -66,6 +68,7 @@ def _discovery(config: WriterConfig, hierarchy: Hierarchy, node: str) -> Discove
         api=cast(Any, kubernetes.client.CoreV1Api()),
         hierarchy_root=hierarchy.root,
         driver=None if config.driver == "auto" else config.driver,
+        kubelet_cgroup_root=config.kubelet_cgroup_root,
         hp_selector=k.hp,
         lp_selector=k.lp,
         namespace=k.namespace,
@@ -98,13 +101,18 @@ def build_state(
     discovery: Discovery | None = None,
 ) -> ServerState:
     """Wire hierarchy, discovery, lease, fail-safe and reconciler from the config (nothing started)."""
-    hierarchy = detect_hierarchy(config.cgroup_root, mountinfo=proc_root / "self" / "mountinfo")
+    kubepods = _kubepods_dirs(config.kubelet_cgroup_root) if config.discovery.kubernetes is not None else ()
+    hierarchy = detect_hierarchy(config.cgroup_root, mountinfo=Path("/proc/self/mountinfo"), require_any=kubepods)
+    proc_root = config.proc_root if proc_root == Path("/proc") else proc_root
+    mount_pid = "self" if proc_root == Path("/proc") else "1"
     node = _node_name(config, node_name)
     registry = registry if registry is not None else CollectorRegistry()
     fs = config.failsafe
 
     def resolve(devices: Devices) -> list[str]:
-        return resolve_devices(devices, proc_root=proc_root, sys_root=sys_root, include_dm=config.include_dm)
+        return resolve_devices(
+            devices, proc_root=proc_root, sys_root=sys_root, include_dm=config.include_dm, mountinfo_pid=mount_pid
+        )
 
     reconciler = Reconciler(
         hierarchy=hierarchy,
@@ -120,6 +128,8 @@ def build_state(
         scheduler_of=partial(active_scheduler, sys_root=sys_root),
         registry=registry,
         node=node,
+        io_cost=_io_cost(config),
+        tree_problem=_tree_check(config, hierarchy),
         config_summary={
             **config.model_dump(mode="json"),
             "auth": token is not None,
@@ -127,6 +137,31 @@ def build_state(
         },
     )
     return ServerState(reconciler=reconciler, registry=registry, token=token)
+
+
+def _io_cost(config: WriterConfig) -> IoCost | None:
+    if config.io_cost == "off":
+        return None
+    if config.io_cost == "auto":
+        return IoCost()
+    return IoCost(model=config.io_cost.model, qos=config.io_cost.qos)
+
+
+def _kubepods_dirs(kubelet_cgroup_root: str) -> tuple[str, ...]:
+    """Where kubelet's kubepods cgroup is under the hierarchy root, for either driver."""
+    probe = "00000000-0000-0000-0000-000000000000"
+    dirs = []
+    for driver in ("systemd", "cgroupfs"):
+        pod = pod_cgroup_dir(Path("/"), probe, "guaranteed", driver, cgroup_root=kubelet_cgroup_root)
+        dirs.append(str(pod.parent.relative_to("/")))
+    return tuple(dirs)
+
+
+def _tree_check(config: WriterConfig, hierarchy: Hierarchy) -> Callable[[], str | None]:
+    """For Kubernetes discovery: a check that kubelet's tree is there (local mode names its cgroups itself)."""
+    if config.discovery.kubernetes is None:
+        return lambda: None
+    return partial(kubelet_tree_problem, hierarchy.root, cgroup_root=config.kubelet_cgroup_root)
 
 
 def run(config: WriterConfig, state: ServerState, *, listen: str, log_level: str) -> None:

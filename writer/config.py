@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from writer.api import Devices, LabelKey, LabelValue, parse_duration, parse_size
+from writer.cgroups import IO_COST_MODEL_KEYS, IO_COST_QOS_KEYS
 from writer.discovery import LocalEntry
 from writer.tls import TlsServerConfig
 
@@ -55,6 +56,35 @@ Size = Annotated[int | None, BeforeValidator(parse_size)]
 Selector = Annotated[dict[LabelKey, LabelValue], Field(min_length=1, max_length=16)]
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+_NUMBER_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(e[0-9]+)?$")
+
+
+def _params(allowed: frozenset[str], what: str) -> Any:
+    def check(value: dict[str, Any]) -> dict[str, str]:
+        bad = sorted(str(k) for k in value if k not in allowed)
+        if bad:
+            raise ValueError(f"unknown {what} keys {bad}; allowed: {', '.join(sorted(allowed))}")
+        for k, v in value.items():
+            if isinstance(v, bool) or not _NUMBER_RE.match(str(v)):
+                raise ValueError(f"{what} {k}: {v!r} is not a number")
+        return {str(k): str(v) for k, v in value.items()}
+
+    return check
+
+
+class IoCostConfig(BaseModel):
+    """io.cost with a given device model and/or QoS (``ctrl=user``); see the kernel's cgroup-v2 docs."""
+
+    model_config = _STRICT
+    #: io.cost.model parameters: rbps, rseqiops, rrandiops, wbps, wseqiops, wrandiops.
+    model: Annotated[dict[str, Any], AfterValidator(_params(IO_COST_MODEL_KEYS - {"ctrl", "model"}, "io.cost.model"))] | None = None
+    #: io.cost.qos parameters: rpct, rlat, wpct, wlat, min, max.
+    qos: Annotated[dict[str, Any], AfterValidator(_params(IO_COST_QOS_KEYS, "io.cost.qos"))] | None = None
+
+
+IoCostSetting = Literal["off", "auto"] | IoCostConfig
 
 
 class KubernetesDiscoveryConfig(BaseModel):
@@ -125,8 +155,22 @@ class WriterConfig(BaseModel):
     token_file: Path | None = None
     #: Serve HTTPS with this certificate (re-read when the files change); client_ca_file = require mTLS.
     tls: TlsServerConfig | None = None
-    #: ``auto``, or the io/blkio hierarchy root to use.
+    #: ``auto``, or the io/blkio hierarchy root to use. In a pod: the host's tree
+    #: mounted in, e.g. ``/host/sys/fs/cgroup`` (auto-detection in Kubernetes mode
+    #: only takes a hierarchy holding kubelet's kubepods, never the pod's own cgroup).
     cgroup_root: str = "auto"
+    #: kubelet's ``--cgroup-root`` (its default is ``/``), e.g. ``/kubelet``.
+    kubelet_cgroup_root: str = "/"
+    #: The proc file system whose mount table resolves ``{mount: ...}`` devices.
+    #: ``/proc`` reads this process's own mounts; any other path (the host's /proc
+    #: mounted into the writer's pod, e.g. ``/host/proc``) is read at ``<path>/1``,
+    #: the host's init, so mount paths are looked up in the host's mount namespace.
+    proc_root: Path = Path("/proc")
+    #: Switch the io.cost controller on for the devices of groups with a weight
+    #: (cgroup v2): ``off``; ``auto`` (the kernel's own model, ``ctrl=auto``); or
+    #: ``{model: {rbps: 200000000, ...}, qos: {min: 50, max: 150, ...}}`` (``ctrl=user``).
+    #: Off by default: it changes how the whole device is shared, which is the node owner's call.
+    io_cost: IoCostSetting = "off"
     discovery: DiscoveryConfig
     failsafe: FailsafeConfig = FailsafeConfig()
     #: How often the reconcile loop re-reads the files and heals drift; 10 s keeps a
@@ -138,6 +182,14 @@ class WriterConfig(BaseModel):
     driver: Literal["auto", "systemd", "cgroupfs"] = "auto"
     #: Count device-mapper disks (LVM) as real disks for ``devices: auto``.
     include_dm: bool = False
+
+    @field_validator("kubelet_cgroup_root")
+    @classmethod
+    def _kubelet_root(cls, value: str) -> str:
+        parts = value.split("/")
+        if not value.startswith("/") or ".." in parts or "\x00" in value:
+            raise ValueError(f"{value!r} must be an absolute cgroup path like / or /kubelet")
+        return value
 
     @field_validator("listen")
     @classmethod

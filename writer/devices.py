@@ -58,8 +58,13 @@ def resolve_devices(
     proc_root: Path = Path("/proc"),
     sys_root: Path = Path("/sys"),
     include_dm: bool = False,
+    mountinfo_pid: str = "self",
 ) -> list[str]:
     """Return the whole disks ``spec`` means on this node, as unique ``MAJ:MIN`` sorted numerically.
+
+    Mount paths are looked up in ``<proc_root>/<mountinfo_pid>/mountinfo``: this
+    process's mounts by default; ``"1"`` with the host's /proc mounted in (e.g.
+    ``/host/proc``) reads the host's mount namespace from a writer in a pod.
 
     Raises :class:`DeviceError` for the first reference that cannot be
     resolved; nothing is partially returned, so a caller writes all or nothing.
@@ -70,7 +75,7 @@ def resolve_devices(
         found = set()
         for ref in spec:
             if isinstance(ref, MountRef):
-                majmin = _mount_device(ref.mount, proc_root)
+                majmin = _mount_device(ref.mount, proc_root / mountinfo_pid / "mountinfo")
                 where = f"mount {ref.mount!r} (device {majmin})"
             else:
                 majmin = _normalise(ref)
@@ -203,9 +208,8 @@ def _read_int(path: Path) -> int:
         return 0
 
 
-def _mount_device(mount: str, proc_root: Path) -> str:
+def _mount_device(mount: str, mountinfo: Path) -> str:
     """``MAJ:MIN`` of the filesystem mounted at (or holding) ``mount``, from mountinfo."""
-    mountinfo = proc_root / "self" / "mountinfo"
     target = os.path.normpath(mount)
     try:
         text = mountinfo.read_text()

@@ -309,6 +309,7 @@ class KubernetesDiscovery:
         watch_timeout_seconds: int = 300,
         backoff_initial_seconds: float = 1.0,
         backoff_max_seconds: float = 60.0,
+        kubelet_cgroup_root: str = "/",
     ) -> None:
         if not node_name or "," in node_name or "=" in node_name:
             raise ValueError(f"node name {node_name!r} must be a non-empty Kubernetes node name")
@@ -316,6 +317,8 @@ class KubernetesDiscovery:
         self._api = api
         self._root = hierarchy_root
         self._driver = driver
+        #: kubelet's --cgroup-root, under which it keeps kubepods.
+        self._kubelet_root = kubelet_cgroup_root
         self._hp = _check_selector(hp_selector, "HP")
         self._lp = _check_selector(lp_selector, "LP")
         self._namespace = namespace
@@ -364,7 +367,7 @@ class KubernetesDiscovery:
         found = []
         for pod in pods:
             try:
-                cgroup_dir = pod_cgroup_dir(self._root, pod.cgroup_uid, pod.qos, driver)
+                cgroup_dir = pod_cgroup_dir(self._root, pod.cgroup_uid, pod.qos, driver, cgroup_root=self._kubelet_root)
             except CgroupPathError as exc:
                 _log.error("pod discovery: skipping %s/%s: %s", pod.namespace, pod.name, exc)
                 continue
@@ -525,7 +528,7 @@ class KubernetesDiscovery:
     def _detect_driver(self) -> Driver | None:
         if self._driver is None:
             try:
-                self._driver = detect_driver(self._root)
+                self._driver = detect_driver(self._root, cgroup_root=self._kubelet_root)
             except CgroupPathError as exc:
                 _log.error("pod discovery on %s: %s", self._node, exc)
                 return None

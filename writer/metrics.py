@@ -16,7 +16,7 @@ push group, or ``unassigned`` for an LP workload no group selects) and
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -58,6 +58,12 @@ class Reading:
     failsafe_active: bool
     #: Per group that has a weight: does any of its devices honour weights (BFQ / io.cost)?
     weight_effective: dict[str, bool] = field(default_factory=dict)
+    #: Per device of a weighted group: what carries the weight (iocost / bfq / cfq / none).
+    weight_mechanisms: Mapping[str, str] = field(default_factory=dict)
+    #: Groups of the last push that selected no LP workload here.
+    unmatched_groups: list[str] = field(default_factory=list)
+    #: False when Kubernetes discovery finds no kubelet cgroup tree it knows under the root.
+    tree_recognised: bool = True
 
 
 class WriterMetrics:
@@ -120,6 +126,25 @@ def _families(r: Reading) -> Iterator[Metric]:
     for group, ok in sorted(r.weight_effective.items()):
         effective.add_metric([group], float(ok))
     yield effective
+
+    mechanism = GaugeMetricFamily(
+        "drcio_io_weight_mechanism",
+        "1 for the mechanism that carries weights on a device (iocost, bfq, cfq; none = the weight is inert)",
+        labels=["device", "mechanism"],
+    )
+    for device, name in sorted(r.weight_mechanisms.items()):
+        mechanism.add_metric([device, name], 1.0)
+    unmatched = GaugeMetricFamily(
+        "drcio_push_group_unmatched", "1 for each group of the last push that selected no LP workload on this node",
+        labels=["group"],
+    )
+    for group in r.unmatched_groups:
+        unmatched.add_metric([group], 1.0)
+    tree = GaugeMetricFamily(
+        "drcio_kubelet_tree_recognised", "0 when no kubelet cgroup tree (kubepods.slice / kubepods) is found under the root"
+    )
+    tree.add_metric([], float(r.tree_recognised))
+    yield from (mechanism, unmatched, tree)
 
     labels = ["group", "workload"]
     weight = GaugeMetricFamily("drcio_io_weight", "Default I/O weight in force (the file's own scale)", labels=labels)

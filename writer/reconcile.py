@@ -10,7 +10,9 @@ What is desired, per workload found by discovery:
 
 * a workload belongs to push group G when ``matches(labels, G.selector)``;
   limits go on the workload's cgroup dir (pod level) for the group's resolved
-  devices; devices limited now but not in the target are lifted. A workload
+  devices, and on cgroup v1 also on every cgroup below it (``blkio.throttle``
+  is not hierarchical; each round re-lists them, so new containers are
+  covered); devices limited now but not in the target are lifted. A workload
   several groups select gets, per device and key, the most restrictive value
   of those groups (never whichever came first in the push), and the overlap
   is recorded as an error;
@@ -38,6 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry
@@ -54,15 +57,19 @@ from writer.cgroups import (
     apply_weight,
     read_io_bytes,
     read_io_max,
+    Mechanism,
+    apply_bfq_weight,
+    enable_io_cost,
     read_weight,
-    weight_effective,
+    throttle_dirs,
+    weight_mechanisms,
     weight_file,
 )
 from writer.discovery import Discovery, Workload, matches
 from writer.lease import Failsafe, Lease
 from writer.metrics import CgroupReading, Reading, WriterMetrics
 
-__all__ = ["StalePush", "Mode", "Reconciler", "limits_from_io_max"]
+__all__ = ["StalePush", "Mode", "Reconciler", "IoCost", "limits_from_io_max"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +94,19 @@ def _tightest(a: Limits | None, b: Limits) -> Limits:
         return y if x is None else x if y is None else min(x, y)
 
     return Limits(*(pick(getattr(a, k), getattr(b, k)) for k in ("rbps", "wbps", "riops", "wiops")))
+
+
+@dataclass(frozen=True)
+class IoCost:
+    """Switch the io.cost controller on for the devices of weighted groups (v2 only).
+
+    ``model`` = ``io.cost.model`` parameters (``rbps``, ``rseqiops``, ...) and
+    ``qos`` = ``io.cost.qos`` ones (``min``, ``max``, ...); ``None`` lets the
+    kernel pick its own model and QoS (``ctrl=auto``).
+    """
+
+    model: Mapping[str, str] | None = None
+    qos: Mapping[str, str] | None = None
 
 
 def limits_from_io_max(io_max: IoMax) -> Limits:
@@ -124,6 +144,8 @@ class Reconciler:
         node: str = "",
         wall_clock: Callable[[], float] = time.time,
         config_summary: Mapping[str, object] | None = None,
+        io_cost: IoCost | None = None,
+        tree_problem: Callable[[], str | None] = lambda: None,
         max_lease_ttl_seconds: float = 300.0,
     ) -> None:
         self.hierarchy = hierarchy
@@ -144,6 +166,11 @@ class Reconciler:
         self._errors: deque[dict[str, object]] = deque(maxlen=_HISTORY)
         self._events: deque[dict[str, object]] = deque(maxlen=_HISTORY)
         self._weight_notes: dict[str, bool] = {}
+        self._mechanisms: dict[str, Mechanism] = {}
+        self._io_cost = io_cost
+        self._tree_problem = tree_problem
+        self._unmatched: list[str] = []
+        self._lp_found = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -174,7 +201,14 @@ class Reconciler:
             self.metrics.push_generation.set(body.generation)
             self.metrics.last_update.set(self._wall())
             results = self._reconcile_locked()
-            return PushResponse(node=self.node, generation=body.generation, results=results)
+            warnings = self._findings()
+            return PushResponse(
+                node=self.node,
+                generation=body.generation,
+                results=results,
+                unmatched_groups=list(self._unmatched),
+                warnings=warnings,
+            )
 
     def reconcile(self) -> list[CgroupResult]:
         """One round: re-read discovery and files, write what differs. Never raises for a cgroup."""
@@ -259,11 +293,15 @@ class Reconciler:
         resolved = {g.name: self._devices(g.devices) for g in groups}
         # Whether a weight can act is a property of the group's devices, not of
         # each pod: ask the kernel once per group, not once per workload.
-        weight_acts = {
-            g.name: any(weight_effective(self.hierarchy, resolved[g.name][0], scheduler_of=self._scheduler_of).values())
-            for g in groups
-            if mode == "following_push" and g.io_weight is not None and resolved[g.name][1] is None
-        }
+        weighted = [
+            g for g in groups if mode == "following_push" and g.io_weight is not None and resolved[g.name][1] is None
+        ]
+        self._mechanisms = self._weight_mechanisms(sorted({d for g in weighted for d in resolved[g.name][0]}))
+        weight_acts = {g.name: any(self._mechanisms[d] != "none" for d in resolved[g.name][0]) for g in weighted}
+        self._lp_found = sum(1 for w in workloads if w.role == "lp")
+        self._unmatched = [
+            g.name for g in groups if not any(w.role != "hp" and matches(w.labels, g.selector) for w in workloads)
+        ]
         fallback: tuple[list[str], str | None] | None = None
         plans: list[_Plan] = []
         self._weight_notes = {}
@@ -337,11 +375,17 @@ class Reconciler:
         outcomes: list[Outcome] = []
         try:
             if plan.limits is not None:
-                outcomes.append(apply_io_max(self.hierarchy, plan.workload.cgroup_dir, plan.limits))
+                outcomes.extend(self._apply_limits(plan.workload.cgroup_dir, plan.limits))
             if plan.weight is not None:
                 outcomes.append(apply_weight(self.hierarchy, plan.workload.cgroup_dir, plan.weight))
+                bfq = apply_bfq_weight(self.hierarchy, plan.workload.cgroup_dir, plan.weight)
+                if bfq is not None:
+                    outcomes.append(bfq)
             elif plan.reset_weight and weight_file(self.hierarchy, plan.workload.cgroup_dir) is not None:
                 outcomes.append(apply_weight(self.hierarchy, plan.workload.cgroup_dir, DEFAULT_WEIGHT))
+                bfq = apply_bfq_weight(self.hierarchy, plan.workload.cgroup_dir, DEFAULT_WEIGHT)
+                if bfq is not None:
+                    outcomes.append(bfq)
         except CgroupVanished as err:
             # The pod went away between discovery and the write: an event, not a failure.
             self.metrics.vanished.inc()
@@ -359,6 +403,38 @@ class Reconciler:
             log.info("%s (%s): applied %s", cgroup, plan.group, plan.limits)
         return CgroupResult(group=plan.group, cgroup=cgroup, outcome=outcome)
 
+    def _apply_limits(self, cgroup_dir: Path, limits: dict[str, Limits]) -> list[Outcome]:
+        """io.max on the workload's cgroup and, on v1, every cgroup below it (see ``throttle_dirs``)."""
+        dirs = throttle_dirs(self.hierarchy, cgroup_dir)
+        outcomes = [apply_io_max(self.hierarchy, dirs[0], limits)]
+        for child in dirs[1:]:
+            try:
+                outcomes.append(apply_io_max(self.hierarchy, child, limits))
+            except CgroupVanished:
+                continue  # a container that exited meanwhile; the workload itself is still there
+        return outcomes
+
+    def _weight_mechanisms(self, devices: list[str]) -> dict[str, Mechanism]:
+        """Switch io.cost on where configured, then say per device what carries the weight."""
+        if self._io_cost is not None and self.hierarchy.version == 2:
+            for dev in devices:
+                try:
+                    if enable_io_cost(self.hierarchy, dev, model=self._io_cost.model, qos=self._io_cost.qos) == "applied":
+                        self._event(f"io.cost enabled on {dev}")
+                except WriterError as err:
+                    self._error(f"io.cost {dev}", str(err))
+        return weight_mechanisms(self.hierarchy, devices, scheduler_of=self._scheduler_of)
+
+    def _findings(self) -> list[str]:
+        """What a green answer would hide: no LP workload, no kubelet tree, groups that select nothing."""
+        out = [] if self._lp_found else ["no LP workload found on this node"]
+        problem = self._tree_problem()
+        if problem:
+            out.append(f"no kubelet cgroup tree recognised: {problem}")
+        for name in self._unmatched:
+            out.append(f"group {name!r} matched no LP workload on this node; nothing was written for it")
+        return out
+
     def _error(self, where: str, detail: str) -> None:
         log.warning("%s: %s", where, detail)
         self._errors.append({"time": self._wall(), "where": where, "detail": detail})
@@ -368,11 +444,12 @@ class Reconciler:
 
     # ------------------------------------------------------------ observing
 
-    def _assignments(self) -> tuple[list[tuple[Workload, str]], dict[str, bool], Mode]:
+    def _assignments(self) -> tuple[list[tuple[Workload, str]], dict[str, bool], dict[str, Mechanism], Mode]:
         with self._lock:
             groups = self._groups()
             mode = self._current_mode()
             notes = dict(self._weight_notes)
+            mechanisms = dict(self._mechanisms)
         try:
             workloads = list(self._discovery.snapshot())
         except Exception as err:  # /status and /metrics still answer; the error is recorded
@@ -383,7 +460,7 @@ class Reconciler:
         for w in workloads:
             matched = [g.name for g in groups if matches(w.labels, g.selector)]
             out.append((w, matched[0] if matched and w.role != "hp" else ("" if w.role != "lp" else UNASSIGNED)))
-        return out, notes, mode
+        return out, notes, mechanisms, mode
 
     def _read_cgroup(self, w: Workload, group: str) -> CgroupReading:
         def attempt(fn: Callable[[], Any]) -> Any:
@@ -404,8 +481,10 @@ class Reconciler:
 
     def reading(self) -> Reading:
         """What is in force now, read back from the kernel (for /metrics)."""
-        assigned, notes, mode = self._assignments()
+        assigned, notes, mechanisms, mode = self._assignments()
         lease = self._lease.state()
+        with self._lock:
+            unmatched = list(self._unmatched)
         return Reading(
             hp_pods=sum(1 for w, _ in assigned if w.role == "hp"),
             lp_pods=sum(1 for w, _ in assigned if w.role == "lp"),
@@ -414,11 +493,14 @@ class Reconciler:
             lease_seconds_left=lease.seconds_left,
             failsafe_active=mode == "failsafe",
             weight_effective=notes,
+            weight_mechanisms=dict(mechanisms.items()),
+            unmatched_groups=unmatched,
+            tree_recognised=self._tree_problem() is None,
         )
 
     def status(self) -> dict[str, object]:
         """The JSON of ``GET /status``: workloads, limits in force (read back), lease, errors, config."""
-        assigned, notes, mode = self._assignments()
+        assigned, notes, mechanisms, mode = self._assignments()
         lease = self._lease.state()
         workloads = []
         for w, group in assigned:
@@ -437,6 +519,7 @@ class Reconciler:
                     else {dev: {k: v for k, v in asdict(lim).items() if v is not None} for dev, lim in sorted(r.limits.items())},
                     "weight_in_force": r.weight,
                     "io_bytes": None if r.io_bytes is None else {d: {"read": b[0], "write": b[1]} for d, b in r.io_bytes.items()},
+                    "weight_competes_among": self._competition(w),
                 }
             )
         with self._lock:
@@ -453,6 +536,10 @@ class Reconciler:
                     "active": mode == "failsafe",
                     "static_limits": asdict(self._failsafe.limits),
                 },
+                "findings": self._findings(),
+                "weight_mechanisms": dict(sorted(mechanisms.items())),
+                "io_cost": "enabled by the writer on weighted devices" if self._io_cost is not None
+                else "not enabled by the writer (weights act only where io.cost is on or BFQ schedules)",
                 "weights": {
                     g: ("effective" if ok else "written but inert: no BFQ scheduler or io.cost on the group's devices")
                     for g, ok in sorted(notes.items())
@@ -468,6 +555,18 @@ class Reconciler:
                 "events": list(self._events),
                 "config": self._config,
             }
+
+
+    def _competition(self, w: Workload) -> dict[str, object]:
+        """Where this workload's weight competes: among the cgroups beside it (same parent)."""
+        parent = w.cgroup_dir.parent
+        try:
+            siblings = [p for p in parent.iterdir() if p.is_dir() and p != w.cgroup_dir]
+            relative = parent.relative_to(self.hierarchy.root.resolve())
+            where = "/" if relative == Path(".") else str(relative)
+        except (OSError, ValueError):
+            return {"parent": str(parent), "siblings": None}
+        return {"parent": where, "siblings": len(siblings)}
 
 
 def _label(w: Workload) -> str:

@@ -4,7 +4,8 @@
 (:mod:`experiments.scenarios`) only sees the :class:`~experiments.model.Backend`
 protocol, which :mod:`experiments.model` defines and documents (the call
 order, what each call returns). ``local`` runs every part for real on this
-machine (root, real cgroups and disk).
+machine (root, real cgroups and disk); ``sim`` runs the same controller loop
+and policies against a seeded model of the plant (no root).
 
 The names below are re-exported from :mod:`experiments.model` for backends
 written against this package.
@@ -17,4 +18,4 @@ from experiments.model import Backend, BackendUnavailable, ScenarioRun, Tick
 __all__ = ["Backend", "BackendUnavailable", "ScenarioRun", "Tick", "BACKENDS"]
 
 #: Names accepted by ``--backend``; only these are implemented.
-BACKENDS = ("local", "kubernetes")
+BACKENDS = ("local", "sim", "kubernetes")

@@ -137,8 +137,11 @@ class ApiCluster:
                 want, have = status.get("desiredNumberScheduled"), status.get("numberReady")
                 ready = want is not None and want > 0 and have == want
             else:
+                # A rollout is done when every pod is updated and ready and no old pod is left: until
+                # then an old controller replica (old SLO file) could still lead.
                 want, have = spec.get("replicas", 1), status.get("readyReplicas") or 0
-                ready = have >= want
+                ready = (have >= want and (status.get("updatedReplicas") or 0) >= want
+                         and (status.get("replicas") or 0) <= want)
             if ready:
                 return
             if self._clock() >= deadline:

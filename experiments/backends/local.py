@@ -13,9 +13,12 @@ missing; then it builds the shared stack once:
   LP job, the writer and the controller on ports fixed for the run;
 * the HP GNN service, running for the whole run.
 
-Per scenario it creates two cgroups ``drcio-exp-<run>/<scenario>/{hp,lp}``
-(through :mod:`writer.cgroups`, the only code that touches cgroup files),
-moves the HP service into ``hp``, starts the writer and the controller when
+Per scenario it creates two pod-shaped cgroups ``drcio-exp-<run>/<scenario>/{hp,lp}``,
+each with a container cgroup below it holding the process, as kubelet lays a
+pod out (through :mod:`writer.groups`; only ``writer/`` touches cgroup files).
+The writer is told about the pod cgroups, so it drives the same write path as
+on a node (on cgroup v1 that means the pod and every cgroup below it).
+It moves the HP service into ``hp``'s container, starts the writer and the controller when
 the scenario applies limits (waiting for the first decision, so a fixed limit
 is in force before LP starts), starts the LP job paused, moves it into ``lp``
 and then releases it together with the open-loop load generator. After the
@@ -67,7 +70,7 @@ from experiments.model import LP_GROUP, BackendUnavailable, ScenarioRun, Scenari
 from experiments.prometheus_server import PrometheusServer, PrometheusUnavailable, ScrapeTarget, find_prometheus, free_port
 from experiments.slo import slo_document, validate_slo
 from experiments.workloads.levels import LoadLevel, load_level
-from writer import cgroups
+from writer import cgroups, groups
 from writer.api import MountRef
 from writer.devices import DeviceError, disk_name, resolve_devices
 
@@ -88,6 +91,8 @@ ALTERNATIVE = (
 HP_JOB = "hp-gnn"
 LP_JOB = "lp-batch"
 _LOCAL = "127.0.0.1"
+#: The container cgroup's name below each pod cgroup (a cgroupfs-driver-style container id).
+_CONTAINER = "c" * 64
 
 
 # --------------------------------------------------------------------------- the backend
@@ -219,7 +224,7 @@ class LocalBackend:
     def __enter__(self) -> LocalBackend:
         self.hierarchy = check_prerequisites(self.config)
         # A run killed with SIGKILL cannot clean up; its empty groups are removed here.
-        stale = cgroups.remove_empty_groups(self.hierarchy, "drcio-exp-")
+        stale = groups.remove_empty_groups(self.hierarchy, "drcio-exp-")
         if stale:
             log.warning("removed %d empty cgroup(s) left by earlier runs: %s", len(stale), ", ".join(stale))
         self.level = load_preset(self.config.load_level)
@@ -309,7 +314,12 @@ class LocalBackend:
     # -- one scenario --------------------------------------------------------------
 
     def _rel(self, spec: ScenarioSpec, role: str = "") -> str:
+        """The scenario's cgroup, or a role's pod cgroup in it (what the writer is told about)."""
         return f"{self.cgroup_parent}/{spec.name}" + (f"/{role}" if role else "")
+
+    def _container(self, spec: ScenarioSpec, role: str) -> str:
+        """The container cgroup below a role's pod cgroup, where its process runs (as kubelet places it)."""
+        return f"{self._rel(spec, role)}/{_CONTAINER}"
 
     def _writer_yaml(self, spec: ScenarioSpec) -> dict[str, Any]:
         assert self.workdir is not None and self.hierarchy is not None
@@ -348,9 +358,9 @@ class LocalBackend:
         D = spec.duration_seconds
         try:
             tick(0, D, "creating cgroups")
-            cgroups.create_group(h, self._rel(spec, "hp"))
-            cgroups.create_group(h, self._rel(spec, "lp"))
-            cgroups.move_pid(h, self._rel(spec, "hp"), self.hp_proc.pid)
+            groups.create_group(h, self._container(spec, "hp"))
+            groups.create_group(h, self._container(spec, "lp"))
+            groups.move_pid(h, self._container(spec, "hp"), self.hp_proc.pid)
             if spec.scheduler:
                 assert self.scheduler is not None
                 tick(0, D, f"switching {self.scheduler.disk} to {spec.scheduler}")
@@ -391,7 +401,7 @@ class LocalBackend:
                 procs.append(lp)
                 wait_until("the LP job", json_event(lp_out, "prepared"), proc=lp, supervisor=sup, timeout=120)
                 # Into its cgroup before it does a single I/O.
-                cgroups.move_pid(h, self._rel(spec, "lp"), lp.pid)
+                groups.move_pid(h, self._container(spec, "lp"), lp.pid)
             loadgen = sup.start(
                 "loadgen", [py, "-m", "experiments.workloads.loadgen", "--url",
                             f"http://{_LOCAL}:{self.ports['hp']}/score", "--rate", f"{self.rate:g}",
@@ -427,7 +437,7 @@ class LocalBackend:
             if spec.scheduler and self.scheduler is not None:
                 self.scheduler.restore()
             # Moves the HP service back to the root group and removes both groups.
-            cgroups.remove_group(h, self._rel(spec))
+            groups.remove_group(h, self._rel(spec))
 
     def pause(self, seconds: float, tick: Tick) -> None:
         start = time.monotonic()
@@ -456,7 +466,7 @@ class LocalBackend:
             attempt("restoring the block scheduler", self.scheduler.restore)
         if self.hierarchy is not None:
             h = self.hierarchy
-            attempt("removing cgroups", lambda: cgroups.remove_group(h, self.cgroup_parent))
+            attempt("removing cgroups", lambda: groups.remove_group(h, self.cgroup_parent))
         if self.workdir is not None:
             workdir = self.workdir
             attempt("removing the work dir", lambda: shutil.rmtree(workdir))

@@ -9,7 +9,9 @@ import math
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -124,8 +126,6 @@ class PushRecorder:
 @pytest.fixture
 def push_recorder() -> Iterator[PushRecorder]:
     """A loopback HTTP server that accepts ``PUT /v1/targets`` and answers a valid PushResponse."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     bodies: list[dict[str, Any]] = []
     headers: list[dict[str, str]] = []
 
@@ -154,11 +154,18 @@ def push_recorder() -> Iterator[PushRecorder]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with serving_handler(Handler) as port:
+        yield PushRecorder(url=f"http://127.0.0.1:{port}", bodies=bodies, headers=headers)
+
+
+@contextmanager
+def serving_handler(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """Serve an ``http.server`` handler on a free loopback port in a thread; yield the port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield PushRecorder(url=f"http://127.0.0.1:{server.server_address[1]}", bodies=bodies, headers=headers)
+        yield int(server.server_address[1])
     finally:
         server.shutdown()
         server.server_close()
@@ -203,8 +210,6 @@ class FailingTarget:
 
 @pytest.fixture
 def failing_target() -> Iterator[FailingTarget]:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             self.send_response(500)
@@ -214,14 +219,8 @@ def failing_target() -> Iterator[FailingTarget]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield FailingTarget(address=f"127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving_handler(Handler) as port:
+        yield FailingTarget(address=f"127.0.0.1:{port}")
 
 
 @pytest.fixture

@@ -187,3 +187,20 @@ def test_a_leader_that_shuts_down_releases_the_lease_and_the_standby_takes_over_
     assert not a.elector.is_leader() and a.changes == [True, False]
     assert b.tick() is True  # the very next round, not lease_duration later
     assert b.generation > 1_800_000_000_000
+
+
+def test_the_cli_wiring_lets_only_the_leader_push(tmp_path: object) -> None:
+    from controller.cli import build_controller
+    from controller.config import parse_config
+
+    config = parse_config({
+        "prometheus": {"url": "http://127.0.0.1:9", "timeout": "200ms", "retries": 0},
+        "writers": {"static": ["http://127.0.0.1:9100"]},
+        "slos": [{"name": "s", "metric": "m", "target": "100ms", "policy": {"kind": "static", "level": 0.5},
+                  "throttle": {"selector": {"group-id": "lp"}, "rbps": {"min": "1M", "max": "max"}}}],
+    })
+    leading = [False]
+    controller = build_controller(config, dry_run=True, leader=lambda: leading[0])
+    assert controller.step(1.8e9).pushes == []  # standby: computes, pushes nothing
+    leading[0] = True
+    assert [p.outcome for p in controller.step(1.8e9 + 5).pushes] == ["dry_run"]

@@ -37,7 +37,8 @@ from controller.config import parse_config
 from controller.rules import rules_file
 from experiments.backends.supervision import Supervisor, http_ok, json_event, nonempty, wait_until
 from experiments.prometheus_server import PrometheusServer, ScrapeTarget
-from writer.cgroups import Hierarchy, WriterError, create_group, detect_hierarchy, move_pid, remove_group
+from writer.cgroups import Hierarchy, WriterError, detect_hierarchy
+from writer.groups import create_group, move_pid, remove_group
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.kernel]
 

@@ -136,6 +136,10 @@ def test_the_controller_runs_two_unprivileged_replicas_with_limits_and_probes(re
     assert set(c["resources"]) == {"requests", "limits"}
     assert "livenessProbe" in c and "readinessProbe" in c
     assert "--leader-elect" in c["args"]
+    # the token Secret's files belong to root and group fsGroup: the non-root controller reads them as that group
+    token = next(v for v in pod["volumes"] if v["name"] == "token")
+    assert token["secret"]["defaultMode"] & 0o040 and pod["securityContext"]["fsGroup"] == \
+        pod["securityContext"]["runAsGroup"]
 
 
 def test_controller_rbac_is_endpointslices_read_and_its_lease(rendered: dict[str, Any]) -> None:
@@ -248,3 +252,31 @@ def test_the_config_files_in_the_configmaps_load_with_the_programs_own_loaders(r
     assert {m["mountPath"] for m in ctrl["volumeMounts"]} >= {"/etc/drcio", "/var/run/drcio"}
     writer = _by(rendered["base"], "DaemonSet", "drcio-writer")["spec"]["template"]["spec"]["containers"][0]
     assert {m["mountPath"] for m in writer["volumeMounts"]} >= {"/etc/drcio", "/var/run/drcio", "/host/sys/fs/cgroup"}
+
+
+def test_the_cert_manager_overlay_switches_push_and_scrape_to_https_and_changes_nothing_else() -> None:
+    from controller.config import load_config
+    from controller.rules import rule_groups
+    from writer.config import load_config as load_writer_config
+
+    overlay, base = ROOT / "deploy" / "overlays" / "cert-manager", ROOT / "deploy" / "base"
+    tls_slo, base_slo = load_config(overlay / "slo.yaml"), load_config(base / "slo.yaml")
+    assert tls_slo.writers.kubernetes is not None and tls_slo.writers.kubernetes.scheme == "https"
+    assert tls_slo.writers.tls is not None and tls_slo.writers.tls.ca_file is not None
+    same = {"writers"}
+    assert tls_slo.model_dump(exclude=same) == base_slo.model_dump(exclude=same)
+    assert rule_groups(tls_slo) == rule_groups(base_slo)  # the PrometheusRule fits both
+    tls_writer, base_writer = load_writer_config(overlay / "writer-config.yaml"), load_writer_config(base / "writer-config.yaml")
+    assert tls_writer.tls is not None
+    assert tls_writer.model_dump(exclude={"tls"}) == base_writer.model_dump(exclude={"tls"})
+    docs = render("overlays/cert-manager")
+    pod = _by(docs, "DaemonSet", "drcio-writer")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    secret_of = {v["name"]: v.get("secret", {}).get("secretName") for v in pod["volumes"]}
+    assert secret_of[mounts[str(tls_writer.tls.cert_file.parent)]] == "drcio-writer-tls"
+    assert pod["containers"][0]["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    ctrl = _by(docs, "Deployment", "drcio-controller")["spec"]["template"]["spec"]
+    cmounts = {m["mountPath"]: m["name"] for m in ctrl["containers"][0]["volumeMounts"]}
+    assert str(tls_slo.writers.tls.ca_file.parent) in cmounts
+    monitor = _by(docs, "ServiceMonitor", "drcio-writer")
+    assert monitor["spec"]["endpoints"][0]["scheme"] == "https"

@@ -71,6 +71,22 @@ def test_bad_slo_file_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     assert "target" in proc.stderr and not out.exists()
 
 
+def _promtool_test(tmp_path: Path, rules: dict[str, Any], series: dict[str, str],
+                   checks: list[dict[str, Any]]) -> None:
+    """Run ``promtool test rules`` on ``rules`` with one-minute input ``series`` and alert ``checks``."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    test = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                   "alert_rule_test": checks}],
+    }
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
+    proc = _promtool("test", "rules", "test.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
 def _burn_alert(rules: dict[str, Any], severity: str) -> dict[str, Any]:
     for group in rules["groups"]:
         for rule in group["rules"]:
@@ -83,69 +99,44 @@ def test_burn_rate_alerts_fire_during_a_burn_and_clear_after_it(tmp_path: Path) 
     """600 requests/min; from minute 30 to 60 every request is slower than the target (100 ms),
     then all are fast again. Budget 5 % (P95 objective)."""
     rules = rules_file(load_config(SLO))
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
     page, ticket = _burn_alert(rules, "page"), _burn_alert(rules, "ticket")
 
     def firing(*alerts: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"exp_labels": a["labels"], "exp_annotations": a["annotations"]} for a in alerts]
 
     minutes = 480
-    good = f"0+600x30 18000+0x30 18000+600x{minutes - 60}"  # le=0.1 bucket: stops growing during the burn
     total = f"0+600x{minutes}"
-    test = {
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [
-                {"series": 'gnn_request_latency_seconds_bucket{job="hp-gnn",le="0.1"}', "values": good},
-                {"series": 'gnn_request_latency_seconds_bucket{job="hp-gnn",le="+Inf"}', "values": total},
-                {"series": 'gnn_request_latency_seconds_count{job="hp-gnn"}', "values": total},
-            ],
-            "alert_rule_test": [
-                # all well before the burn
-                {"eval_time": "25m", "alertname": "DrcioSloErrorBudgetBurn", "exp_alerts": []},
-                # 25 of 55 minutes bad: 6h/30m > 6x budget (page); 1d/2h > 3x (ticket)
-                {"eval_time": "55m", "alertname": "DrcioSloErrorBudgetBurn", "exp_alerts": firing(page, ticket)},
-                # 35 minutes after the burn the 30m (and 5m) windows are clean: the page clears,
-                # while the slow ticket windows still see it
-                {"eval_time": "95m", "alertname": "DrcioSloErrorBudgetBurn", "exp_alerts": firing(ticket)},
-                # more than 6h after: the ticket's short window (6h) is clean too
-                {"eval_time": "7h", "alertname": "DrcioSloErrorBudgetBurn", "exp_alerts": []},
-                {"eval_time": "55m", "alertname": "DrcioSloTargetBucketMissing", "exp_alerts": []},
-            ],
-        }],
-    }
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
-    proc = _promtool("test", "rules", "test.yaml", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS" in proc.stdout
+    _promtool_test(tmp_path, rules, {
+        # le=0.1 bucket: stops growing during the burn
+        'gnn_request_latency_seconds_bucket{job="hp-gnn",le="0.1"}': f"0+600x30 18000+0x30 18000+600x{minutes - 60}",
+        'gnn_request_latency_seconds_bucket{job="hp-gnn",le="+Inf"}': total,
+        'gnn_request_latency_seconds_count{job="hp-gnn"}': total,
+    }, [
+        # all well before the burn
+        {"eval_time": "25m", "alertname": "DrcioSloErrorBudgetBurn", "exp_alerts": []},
+        # 25 of 55 minutes bad: 6h/30m > 6x budget (page); 1d/2h > 3x (ticket)
+        {"eval_time": "55m", "alertname": "DrcioSloErrorBudgetBurn", "exp_alerts": firing(page, ticket)},
+        # 35 minutes after the burn the 30m (and 5m) windows are clean: the page clears,
+        # while the slow ticket windows still see it
+        {"eval_time": "95m", "alertname": "DrcioSloErrorBudgetBurn", "exp_alerts": firing(ticket)},
+        # more than 6h after: the ticket's short window (6h) is clean too
+        {"eval_time": "7h", "alertname": "DrcioSloErrorBudgetBurn", "exp_alerts": []},
+        {"eval_time": "55m", "alertname": "DrcioSloTargetBucketMissing", "exp_alerts": []},
+    ])
 
 
 def test_a_missing_target_bucket_raises_its_alert(tmp_path: Path) -> None:
     rules = rules_file(load_config(SLO))
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
     missing = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "DrcioSloTargetBucketMissing")
-    test = {
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [
-                # edges around the target but none at 0.1
-                {"series": 'gnn_request_latency_seconds_bucket{job="hp-gnn",le="0.0848"}', "values": "0+500x30"},
-                {"series": 'gnn_request_latency_seconds_bucket{job="hp-gnn",le="0.117877"}', "values": "0+600x30"},
-                {"series": 'gnn_request_latency_seconds_count{job="hp-gnn"}', "values": "0+600x30"},
-            ],
-            "alert_rule_test": [
-                {"eval_time": "10m", "alertname": "DrcioSloTargetBucketMissing", "exp_alerts": []},
-                {"eval_time": "20m", "alertname": "DrcioSloTargetBucketMissing",
-                 # absent() carries the equality matchers of the missing series as labels
-                 "exp_alerts": [{"exp_labels": {**missing["labels"], "job": "hp-gnn", "le": "0.1"},
-                                 "exp_annotations": missing["annotations"]}]},
-            ],
-        }],
-    }
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
-    proc = _promtool("test", "rules", "test.yaml", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _promtool_test(tmp_path, rules, {
+        # edges around the target but none at 0.1
+        'gnn_request_latency_seconds_bucket{job="hp-gnn",le="0.0848"}': "0+500x30",
+        'gnn_request_latency_seconds_bucket{job="hp-gnn",le="0.117877"}': "0+600x30",
+        'gnn_request_latency_seconds_count{job="hp-gnn"}': "0+600x30",
+    }, [
+        {"eval_time": "10m", "alertname": "DrcioSloTargetBucketMissing", "exp_alerts": []},
+        # absent() carries the equality matchers of the missing series as labels
+        {"eval_time": "20m", "alertname": "DrcioSloTargetBucketMissing",
+         "exp_alerts": [{"exp_labels": {**missing["labels"], "job": "hp-gnn", "le": "0.1"},
+                         "exp_annotations": missing["annotations"]}]},
+    ])

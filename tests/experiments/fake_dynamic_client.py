@@ -7,7 +7,8 @@ unknown attributes call the client with the resource first (the real
 ``patch`` with ``application/merge-patch+json`` merges (RFC 7386) into the
 stored object; ``server_side_apply`` stores the applied object; a missing
 object is a 404 ``NotFoundError``-like exception. Workload status is what a
-cluster's controllers would report: ready after ``ready_after`` reads.
+cluster's controllers would report: ready after ``ready_after`` reads (before
+that, a Deployment looks mid-rollout: old pods ready, new ones not).
 """
 
 from __future__ import annotations
@@ -80,9 +81,13 @@ class FakeDynamicClient:
             if resource.kind == "DaemonSet":
                 obj["status"] = {"desiredNumberScheduled": 3, "numberReady": 3}
             elif resource.kind == "Deployment":
-                obj["status"] = {"readyReplicas": obj["spec"].get("replicas", 1)}
-        else:
-            obj["status"] = {"desiredNumberScheduled": 3, "numberReady": 1} if resource.kind == "DaemonSet" else {}
+                n = obj["spec"].get("replicas", 1)
+                obj["status"] = {"replicas": n, "updatedReplicas": n, "readyReplicas": n}
+        elif resource.kind == "DaemonSet":
+            obj["status"] = {"desiredNumberScheduled": 3, "numberReady": 1}
+        elif resource.kind == "Deployment":  # mid-rollout: the old pods are still ready, the new ones are not
+            n = obj["spec"].get("replicas", 1)
+            obj["status"] = {"replicas": n + 1, "updatedReplicas": 1, "readyReplicas": n}
         return _Instance(obj)
 
     def patch(self, resource: _Resource, body: dict[str, Any], name: str, namespace: str | None,

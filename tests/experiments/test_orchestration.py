@@ -153,7 +153,11 @@ def test_the_cli_exits_2_without_root_and_creates_nothing(tmp_path: Path) -> Non
     out = tmp_path / "out"
     env = {**os.environ, "MPLCONFIGDIR": str(tmp_path)}
     script = Path(sys.executable).parent / "run-experiment"
-    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(script),
+    # The unprivileged user keeps CAP_DAC_READ_SEARCH (ambient, so it survives exec): a fresh clone in
+    # root's home (mode 0700) is then still reachable, while the process is not root (euid 65534) and
+    # cannot write anything it could not write anyway.
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", str(script),
                              "--scenario", "baseline", "--output", str(out)],
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 2, result.stderr
@@ -225,10 +229,11 @@ def test_a_non_empty_output_dir_that_is_not_a_run_is_left_alone(tmp_path: Path) 
 # --------------------------------------------------------------------------- plan and SLOs
 
 
-def test_all_runs_baseline_contention_static_max_an_8_level_sweep_and_drcio() -> None:
+def test_all_runs_baseline_contention_static_max_an_8_level_sweep_the_bisected_oracle_and_drcio() -> None:
     plan = plan_scenarios("all", PlanConfig(duration_seconds=40))
     assert [s.name for s in plan] == ["baseline", "contention", "static-max",
-                                      *[f"sweep-{i}" for i in range(8)], "drcio"]
+                                      *[f"sweep-{i}" for i in range(8)], "oracle", "drcio"]
+    assert [s.duration_seconds for s in plan if s.kind == "oracle"] == [20.0]
     levels = [s.level for s in plan if s.kind == "sweep"]
     assert levels == pytest.approx([i / 7 for i in range(8)])
     assert {s.duration_seconds for s in plan if s.kind == "sweep"} == {20.0}

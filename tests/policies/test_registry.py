@@ -32,8 +32,8 @@ EXAMPLE_SECTIONS = yaml.safe_load(
 )
 
 
-def test_registry_knows_pid_aimd_and_static() -> None:
-    assert POLICY_KINDS == ("pid", "aimd", "static")
+def test_registry_knows_pid_aimd_knee_and_static() -> None:
+    assert POLICY_KINDS == ("pid", "aimd", "knee", "static")
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,7 @@ def test_registry_builds_independent_policies() -> None:
 @pytest.mark.parametrize(
     ("kind", "raw", "expected"),
     [
-        pytest.param("pdi", {}, ["unknown policy kind 'pdi' (allowed: pid, aimd, static)"], id="unknown-kind"),
+        pytest.param("pdi", {}, ["unknown policy kind 'pdi' (allowed: pid, aimd, knee, static)"], id="unknown-kind"),
         pytest.param(
             "pid",
             {"kq": 1},

@@ -17,19 +17,17 @@ from writer.cgroups import (
     KernelError,
     Limits,
     SetupError,
-    remove_empty_groups,
     WriterError,
     apply_io_max,
     apply_weight,
-    create_group,
     detect_hierarchy,
     read_io_bytes,
     read_io_max,
     read_weight,
-    remove_group,
     to_v1_weight,
     weight_effective,
 )
+from writer.groups import create_group, remove_empty_groups, remove_group
 
 MB10 = 10 * 1024 * 1024
 

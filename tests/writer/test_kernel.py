@@ -7,10 +7,6 @@ are removed in ``finally`` blocks.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,41 +19,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.writer.conftest import TOKEN, serving
-from writer.cgroups import Hierarchy, SetupError, create_group, detect_hierarchy, move_pid, remove_group, to_v1_weight, weight_file
+from tests.writer.kernel_support import LIMIT, MiB, hierarchy_or_skip, make_data_file, read_rate
+from writer.cgroups import Hierarchy, to_v1_weight, weight_file
 from writer.devices import active_scheduler, resolve_devices
+from writer.groups import create_group, remove_group
 from writer.discovery import LocalDiscovery, LocalEntry
 from writer.lease import Failsafe, Lease
 from writer.reconcile import Reconciler
 from writer.server import ServerState, build_app
 
 pytestmark = pytest.mark.kernel
-
-MiB = 1024 * 1024
-LIMIT = 10 * MiB
-
-READER = """
-import json, mmap, os, sys, time
-path, want = sys.argv[1], int(sys.argv[2])
-buf = mmap.mmap(-1, 1 << 20)  # page-aligned, as O_DIRECT requires
-sys.stdin.readline()  # wait until the parent has moved us into the cgroup
-fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-start, total = time.monotonic(), 0
-while total < want:
-    got = os.readv(fd, [buf])
-    if got <= 0:
-        break
-    total += got
-print(json.dumps({"bytes": total, "seconds": time.monotonic() - start}))
-"""
-
-
-def _hierarchy_or_skip() -> Hierarchy:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create cgroups and move processes")
-    try:
-        return detect_hierarchy()
-    except SetupError as err:
-        pytest.skip(f"no cgroup I/O controller here: {err}")
 
 
 @dataclass
@@ -70,16 +41,9 @@ class KernelSetup:
 
 @pytest.fixture
 def kernel(tmp_path: Path) -> Iterator[KernelSetup]:
-    h = _hierarchy_or_skip()
+    h = hierarchy_or_skip()
     top = f"drcio-test-{uuid.uuid4().hex[:8]}"
-    data = tmp_path / "data.bin"
-    with data.open("wb") as f:
-        for _ in range(40):
-            f.write(os.urandom(MiB))
-        f.flush()
-        os.fsync(f.fileno())
-    st = os.stat(data)
-    [device] = resolve_devices([f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"])
+    data, device = make_data_file(tmp_path, 40)
     try:
         create_group(h, f"{top}/lp")
         yield KernelSetup(h, f"{top}/lp", data, device)
@@ -90,20 +54,7 @@ def kernel(tmp_path: Path) -> Iterator[KernelSetup]:
 
 def _read_inside(k: KernelSetup, nbytes: int) -> float:
     """Run a direct-I/O reader inside the LP cgroup; its throughput in bytes/s."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", READER, str(k.data), str(nbytes)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        move_pid(k.hierarchy, k.group, proc.pid)
-        out, _ = proc.communicate("go\n", timeout=60)
-        assert proc.returncode == 0
-        result = json.loads(out)
-        assert result["bytes"] >= nbytes
-        return float(result["bytes"] / result["seconds"])
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return read_rate(k.hierarchy, k.group, k.data, nbytes)
 
 
 def test_a_pushed_read_limit_throttles_a_direct_io_reader_and_lifting_it_frees_it(kernel: KernelSetup) -> None:

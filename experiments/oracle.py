@@ -1,0 +1,100 @@
+"""The honest oracle: the best fixed level, found by bisection until its LP throughput is pinned.
+
+Used by the scenario runner (the ``oracle`` scenario) and by
+``benchmarks/control_quality.py``. A fixed grid of levels overstates or
+understates the best fixed limit by up to a grid step (the README's first
+runs: the true best lay between sweep-3 at 98 MiB/s and sweep-4 at 208
+MiB/s). Here the level is bisected between one that meets the SLO and one
+that does not, until the LP throughput of the two differs by at most
+``tolerance`` (5 %): the best fixed limit's throughput lies between them,
+and that interval is the oracle's own uncertainty, reported with it.
+
+Each probe is a whole run at a fixed level (for a dynamic schedule, the whole
+schedule), judged by the caller's ``probe`` function. It assumes what the
+plant shows: more level, more LP bytes and more HP latency. Noise can break
+that assumption near the knee; the caller should give every probe the same
+seed where it can (the simulator does), so probes differ only in the level.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["Probe", "OracleResult", "bisect_oracle"]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One fixed-level run: its level, LP bytes/s, and whether it met the SLO."""
+
+    level: float
+    lp_bytes_per_second: float
+    meets: bool
+
+
+@dataclass(frozen=True)
+class OracleResult:
+    """The best fixed level found and how sure we are.
+
+    level / lp_bytes_per_second: the highest probed level that met the SLO
+        (None if even level 0 missed it: no fixed limit in the range meets the SLO).
+    upper_level / upper_lp_bytes_per_second: the lowest probed level that
+        missed it (None if level 1 met it: the oracle is exact, "no limit").
+    uncertainty: ``upper_lp / lp - 1``, the most the true best fixed limit
+        can move beyond ``lp_bytes_per_second``; 0 when exact.
+    probes: every probe, in order.
+    """
+
+    level: float | None
+    lp_bytes_per_second: float
+    upper_level: float | None
+    upper_lp_bytes_per_second: float
+    uncertainty: float
+    probes: list[Probe] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if self.level is None:
+            return f"no fixed level meets the SLO (level 0 misses it; {len(self.probes)} probes)"
+        if self.upper_level is None:
+            return f"level {self.level:.3f} (no limit needed; {len(self.probes)} probes)"
+        return (f"level {self.level:.3f} .. {self.upper_level:.3f}, LP {self.lp_bytes_per_second / 2**20:.1f} .. "
+                f"{self.upper_lp_bytes_per_second / 2**20:.1f} MiB/s (+{100 * self.uncertainty:.1f} %; "
+                f"{len(self.probes)} probes)")
+
+
+def bisect_oracle(probe: Callable[[float], Probe], *, tolerance: float = 0.05, max_probes: int = 14,
+                  min_step: float = 1e-3) -> OracleResult:
+    """Bisect the level in [0, 1] until the met / missed bracket's LP throughputs differ by at most ``tolerance``.
+
+    Probes level 1 first (if it meets the SLO, no limit is needed), then 0,
+    then midpoints. Stops at ``max_probes`` or when the bracket is narrower
+    than ``min_step`` in level, and reports the uncertainty it reached.
+    """
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
+    probes: list[Probe] = []
+
+    def run(level: float) -> Probe:
+        p = probe(level)
+        probes.append(p)
+        return p
+
+    hi = run(1.0)
+    if hi.meets:
+        return OracleResult(1.0, hi.lp_bytes_per_second, None, math.nan, 0.0, probes)
+    lo = run(0.0)
+    if not lo.meets:
+        return OracleResult(None, 0.0, 0.0, lo.lp_bytes_per_second, math.inf, probes)
+
+    def spread(a: Probe, b: Probe) -> float:
+        return b.lp_bytes_per_second / a.lp_bytes_per_second - 1 if a.lp_bytes_per_second > 0 else math.inf
+
+    while (spread(lo, hi) > tolerance and len(probes) < max_probes and hi.level - lo.level > min_step):
+        mid = run((lo.level + hi.level) / 2)
+        if mid.meets:
+            lo = mid
+        else:
+            hi = mid
+    return OracleResult(lo.level, lo.lp_bytes_per_second, hi.level, hi.lp_bytes_per_second, spread(lo, hi), probes)

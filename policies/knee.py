@@ -1,0 +1,211 @@
+"""The knee policy: find the frontier's knee fast, remember it, and only probe past it under load.
+
+Built by :func:`policies.registry.build_policy` from ``{kind: knee, ...}`` and
+stepped once per controller tick. Written because PID and AIMD, measured on
+the simulator fitted to this machine (``benchmarks/control_quality.py``),
+miss two things a loop must do when load changes:
+
+* **They open up while nothing loads the disk.** While LP is idle (or between
+  bursts) HP latency sits at its floor, so PID and AIMD raise the level as
+  far as it goes; when LP comes back it runs unthrottled until the loop
+  notices, and a P95 over a 5 s window keeps showing that violation for
+  five intervals whatever the loop does then. The only cure is not to have
+  opened up.
+* **They climb to the knee slowly** (PID integrates, AIMD adds a step per
+  tick), so after a start they take tens of intervals to settle.
+
+What it does (all levels in [0, 1]; a level step of 0.05 is about 30 % of
+bandwidth in the SLO's geometric range):
+
+* **Search.** Climb ``search_step`` per tick while latency is below
+  ``(1 - setpoint) * target``, up to ``unloaded_ceiling`` (or the known
+  knee, if higher): a fast initial search that cannot overshoot far, since
+  the 5 s window shows a level's effect only seconds later.
+* **Knee memory.** The knee ``K`` is the highest level known to be safe
+  while LP loads the disk. A violation cuts the level by ``cut +
+  cut_gain * (latency / target - 1)`` and sets ``K`` to the cut level;
+  latency between ``(1 - setpoint)`` and 1 of the target trims by ``trim``.
+* **Probe only under load.** Past that, with latency under the aim, the
+  level rises by ``probe_step`` (and ``K`` with it) only if LP visibly loads
+  HP: latency above the learned floor (the lowest recent latency, see
+  ``floor_rise``) by ``load_margin``. At the floor LP is idle or light: the
+  level holds, so a returning LP or burst meets the limit that was safe
+  last time.
+* **No data** (no HP traffic): hold the level, and on the first measurement
+  after it restart ``reentry_drop`` below it: HP may come back at a higher
+  rate than it left, and at a 5 s window a clamp must come before the
+  violation, not after.
+* **Sensor failure**: hold, then the fail-safe (:class:`policies.base.FailSafeTracker`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from policies.base import (
+    FailSafe,
+    FailSafeTracker,
+    Observation,
+    SensorStatus,
+    checked_initial_level,
+    clamp_level,
+    range_problem,
+    raise_problems,
+)
+
+__all__ = ["KneeParams", "KneePolicy"]
+
+
+@dataclass(frozen=True)
+class KneeParams:
+    """Parameters of the knee policy (the SLO file's ``policy`` section). Defaults from benchmarks/control_quality.py.
+
+    setpoint: slack to keep, in [0, 1). Default 0.25: aim at 75 % of the
+        target (a 5 s-window P95 here wobbles by about +-15 %; 0.2 and 0.3
+        were worse in benchmarks/control_quality.py).
+    search_step: level per tick below ``unloaded_ceiling`` or the known
+        knee, in (0, 1]. Default 0.03: from the fail-safe 0.2 to 0.45 in
+        nine ticks.
+    probe_step: level per tick past the knee while LP loads HP and latency
+        is under the setpoint, in [0, 1]. Default 0.004: +2.5 % bandwidth a
+        tick, so a change of plant is followed within a minute.
+    cut / cut_gain: a violation cuts ``cut + cut_gain * (latency/target - 1)``.
+        Defaults 0.03 and 0.1: a slight miss costs ~20 % of bandwidth, twice
+        the target costs ~50 %.
+    trim: level removed per tick while the smoothed latency is between the
+        aim and the target, in [0, 1]. Default 0.003 (0.005 made the
+        window's lag into a limit cycle).
+    load_margin: latency above the floor by this fraction counts as "LP
+        loads HP", >= 0. Default 0.25.
+    floor_rise: per tick, the floor creeps up by this fraction towards the
+        latency seen (it drops to any lower latency at once), in [0, 1].
+        Default 0.01: a floor from minutes ago fades in ~100 ticks.
+    reentry_drop: level below the held level to restart at after a spell
+        without HP traffic, in [0, 1]. Default 0.04.
+    smoothing: EWMA weight of the newest latency for the trim / probe
+        decisions (violations act on the raw reading), in (0, 1]. Default 0.3.
+    unloaded_ceiling: the level the policy climbs to fast without evidence
+        that LP loads HP, in [0, 1]. Default 0.45, about the classic fixed
+        200M / 50M limit in the template's range: opening further is only
+        done by probing under load.
+    probe_margin: probe only while the smoothed latency is this fraction
+        under the aim, in [0, 1). Default 0.
+    """
+
+    kind: ClassVar[str] = "knee"
+
+    setpoint: float = 0.25
+    search_step: float = 0.03
+    probe_step: float = 0.004
+    cut: float = 0.03
+    cut_gain: float = 0.1
+    trim: float = 0.003
+    load_margin: float = 0.15
+    floor_rise: float = 0.01
+    reentry_drop: float = 0.04
+    smoothing: float = 0.3
+    unloaded_ceiling: float = 0.45
+    probe_margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        raise_problems("knee policy", [
+            range_problem("setpoint", self.setpoint, ge=0, lt=1),
+            range_problem("search_step", self.search_step, gt=0, le=1),
+            range_problem("probe_step", self.probe_step, ge=0, le=1),
+            range_problem("cut", self.cut, ge=0, le=1),
+            range_problem("cut_gain", self.cut_gain, ge=0),
+            range_problem("trim", self.trim, ge=0, le=1),
+            range_problem("load_margin", self.load_margin, ge=0),
+            range_problem("floor_rise", self.floor_rise, ge=0, le=1),
+            range_problem("reentry_drop", self.reentry_drop, ge=0, le=1),
+            range_problem("smoothing", self.smoothing, gt=0, le=1),
+            range_problem("unloaded_ceiling", self.unloaded_ceiling, ge=0, le=1),
+            range_problem("probe_margin", self.probe_margin, ge=0, lt=1),
+        ])
+
+
+class KneePolicy:
+    """Knee search, knee memory, probing only under load (see the module docstring)."""
+
+    def __init__(self, params: KneeParams, *, failsafe: FailSafe = FailSafe(), initial_level: float = 1.0) -> None:
+        self._initial_level = checked_initial_level("knee", params, KneeParams, initial_level)
+        self.params = params
+        self._failsafe = FailSafeTracker(failsafe)
+        self.reset()
+
+    @property
+    def level(self) -> float:
+        return self._level
+
+    @property
+    def knee(self) -> float | None:
+        """The remembered knee level, or None while still searching."""
+        return self._knee
+
+    @property
+    def terms(self) -> dict[str, float]:
+        """``knee`` (-1 while searching), ``floor_seconds`` (0 before the first measurement), the last change."""
+        return {
+            "knee": -1.0 if self._knee is None else self._knee,
+            "floor_seconds": self._floor or 0.0,
+            "change": self._change,
+            "sensor_failures": float(self._failsafe.failures),
+            "failsafe_engaged": 1.0 if self._failsafe.engaged else 0.0,
+        }
+
+    def reset(self) -> None:
+        self._failsafe.on_success()
+        self._level = self._initial_level
+        self._knee: float | None = None
+        self._floor: float | None = None
+        self._smooth: float | None = None
+        self._quiet = False
+        self._change = 0.0
+
+    def step(self, observation: Observation) -> float:
+        before = self._level
+        if observation.status is SensorStatus.SENSOR_ERROR:
+            self._level = self._failsafe.on_failure(self._level)
+        elif observation.status is SensorStatus.NO_DATA:
+            # Nothing to protect: hold (see the module docstring). During a failure episode the
+            # tracker decides when an empty answer ends it; the level it holds is ours either way.
+            self._failsafe.on_no_data()
+            self._quiet = True
+        else:
+            self._failsafe.on_success()
+            assert observation.latency_seconds is not None
+            if self._quiet:
+                self._quiet = False
+                self._level = clamp_level(self._level - self.params.reentry_drop)
+            self._react(observation.latency_seconds, observation.target_seconds)
+        self._change = self._level - before
+        return self._level
+
+    def _react(self, latency: float, target: float) -> None:
+        p = self.params
+        floor = self._floor
+        self._floor = latency if floor is None or latency < floor else floor + p.floor_rise * (latency - floor)
+        smooth = self._smooth
+        self._smooth = latency if smooth is None else smooth + p.smoothing * (latency - smooth)
+        assert self._floor is not None and self._smooth is not None
+        loaded = min(self._smooth, latency) > (1 + p.load_margin) * self._floor
+        aim = (1 - p.setpoint) * target
+        level = self._level
+        if latency > target:
+            # A violation is acted on at once, on the raw reading: it costs more than a slower LP.
+            level -= p.cut + p.cut_gain * (latency / target - 1)
+            self._knee = clamp_level(level)
+        elif self._smooth > aim:
+            # Between the aim and the target, on the smoothed reading: noise does not move the level.
+            level -= p.trim
+            if self._knee is not None:
+                self._knee = min(self._knee, clamp_level(level))
+        elif level < (fast := p.unloaded_ceiling if self._knee is None else max(self._knee, p.unloaded_ceiling)):
+            # Below what a classic fixed limit allows, or below the knee known to be safe: go there fast.
+            level = min(fast, level + p.search_step)
+        elif loaded and self._smooth < aim * (1 - p.probe_margin):
+            # Past it only slowly, and only while LP visibly loads HP: the window's lag hides an overshoot.
+            level += p.probe_step
+            self._knee = clamp_level(level)
+        self._level = clamp_level(level)

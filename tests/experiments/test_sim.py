@@ -1,0 +1,155 @@
+"""The sim backend: deterministic for a seed, the same files as the local backend, and a policy
+regression (a PID with its sign flipped, an AIMD that never backs off) fails the same check the
+real policies pass."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from controller.config import parse_config
+from controller.loop import build_policies
+from experiments.backends.sim import SimBackend, SimConfig, simulate, steady_schedule
+from experiments.cli import _run_command
+from experiments.export import HISTOGRAM_COLUMNS, SERIES_COLUMNS
+from experiments.model import ScenarioSpec
+from experiments.plant import histogram_quantile as plant_quantile
+from experiments.report import SUMMARY_COLUMNS, histogram_quantile as report_quantile
+from experiments.slo import load_base_slo, slo_document
+from policies import Observation, Policy
+
+MIB = 2**20
+
+
+def _files(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file() and p.suffix in {".csv", ".jsonl", ".yaml"}}
+
+
+def _run(out: Path, *args: str) -> None:
+    result = CliRunner().invoke(_run_command, ["--backend", "sim", "--duration", "20", "--sweep-levels", "4",
+                                               "--output", str(out), *args])
+    assert result.exit_code == 0, result.output
+
+
+def test_the_same_seed_writes_identical_files_and_another_seed_does_not(tmp_path: Path) -> None:
+    _run(tmp_path / "a", "--scenario", "drcio", "--seed", "5")
+    _run(tmp_path / "b", "--scenario", "drcio", "--seed", "5")
+    _run(tmp_path / "c", "--scenario", "drcio", "--seed", "6")
+    a, b, c = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
+    assert "drcio.csv" in a and "raw/drcio/decisions.jsonl" in a and "raw/drcio/client.csv" in a
+    assert a == b
+    assert a["drcio.csv"] != c["drcio.csv"]
+
+
+def test_scenario_all_writes_the_files_the_local_backend_writes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _run(out, "--scenario", "all")
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    names = set(summary["scenario"])
+    assert {"baseline", "contention", "static-max", "sweep-0", "sweep-3", "oracle-1", "drcio", "oracle"} <= names
+    assert (out / "report.md").exists() and (out / "run.json").exists() and (out / "oracle.json").exists()
+    assert list(pd.read_csv(out / "drcio.csv").columns) == SERIES_COLUMNS
+    assert list(pd.read_csv(out / "raw" / "drcio" / "histogram.csv").columns) == HISTOGRAM_COLUMNS
+    assert (out / "raw" / "drcio" / "slo.yaml").exists()
+    assert any(p.suffix == ".png" for p in out.iterdir())
+
+
+def test_the_sims_quantile_is_the_reports_quantile() -> None:
+    rng = np.random.default_rng(3)
+    edges = np.geomspace(1e-4, 10, 71)
+    for _ in range(20):
+        counts = np.cumsum(rng.integers(0, 20, len(edges) + 1)).astype(float)
+        series = pd.Series(counts, index=[*edges, np.inf])
+        for q in (0.5, 0.95, 0.99):
+            assert plant_quantile(q, counts, edges) == pytest.approx(report_quantile(q, series))
+
+
+# --------------------------------------------------------------------------- policy regressions
+
+
+class FlippedSign:
+    """A PID whose error has the wrong sign: the level moves away from the target, not towards it."""
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+
+    def step(self, observation: Observation) -> float:
+        if observation.latency_seconds is not None:
+            mirrored = max(0.0, 2 * observation.target_seconds - observation.latency_seconds)
+            observation = Observation(observation.status, mirrored, observation.target_seconds, observation.dt_seconds)
+        return self.inner.step(observation)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    @property
+    def level(self) -> float:
+        return self.inner.level
+
+    @property
+    def terms(self) -> dict[str, float]:
+        return self.inner.terms
+
+
+class NeverBacksOff(FlippedSign):
+    """An AIMD whose decrease was lost: the level only ever rises."""
+
+    def __init__(self, inner: Policy) -> None:
+        super().__init__(inner)
+        self.highest = inner.level
+
+    def step(self, observation: Observation) -> float:
+        self.highest = max(self.highest, self.inner.step(observation))
+        return self.highest
+
+
+def _steady_quality(policy_kind: str, wrap: type[FlippedSign] | None) -> tuple[float, float]:
+    """(attainment, LP MiB/s) of a 90 s steady run after a 15 s settling allowance, target 10 ms."""
+    base, _ = load_base_slo(None)
+    if policy_kind != "pid":  # the template's PID (setpoint 0.2), else the kind's defaults
+        base["slos"][0]["policy"] = {"kind": policy_kind}
+    backend = SimBackend(SimConfig(base_slo=base))
+    doc = slo_document(ScenarioSpec("drcio", "drcio", 90, 5, lp=True, controlled=True), base, target_ms=10.0,
+                       wiring=backend.wiring())
+    policies = build_policies(parse_config(doc))
+    if wrap is not None:
+        policies = {name: wrap(p) for name, p in policies.items()}
+    res = simulate(steady_schedule(90.0, 200.0, "mixed"), SimConfig(seed=2), slo=doc, policies=policies)
+    after = res.series[res.series["elapsed_seconds"] >= 15]
+    attainment = float((after["hp_p95_ms"] <= 10.0).mean())
+    return attainment, float(after["lp_bytes_per_second"].mean()) / MIB
+
+
+def _passes(attainment: float, lp_mbps: float) -> bool:
+    # The sim's best fixed level meeting 10 ms moves ~140 MiB/s. A working loop meets the target in most
+    # intervals (measured on this machine: AIMD 0.05/0.5 78 %, PID 87-98 %) and moves a good share of that;
+    # the stricter control-quality targets are benchmarks/control_quality.py's.
+    return attainment >= 0.8 and lp_mbps >= 80.0
+
+
+@pytest.mark.parametrize("kind", ["pid", "aimd"])
+def test_the_real_policies_pass_the_steady_check(kind: str) -> None:
+    attainment, lp = _steady_quality(kind, None)
+    assert _passes(attainment, lp), (attainment, lp)
+
+
+@pytest.mark.parametrize(("kind", "bug"), [("pid", FlippedSign), ("aimd", NeverBacksOff)], ids=["pid-sign-flipped", "aimd-never-backs-off"])
+def test_a_policy_regression_fails_the_steady_check(kind: str, bug: type[FlippedSign]) -> None:
+    attainment, lp = _steady_quality(kind, bug)
+    assert not _passes(attainment, lp), (attainment, lp)
+
+
+def test_two_nodes_get_every_push_and_share_the_hp_load(tmp_path: Path) -> None:
+    _run(tmp_path / "two", "--scenario", "drcio", "--nodes", "2", "--target", "10ms")
+    first = json.loads((tmp_path / "two" / "raw" / "drcio" / "decisions.jsonl").read_text().splitlines()[-1])
+    assert sorted(p["node"] for p in first["push"]) == ["sim-node-0", "sim-node-1"]
+    series = pd.read_csv(tmp_path / "two" / "drcio.csv")
+    assert series["hp_request_rate"].iloc[10:].mean() == pytest.approx(200, rel=0.15)  # the service's rate, summed

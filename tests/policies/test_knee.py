@@ -1,0 +1,68 @@
+"""The knee policy: fast search, knee memory, probing past the knee only under load, hold on no data."""
+
+from __future__ import annotations
+
+import pytest
+
+from policies import FailSafe, KneeParams, KneePolicy, PolicyConfigError, build_policy, parse_params
+from tests.policies.plant import TARGET_SECONDS, no_data, ok, sensor_error
+
+T = TARGET_SECONDS
+
+
+def fresh(level: float = 0.2, **params: float) -> KneePolicy:
+    return KneePolicy(KneeParams(**params), failsafe=FailSafe(after=2, level=0.1), initial_level=level)
+
+
+def test_it_searches_fast_while_latency_is_low_but_not_past_the_unloaded_ceiling() -> None:
+    p = fresh(0.2)
+    levels = [p.step(ok(0.3 * T)) for _ in range(20)]
+    assert levels[0] == pytest.approx(0.23)
+    assert max(levels) == pytest.approx(0.45, abs=0.031)  # floor-level latency: no evidence that LP loads HP
+
+
+def test_a_violation_cuts_in_proportion_and_becomes_the_knee() -> None:
+    p = fresh(0.6)
+    p.step(ok(0.3 * T))
+    level = p.step(ok(2.0 * T))
+    assert level == pytest.approx(0.6 - 0.03 - 0.1 * 1.0, abs=1e-9)
+    assert p.knee == pytest.approx(level)
+
+
+def test_at_the_knee_with_idle_lp_it_holds_instead_of_opening_up() -> None:
+    p = fresh(0.6)
+    p.step(ok(0.3 * T))
+    knee = p.step(ok(1.2 * T))
+    levels = [p.step(ok(0.3 * T)) for _ in range(50)]  # LP idle: latency at its floor
+    assert max(levels) <= knee + 1e-9
+    assert levels[-10:] == [p.knee] * 10
+
+
+def test_under_load_with_headroom_it_probes_past_the_knee() -> None:
+    p = fresh(0.6)
+    p.step(ok(0.2 * T))  # the floor
+    knee = p.step(ok(1.2 * T))
+    for _ in range(30):  # loaded (well above the floor) but under the aim
+        level = p.step(ok(0.5 * T))
+    assert level > knee + 0.05 and p.knee == pytest.approx(level)
+
+
+def test_no_hp_traffic_holds_and_the_return_restarts_lower() -> None:
+    p = fresh(0.5)
+    p.step(ok(0.65 * T))
+    held = p.level
+    assert all(p.step(no_data()) == held for _ in range(30))
+    assert p.step(ok(0.65 * T)) <= held - 0.04 + 1e-9
+
+
+def test_sensor_failure_holds_then_falls_back() -> None:
+    p = fresh(0.5)
+    assert [p.step(sensor_error()) for _ in range(3)] == [0.5, 0.5, 0.1]
+    assert p.terms["failsafe_engaged"] == 1.0
+
+
+def test_the_registry_builds_it_and_bad_parameters_are_all_reported() -> None:
+    assert isinstance(build_policy(parse_params("knee", {"setpoint": 0.25})), KneePolicy)
+    with pytest.raises(PolicyConfigError) as err:
+        parse_params("knee", {"setpoint": 1.5, "search_step": 0, "smoothing": -1})
+    assert len(err.value.problems) == 3
