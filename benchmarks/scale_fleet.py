@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import gc
 import hmac
 import io
 import json
@@ -196,6 +197,12 @@ def main(writers: int, lp: int, root: Path, first: int, token: str | None, profi
 
     async def dispatch(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await apps[scope["server"][1]](scope, receive, send)
+
+    # 2,500 writers' apps and reconcilers make a heap no real writer has (a node runs one):
+    # keep the garbage collector from rescanning it, or its full collections stall every
+    # writer of the process for a second or more and the controller sees timeouts.
+    gc.collect()
+    gc.freeze()
 
     # timeout_keep_alive above the controller's interval, so connections are reused across ticks.
     config = uvicorn.Config(

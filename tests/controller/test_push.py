@@ -169,3 +169,17 @@ def test_kubernetes_writers_are_named_by_their_node_for_sharding() -> None:
     (url,) = d.writers()
     assert d.node_of(url) == "node-a"
     assert d.node_of("http://10.9.9.9:9100") == "10.9.9.9:9100"
+
+
+def test_garbage_collection_is_back_on_after_a_push_and_stays_off_if_it_was(push_recorder: PushRecorder) -> None:
+    import gc
+
+    with HttpPusher(token=None, timeout_seconds=2) as pusher:
+        pusher.push([push_recorder.url], body(1))
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            pusher.push([push_recorder.url], body(2))
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
