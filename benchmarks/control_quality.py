@@ -88,6 +88,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "aimd-0.02-h0.3": {"kind": "aimd", "increase": 0.02, "headroom": 0.3},
     "knee-sp0.2": {"kind": "knee", "setpoint": 0.2},
     "knee-sp0.3": {"kind": "knee", "setpoint": 0.3},
+    "knee-load0.3": {"kind": "knee", "load_margin": 0.3},
+    "knee-probe0": {"kind": "knee", "probe_margin": 0.0},
+    "knee-ceil0.48": {"kind": "knee", "unloaded_ceiling": 0.48},
 }
 STATICS = ("static-max", "static-weight", "none", "oracle")
 

@@ -239,6 +239,18 @@ def _operational(o: RuleOptions) -> list[dict[str, Any]]:
          "for": "10m", "labels": {"severity": "ticket"},
          "annotations": {"summary": "Writer {{ $labels.instance }}: discovery or reconcile rounds fail",
                          "description": "Pods or their cgroups cannot be found or read; see the writer's /status."}},
+        {"alert": "DrcioWriterNoKubeletTree", "expr": f"drcio_kubelet_tree_recognised{{{w}}} == 0", "for": "10m",
+         "labels": {"severity": "ticket"},
+         "annotations": {"summary": "Writer {{ $labels.instance }} finds no kubelet cgroup tree under its cgroup root",
+                         "description": "LP pods on this node are not throttled: check cgroup_root and "
+                                        "kubelet_cgroup_root in the writer's file."}},
+        # A group that selects nothing on one node is normal (not every node runs LP pods);
+        # one that selects nothing on any node is a selector typo or a missing label.
+        {"alert": "DrcioGroupSelectsNoWorkload",
+         "expr": f"count by (group) (drcio_push_group_unmatched{{{w}}} == 1) >= scalar(count(up{{{w}}} == 1))",
+         "for": "15m", "labels": {"severity": "ticket"},
+         "annotations": {"summary": "LP group {{ $labels.group }} selects no workload on any node",
+                         "description": "Check the SLO's throttle.selector against the LP pods' labels."}},
         {"alert": "DrcioWriterKernelErrors",
          "expr": f"increase(drc_io_controller_errors_total{{{w}}}[10m]) > 0", "for": "10m",
          "labels": {"severity": "ticket"},

@@ -8,6 +8,7 @@ system-wide Prometheus.
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -37,9 +38,31 @@ def find_prometheus() -> str:
     return path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def free_port(host: str = "127.0.0.1", *, proc_root: Path = Path("/proc")) -> int:
+    """A TCP port free on ``host`` right now, picked at random *below* the kernel's ephemeral range.
+
+    Not ``bind(0)``: the kernel hands that out from the ephemeral range and,
+    measured here, returned the same port three times in ten consecutive calls
+    (callers asking for four ports got duplicates), and the client connections
+    of a start-up (readiness polls, scrapes) take ephemeral ports too, so one
+    may grab the port before its server binds it. Below the range only
+    listeners compete; a random pick among ~12 000 ports makes two callers'
+    picks collide rarely, and the bind test skips ports in use.
+    """
+    try:
+        low = int((proc_root / "sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    low = max(low, 13025)
+    for _ in range(200):
+        port = random.randrange(low - 12000, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # everything below taken: let the OS pick
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

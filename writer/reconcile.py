@@ -51,19 +51,19 @@ from writer.cgroups import (
     Hierarchy,
     KernelError,
     Limits,
+    Mechanism,
     Outcome,
     WriterError,
+    apply_bfq_weight,
     apply_io_max,
     apply_weight,
+    enable_io_cost,
     read_io_bytes,
     read_io_max,
-    Mechanism,
-    apply_bfq_weight,
-    enable_io_cost,
     read_weight,
     throttle_dirs,
-    weight_mechanisms,
     weight_file,
+    weight_mechanisms,
 )
 from writer.discovery import Discovery, Workload, matches
 from writer.lease import Failsafe, Lease

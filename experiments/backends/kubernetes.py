@@ -14,6 +14,8 @@ ready. Per scenario it:
    throttles a scenario that should run free;
 2. scales the LP Job (``parallelism`` 1 when the scenario runs LP, else 0);
 3. waits the scenario's duration;
+   (dynamic scenarios: follows the schedule, switching the LP Job on and off
+   and setting the HP load's rate per phase);
 4. exports its time range from Prometheus with the same queries as the local
    backend (:mod:`experiments.export`), so the output directory is the same.
 
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "drcio-run-experiment"
 HP_JOB = "hp-gnn"
+#: The demo's hp-load rate (requests/s), restored after a dynamic scenario.
+DEFAULT_HP_RATE = 200.0
 LP_JOB = "lp-batch"
 
 
@@ -77,6 +81,8 @@ class KubernetesConfig:
     lp_job: str = LP_JOB
     ready_timeout_seconds: float = 600.0
     export_window_seconds: float = 5.0
+    #: Dynamic schedules: how often a ramp's HP rate is re-set (each change rolls the load pod).
+    schedule_step_seconds: float = 10.0
     base_slo: dict[str, Any] = field(default_factory=dict)
 
 
@@ -94,6 +100,8 @@ class Cluster(Protocol):
     def restart(self, namespace: str, deployment: str) -> None: ...
 
     def scale_job(self, namespace: str, name: str, parallelism: int) -> None: ...
+
+    def set_hp_rate(self, namespace: str, deployment: str, rate: float) -> None: ...
 
     def wait(self, seconds: float, tick: Tick, status: str) -> None: ...
 
@@ -172,6 +180,18 @@ class ApiCluster:
                                                 body={"spec": {"parallelism": parallelism}},
                                                 content_type="application/merge-patch+json")
 
+    def set_hp_rate(self, namespace: str, deployment: str, rate: float) -> None:
+        deployments = self._resource("apps/v1", "Deployment")
+        if rate <= 0:  # a quiet spell: no load pod at all
+            deployments.patch(name=deployment, namespace=namespace, body={"spec": {"replicas": 0}},
+                              content_type="application/merge-patch+json")
+            return
+        # Strategic merge: containers and env merge by name (a JSON merge patch would replace the lists).
+        body = {"spec": {"replicas": 1, "template": {"spec": {"containers": [
+            {"name": "loadgen", "env": [{"name": "HP_RATE", "value": f"{rate:g}"}]}]}}}}
+        deployments.patch(name=deployment, namespace=namespace, body=body,
+                          content_type="application/strategic-merge-patch+json")
+
     def wait(self, seconds: float, tick: Tick, status: str) -> None:
         start = self._clock()
         while (elapsed := self._clock() - start) < seconds:
@@ -222,6 +242,12 @@ class DryRunCluster:
 
     def scale_job(self, namespace: str, name: str, parallelism: int) -> None:
         self._say(f"scale Job {namespace}/{name}: spec.parallelism = {parallelism}")
+
+    def set_hp_rate(self, namespace: str, deployment: str, rate: float) -> None:
+        if rate <= 0:
+            self._say(f"scale Deployment {namespace}/{deployment}: replicas = 0 (no HP load)")
+        else:
+            self._say(f"patch Deployment {namespace}/{deployment}: HP_RATE = {rate:g} requests/s, replicas = 1")
 
     def wait(self, seconds: float, tick: Tick, status: str) -> None:
         self._say(f"wait {seconds:g} s ({status})")
@@ -346,13 +372,58 @@ class KubernetesBackend:
         c.set_configmap(cfg.system_namespace, self._slo_configmap, "slo.yaml", text)
         c.restart(cfg.system_namespace, cfg.controller)
         c.wait_ready("Deployment", cfg.system_namespace, cfg.controller, cfg.ready_timeout_seconds)
-        c.scale_job(cfg.demo_namespace, cfg.lp_job, 1 if spec.lp else 0)
-        start = c.now()
-        c.wait(spec.duration_seconds, tick, "running")
-        end = c.now()
-        c.scale_job(cfg.demo_namespace, cfg.lp_job, 0)
         notes = {"controller": "drcio" if spec.controlled else "no control (static level 1, no limits)"}
+        if spec.schedule is None:
+            c.scale_job(cfg.demo_namespace, cfg.lp_job, 1 if spec.lp else 0)
+            start = c.now()
+            c.wait(spec.duration_seconds, tick, "running")
+            end = c.now()
+        else:
+            start = c.now()
+            notes.update(self._play(spec, tick))
+            end = c.now()
+            c.set_hp_rate(cfg.demo_namespace, "hp-load", DEFAULT_HP_RATE)
+        c.scale_job(cfg.demo_namespace, cfg.lp_job, 0)
         return ScenarioRun(spec.name, start, end, raw_dir / "client.csv", raw_dir, notes)
+
+    def _play(self, spec: ScenarioSpec, tick: Tick) -> dict[str, str]:
+        """Follow ``spec.schedule``: at every step set the LP Job on or off and the HP load's rate.
+
+        The LP Job's pod template is immutable, so its I/O mode stays the
+        demo's (mixed): read/write/mixed phases all mean "LP on", idle "off",
+        bursts toggle it. Ramps move the HP rate in steps of ``schedule_step``.
+        """
+        assert spec.schedule is not None
+        c, cfg = self.cluster, self.config
+        step = cfg.schedule_step_seconds
+        lp_on: bool | None = None
+        rate: float | None = None
+        t0 = 0.0
+        for phase in spec.schedule.phases:
+            t = 0.0
+            while t < phase.duration_seconds - 1e-9:
+                want_lp = phase.lp_mode_at(t) != "idle"
+                want_rate = round(phase.hp_rate_at(t) / 10.0) * 10.0
+                if want_lp != lp_on:
+                    c.scale_job(cfg.demo_namespace, cfg.lp_job, 1 if want_lp else 0)
+                    lp_on = want_lp
+                if want_rate != rate:
+                    c.set_hp_rate(cfg.demo_namespace, "hp-load", want_rate)
+                    rate = want_rate
+                # up to the next burst edge or step, whichever comes first
+                span = min(step, phase.duration_seconds - t)
+                if phase.lp == "bursts":
+                    period = phase.burst_on_seconds + phase.burst_off_seconds
+                    into = t % period
+                    edge = phase.burst_on_seconds - into if into < phase.burst_on_seconds else period - into
+                    span = min(span, edge)
+                c.wait(span, lambda e, _total, s: tick(t0 + t + e, spec.duration_seconds, s),
+                       f"{spec.schedule.name}: LP {'on' if lp_on else 'off'}, HP {rate:g}/s")
+                t += span
+            t0 += phase.duration_seconds
+        return {"schedule": spec.schedule.name,
+                "schedule_on_kubernetes": "LP phases read/write/mixed all run the demo Job's mixed I/O; "
+                                          f"HP ramps in {step:g} s steps"}
 
     def export(self, run: ScenarioRun) -> Export:
         return self.cluster.export(self.config.prometheus_url, run.start, run.end, self.queries)

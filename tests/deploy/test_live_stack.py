@@ -36,7 +36,7 @@ import yaml
 from controller.config import parse_config
 from controller.rules import rules_file
 from experiments.backends.supervision import Supervisor, http_ok, json_event, nonempty, wait_until
-from experiments.prometheus_server import PrometheusServer, ScrapeTarget
+from experiments.prometheus_server import PrometheusServer, ScrapeTarget, free_port
 from writer.cgroups import Hierarchy, WriterError, detect_hierarchy
 from writer.groups import create_group, move_pid, remove_group
 
@@ -56,34 +56,18 @@ EXPECTED_EMPTY: dict[tuple[str, str, str], str] = {
         "the SLO sets no riops/wiops, so no IOPS limit is in force",
 }
 
-#: Metrics alerts read that exist only after their first event (a healthy run has none).
-FIRST_EVENT_COUNTERS = {"drcio_controller_sensor_errors_total"}
+#: Metrics alerts read that exist only after their first event (a healthy run has none):
+#: sensor errors, and a push group that selects no workload on the node.
+FIRST_EVENT_COUNTERS = {"drcio_controller_sensor_errors_total", "drcio_push_group_unmatched"}
 
 
 def _distinct_ports(*names: str) -> dict[str, int]:
-    """Free loopback ports below the kernel's ephemeral range, all different.
-
-    A port the OS hands out for bind(0) comes from the ephemeral range, where
-    the many short client connections of the start-up (readiness polls,
-    scrapes) may take it before the service it was meant for binds it.
-    """
-    import random
-    import socket
-
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    chosen: dict[str, int] = {}
-    rng = random.Random()
-    while len(chosen) < len(names):
-        port = rng.randrange(max(1025, low - 12000), low)
-        if port in chosen.values():
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        chosen[names[len(chosen)]] = port
-    return chosen
+    ports: dict[str, int] = {}
+    while len(ports) < len(names):
+        port = free_port()
+        if port not in ports.values():
+            ports[names[len(ports)]] = port
+    return ports
 
 
 def _hierarchy_or_skip() -> Hierarchy:

@@ -115,6 +115,10 @@ def _by(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
+def _mounts_by_path(container: dict[str, Any]) -> dict[str, str]:
+    return {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+
+
 def _containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
     for d in docs:
         if d["kind"] in ("Deployment", "DaemonSet", "Job"):
@@ -163,8 +167,15 @@ def test_the_writer_runs_on_every_node_with_node_name_host_cgroups_and_no_privil
     assert {"operator": "Exists"} in pod["tolerations"]
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-    host_paths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    assert host_paths == {"/sys/fs/cgroup"}
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert sorted(host_paths.values()) == ["/proc", "/sys/fs/cgroup"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    [proc_volume] = [name for name, path in host_paths.items() if path == "/proc"]
+    assert mounts[proc_volume]["readOnly"] is True  # only its mount table is read
+    [config_volume] = [v for v in pod["volumes"] if v["name"] == _mounts_by_path(c)["/etc/drcio"]]
+    config_map = _by(rendered["base"], "ConfigMap", config_volume["configMap"]["name"])
+    writer_config = yaml.safe_load(config_map["data"]["writer.yaml"])
+    assert writer_config["proc_root"] == mounts[proc_volume]["mountPath"]
     assert c["securityContext"]["privileged"] is False
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert not pod.get("hostPID") and not pod.get("hostNetwork")

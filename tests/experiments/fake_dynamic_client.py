@@ -5,7 +5,8 @@ real client: ``resources.get(api_version=, kind=)`` returns a resource whose
 unknown attributes call the client with the resource first (the real
 ``Resource.__getattr__``); ``get`` returns an instance with ``to_dict()``;
 ``patch`` with ``application/merge-patch+json`` merges (RFC 7386) into the
-stored object; ``server_side_apply`` stores the applied object; a missing
+stored object, with ``application/strategic-merge-patch+json`` also merges
+lists of named objects (containers, env) by name; ``server_side_apply`` stores the applied object; a missing
 object is a 404 ``NotFoundError``-like exception. Workload status is what a
 cluster's controllers would report: ready after ``ready_after`` reads (before
 that, a Deployment looks mid-rollout: old pods ready, new ones not).
@@ -20,7 +21,18 @@ from typing import Any
 from kubernetes.client import ApiException
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
+def merge_patch(target: Any, patch: Any, *, strategic: bool = False) -> Any:
+    """RFC 7386 JSON merge patch; ``strategic``: lists of objects with a ``name`` merge by name,
+    as the API server's strategic merge does for containers and env."""
+    if strategic and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i for i in patch):
+        out_list = [copy.deepcopy(i) for i in (target or [])]
+        for item in patch:
+            match = next((i for i, t in enumerate(out_list) if t.get("name") == item["name"]), None)
+            if match is None:
+                out_list.append(copy.deepcopy(item))
+            else:
+                out_list[match] = merge_patch(out_list[match], item, strategic=True)
+        return out_list
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     out = dict(target) if isinstance(target, dict) else {}
@@ -28,7 +40,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
         if v is None:
             out.pop(k, None)
         else:
-            out[k] = merge_patch(out.get(k), v)
+            out[k] = merge_patch(out.get(k), v, strategic=strategic)
     return out
 
 
@@ -92,11 +104,11 @@ class FakeDynamicClient:
 
     def patch(self, resource: _Resource, body: dict[str, Any], name: str, namespace: str | None,
               content_type: str) -> _Instance:
-        assert content_type == "application/merge-patch+json"
+        assert content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json")
         key = (resource.kind, namespace, name)
         if key not in self.objects:
             raise ApiException(status=404, reason="Not Found")
         self.calls.append(("patch", resource.kind, namespace, name, body))
-        self.objects[key] = merge_patch(self.objects[key], body)
+        self.objects[key] = merge_patch(self.objects[key], body, strategic="strategic" in content_type)
         self._reads[key] = 0  # a changed workload rolls out again
         return _Instance(self.objects[key])

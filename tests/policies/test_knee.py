@@ -66,3 +66,28 @@ def test_the_registry_builds_it_and_bad_parameters_are_all_reported() -> None:
     with pytest.raises(PolicyConfigError) as err:
         parse_params("knee", {"setpoint": 1.5, "search_step": 0, "smoothing": -1})
     assert len(err.value.problems) == 3
+
+
+def test_after_a_quiet_spell_it_clamps_below_the_knee_and_does_not_search_straight_back() -> None:
+    p = fresh(0.6)
+    p.step(ok(0.3 * T))
+    knee = p.step(ok(1.2 * T))  # a violation: the knee
+    for _ in range(20):
+        p.step(ok(0.3 * T))
+    for _ in range(30):
+        p.step(no_data())
+    levels = [p.step(ok(0.3 * T)) for _ in range(10)]  # HP is back; nothing shows LP loading it yet
+    assert levels[0] == pytest.approx(knee - 0.04)
+    assert max(levels) <= knee - 0.04 + 1e-9  # a fast climb would reopen what HP's return may not bear
+
+
+def test_a_single_low_reading_does_not_make_an_idle_disk_look_loaded() -> None:
+    p = fresh(0.6)
+    p.step(ok(0.45 * T))
+    knee = p.step(ok(1.2 * T))
+    for _ in range(10):
+        p.step(ok(0.45 * T))
+    p.step(ok(0.3 * T))  # one lucky window
+    levels = [p.step(ok(0.45 * T)) for _ in range(30)]  # LP idle: the latency is back at its floor
+    assert max(levels) <= knee + 1e-9
+    assert levels[-10:] == [p.knee] * 10
