@@ -663,7 +663,8 @@ def main(
     lp_counts = (10,) if smoke else LP_COUNTS
     console = Console(width=160)
     doc: dict[str, Any] = {
-        "command": "python benchmarks/scale.py" + (" --quick" if quick else "") + (" --smoke" if smoke else "") + f" --output {output}",
+        "command": "python benchmarks/scale.py" + (" --quick" if quick else "") + (" --smoke" if smoke else "")
+        + (" --profile" if profile else "") + f" --output {output}",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpus": os.cpu_count(),
         "load1_at_start": load(),
