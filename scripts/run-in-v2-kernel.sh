@@ -11,7 +11,9 @@
 # into it. CMD then runs as root with:
 #
 #   /sys/fs/cgroup     cgroup2, "+io" in the root's cgroup.subtree_control
-#   /tmp, /run         writable tmpfs (the host's are not visible)
+#   /tmp, /run         writable tmpfs; of the host's, only the working directory and
+#                      this checkout are visible there (bound back read-only), so a
+#                      clone under /tmp runs as it does anywhere else
 #   lo                 loopback networking, nothing else
 #   $DRCIO_VM_DISK_DEV MAJ:MIN of a raw scratch virtio disk (a sparse file on the host)
 #   $DRCIO_VM_SCRATCH  a directory on an ext4 file system on that disk
@@ -96,6 +98,13 @@ cp "$MODDIR/modules.dep" "$INITRD_DIR/lib/modules/$KREL/"
 } > "$INITRD_DIR/cmd"
 chmod +x "$INITRD_DIR/cmd"
 
+# The guest's /tmp and /run are fresh tmpfs; the working directory and this checkout
+# are bound back from the host's tree where they live below either (e.g. a CI clone in /tmp).
+REPO=$(cd "$(dirname "$0")/.." && pwd -P)
+for p in "$(pwd -P)" "$REPO"; do
+  case "$p" in /tmp|/tmp/*|/run|/run/*) printf '%s\n' "$p" ;; esac
+done | sort -u > "$INITRD_DIR/keep.list"
+
 cat > "$INITRD_DIR/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -115,8 +124,12 @@ mount -t devtmpfs dev /host/dev
 mount -t devpts devpts /host/dev/pts 2>/dev/null || true
 mount -t cgroup2 -o nsdelegate cgroup2 /host/sys/fs/cgroup
 echo +io > /host/sys/fs/cgroup/cgroup.subtree_control
+i=0
+while read -r p; do i=$((i+1)); mkdir -p "/keep/$i"; mount -o bind "/host$p" "/keep/$i"; done < /keep.list
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp
 mount -t tmpfs -o mode=755 tmpfs /host/run
+i=0
+while read -r p; do i=$((i+1)); mkdir -p "/host$p"; mount -o bind "/keep/$i" "/host$p"; done < /keep.list
 ip link set lo up
 # Scratch disk: raw virtio disk, ext4 over the whole disk (cgroup I/O limits take whole disks).
 mkdir -p /host/run/drcio-scratch
