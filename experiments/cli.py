@@ -338,9 +338,7 @@ def run_experiment(
         output = output or _default_output()
         _prepare_output(output)
     except BackendUnavailable as exc:
-        console.print(f"[red]run-experiment: the {backend} backend cannot run here: {exc.missing}[/red]\n"
-                      f"{exc.alternative}")
-        return 2
+        return _unavailable(console, backend, exc)
     except click.BadParameter as exc:
         console.print(f"[red]run-experiment: {exc.format_message()}[/red]")
         return 2
@@ -381,9 +379,7 @@ def run_experiment(
                           f"results of finished scenarios are in {output}[/yellow]")
             return 130
         except BackendUnavailable as exc:
-            console.print(f"[red]run-experiment: the {backend} backend cannot run here: {exc.missing}[/red]\n"
-                          f"{exc.alternative}")
-            return 2
+            return _unavailable(console, backend, exc)
         except SloError as exc:
             console.print(f"[red]run-experiment: bad SLO: {exc}[/red]")
             return 2
@@ -396,6 +392,12 @@ def run_experiment(
     console.print(f"done in {(time.monotonic() - started) / 60:.1f} min: {output / 'report.md'}, "
                   f"{output / 'summary.csv'}")
     return 0
+
+
+def _unavailable(console: Console, backend: str, exc: BackendUnavailable) -> int:
+    """Say what the backend is missing here and what to use instead; the usage exit code."""
+    console.print(f"[red]run-experiment: the {backend} backend cannot run here: {exc.missing}[/red]\n{exc.alternative}")
+    return 2
 
 
 def _run_kubernetes(plan: list[ScenarioSpec], setting: TargetSetting, base_slo: dict[str, Any], *, manifests: Path,
@@ -434,9 +436,7 @@ def _run_kubernetes(plan: list[ScenarioSpec], setting: TargetSetting, base_slo: 
         output = output or _default_output()
         _prepare_output(output)
     except BackendUnavailable as exc:
-        console.print(f"[red]run-experiment: the kubernetes backend cannot run here: {exc.missing}[/red]\n"
-                      f"{exc.alternative}")
-        return 2
+        return _unavailable(console, "kubernetes", exc)
     except click.BadParameter as exc:
         console.print(f"[red]run-experiment: {exc.format_message()}[/red]")
         return 2
