@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -102,6 +103,11 @@ class Hierarchy:
     version: Literal[1, 2]
     root: Path
 
+    @functools.cached_property
+    def resolved_root(self) -> Path:
+        """``root`` with symlinks resolved, once: the mount point does not move under a running writer."""
+        return self.root.resolve()
+
 
 def detect_hierarchy(
     cgroup_root: str | Path = "auto",
@@ -177,10 +183,16 @@ def _read_words(path: Path) -> list[str]:
 
 
 def _inside(h: Hierarchy, path: Path) -> Path:
-    """Return ``path`` made absolute under the root, refusing anything that escapes it."""
-    root = h.root.resolve()
-    full = (path if path.is_absolute() else root / path).resolve()
-    if full != root and root not in full.parents:
+    """Return ``path`` made absolute under the root, refusing anything that escapes it.
+
+    Symlinks are resolved first (``os.path.realpath``: one ``lstat`` per
+    component), so a link planted in the tree cannot turn into a write outside
+    it. Each public function checks its directory once and passes the checked
+    path on to the private helpers, which do not check again.
+    """
+    root = h.resolved_root
+    full = Path(os.path.realpath(path if path.is_absolute() else root / path))
+    if full != root and not full.is_relative_to(root):
         raise WriterError(f"refusing {path}: outside the cgroup root {root}")
     return full
 
@@ -276,7 +288,10 @@ def _parse_limit(path: Path, text: str) -> int | None:
 
 def read_io_max(h: Hierarchy, cgroup_dir: Path) -> dict[str, Limits]:
     """The limits in force, per device (``MAJ:MIN``); unlimited devices are left out."""
-    d = _inside(h, cgroup_dir)
+    return _read_io_max(h, _inside(h, cgroup_dir))
+
+
+def _read_io_max(h: Hierarchy, d: Path) -> dict[str, Limits]:
     found: dict[str, dict[str, int | None]] = {}
     if h.version == 2:
         path = d / "io.max"
@@ -310,7 +325,7 @@ def apply_io_max(h: Hierarchy, cgroup_dir: Path, desired: Mapping[str, Limits]) 
     a device dropped from a push does not keep a stale limit.
     """
     d = _inside(h, cgroup_dir)
-    current = read_io_max(h, d)
+    current = _read_io_max(h, d)
     wanted = {dev: lim for dev, lim in desired.items() if not lim.is_unlimited}
     changes = {dev: lim for dev, lim in wanted.items() if current.get(dev) != lim}
     changes.update({dev: UNLIMITED for dev in current if dev not in wanted})
