@@ -29,6 +29,7 @@ joined by ``-`` (``kubelet.slice/kubelet-kubepods.slice/...`` for
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,7 @@ __all__ = [
     "detect_driver",
     "pod_cgroup_dir",
     "safe_join",
+    "join_resolved",
     "container_scopes",
     "check_pod_uid",
     "kubelet_tree_problem",
@@ -160,15 +162,19 @@ def safe_join(root: Path, relative: str | Path) -> Path:
 
     The result need not exist. An absolute ``relative`` or one containing NUL is refused too.
     """
+    return join_resolved(root.resolve(), relative)
+
+
+def join_resolved(resolved_root: Path, relative: str | Path) -> Path:
+    """:func:`safe_join` for a root already resolved by the caller (resolved once, joined many times)."""
     text = str(relative)
     if "\x00" in text:
         raise CgroupPathError(f"cgroup path {text!r} contains NUL")
     if Path(text).is_absolute():
-        raise CgroupPathError(f"cgroup path {text!r} must be relative to the cgroup root {root}")
-    resolved_root = root.resolve()
-    joined = (resolved_root / text).resolve()
+        raise CgroupPathError(f"cgroup path {text!r} must be relative to the cgroup root {resolved_root}")
+    joined = Path(os.path.realpath(resolved_root / text))
     if not joined.is_relative_to(resolved_root):
-        raise CgroupPathError(f"cgroup path {text!r} leaves the cgroup root {root} (it resolves to {joined})")
+        raise CgroupPathError(f"cgroup path {text!r} leaves the cgroup root {resolved_root} (it resolves to {joined})")
     return joined
 
 

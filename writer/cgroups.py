@@ -46,6 +46,7 @@ __all__ = [
     "read_io_max",
     "apply_io_max",
     "throttle_dirs",
+    "apply_io_max_tree",
     "weight_file",
     "read_weight",
     "apply_weight",
@@ -324,7 +325,10 @@ def apply_io_max(h: Hierarchy, cgroup_dir: Path, desired: Mapping[str, Limits]) 
     Devices limited now but absent from ``desired`` are reset to unlimited, so
     a device dropped from a push does not keep a stale limit.
     """
-    d = _inside(h, cgroup_dir)
+    return _apply_io_max(h, _inside(h, cgroup_dir), desired)
+
+
+def _apply_io_max(h: Hierarchy, d: Path, desired: Mapping[str, Limits]) -> Outcome:
     current = _read_io_max(h, d)
     wanted = {dev: lim for dev, lim in desired.items() if not lim.is_unlimited}
     changes = {dev: lim for dev, lim in wanted.items() if current.get(dev) != lim}
@@ -353,7 +357,10 @@ def throttle_dirs(h: Hierarchy, cgroup_dir: Path) -> list[Path]:
     every reconcile round, which is how a container started after the push
     is covered within one reconcile interval.
     """
-    d = _inside(h, cgroup_dir)
+    return _throttle_dirs(h, _inside(h, cgroup_dir))
+
+
+def _throttle_dirs(h: Hierarchy, d: Path) -> list[Path]:
     if h.version == 2:
         return [d]
     found = [d]
@@ -361,6 +368,25 @@ def throttle_dirs(h: Hierarchy, cgroup_dir: Path) -> list[Path]:
         dirs.sort()
         found.extend(Path(parent) / name for name in dirs)
     return found
+
+
+def apply_io_max_tree(h: Hierarchy, cgroup_dir: Path, desired: Mapping[str, Limits]) -> list[Outcome]:
+    """:func:`apply_io_max` on every cgroup of :func:`throttle_dirs` (the workload's cgroup first).
+
+    A cgroup below the workload's that vanishes meanwhile (a container that
+    exited) is skipped; the workload's own cgroup vanishing raises
+    :class:`CgroupVanished`. The workload's directory is checked once; the
+    cgroups below it were found by walking it without following links, and
+    each is checked again before it is written.
+    """
+    dirs = _throttle_dirs(h, _inside(h, cgroup_dir))
+    outcomes = [_apply_io_max(h, dirs[0], desired)]
+    for child in dirs[1:]:
+        try:
+            outcomes.append(apply_io_max(h, child, desired))
+        except CgroupVanished:
+            continue
+    return outcomes
 
 
 # ---------------------------------------------------------------- weight

@@ -39,7 +39,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from writer.api import LabelKey, LabelValue
-from writer.cgroup_paths import CgroupPathError, Driver, QosClass, detect_driver, pod_cgroup_dir, safe_join
+from writer.cgroup_paths import CgroupPathError, Driver, QosClass, detect_driver, join_resolved, pod_cgroup_dir
 
 __all__ = [
     "Role",
@@ -208,9 +208,10 @@ class LocalDiscovery:
 
     def snapshot(self) -> list[Workload]:
         found = []
+        root = self._root.resolve()  # once per snapshot, not once per entry
         for entry in self._entries:
             try:
-                cgroup_dir = safe_join(self._root, entry.path)
+                cgroup_dir = join_resolved(root, entry.path)
             except CgroupPathError as exc:
                 # A symlink planted in the tree must not turn into a write outside it.
                 _log.error("local discovery: skipping %r: %s", entry.name, exc)

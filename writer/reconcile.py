@@ -55,13 +55,12 @@ from writer.cgroups import (
     Outcome,
     WriterError,
     apply_bfq_weight,
-    apply_io_max,
+    apply_io_max_tree,
     apply_weight,
     enable_io_cost,
     read_io_bytes,
     read_io_max,
     read_weight,
-    throttle_dirs,
     weight_file,
     weight_mechanisms,
 )
@@ -375,7 +374,8 @@ class Reconciler:
         outcomes: list[Outcome] = []
         try:
             if plan.limits is not None:
-                outcomes.extend(self._apply_limits(plan.workload.cgroup_dir, plan.limits))
+                # io.max on the workload's cgroup and, on v1, every cgroup below it (see throttle_dirs).
+                outcomes.extend(apply_io_max_tree(self.hierarchy, plan.workload.cgroup_dir, plan.limits))
             if plan.weight is not None:
                 outcomes.append(apply_weight(self.hierarchy, plan.workload.cgroup_dir, plan.weight))
                 bfq = apply_bfq_weight(self.hierarchy, plan.workload.cgroup_dir, plan.weight)
@@ -402,17 +402,6 @@ class Reconciler:
         if outcome == "applied":
             log.info("%s (%s): applied %s", cgroup, plan.group, plan.limits)
         return CgroupResult(group=plan.group, cgroup=cgroup, outcome=outcome)
-
-    def _apply_limits(self, cgroup_dir: Path, limits: dict[str, Limits]) -> list[Outcome]:
-        """io.max on the workload's cgroup and, on v1, every cgroup below it (see ``throttle_dirs``)."""
-        dirs = throttle_dirs(self.hierarchy, cgroup_dir)
-        outcomes = [apply_io_max(self.hierarchy, dirs[0], limits)]
-        for child in dirs[1:]:
-            try:
-                outcomes.append(apply_io_max(self.hierarchy, child, limits))
-            except CgroupVanished:
-                continue  # a container that exited meanwhile; the workload itself is still there
-        return outcomes
 
     def _weight_mechanisms(self, devices: list[str]) -> dict[str, Mechanism]:
         """Switch io.cost on where configured, then say per device what carries the weight."""
