@@ -67,3 +67,30 @@ def test_dynamic_on_the_sim_runs_the_schedule_and_bisects_its_oracle(tmp_path: P
     assert (out / "dynamic-lp-step.csv").exists() and (out / "oracle.json").exists()
     report = (out / "report.md").read_text()
     assert "dynamic-lp-step: drcio moved" in report and "bisection: oracle-" in report
+
+
+@pytest.mark.parametrize("name", [*BUILTIN_SCHEDULES], ids=str)
+def test_the_file_handed_to_the_workloads_reads_back_as_the_same_schedule(name: str, tmp_path: Path) -> None:
+    import yaml
+
+    for schedule in (BUILTIN_SCHEDULES[name], BUILTIN_SCHEDULES[name].scaled(0.37)):
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump(schedule.to_document(), sort_keys=False))
+        back = load_schedule(str(path))
+        assert back.name == schedule.name and len(back.phases) == len(schedule.phases)
+        for a, b in zip(back.phases, schedule.phases):
+            assert (a.lp, a.hp_rate, a.hp_rate_end) == (b.lp, b.hp_rate, b.hp_rate_end)
+            for x, y in ((a.duration_seconds, b.duration_seconds), (a.burst_on_seconds, b.burst_on_seconds),
+                         (a.burst_off_seconds, b.burst_off_seconds)):
+                assert x == pytest.approx(y, abs=1e-6)
+
+
+def test_phase_index_and_mean_rate_follow_phases_and_ramps() -> None:
+    s = parse_schedule({"name": "x", "phases": [{"duration": "10s", "hp_rate": 100, "lp": "read"},
+                                                {"duration": "10s", "hp_rate": 0, "hp_rate_end": 200, "lp": "idle"}]},
+                       source="t")
+    assert [s.phase_index_at(t) for t in (0, 9.99, 10, 19.99, 25)] == [0, 0, 1, 1, 1]
+    assert s.mean_hp_rate() == pytest.approx((1000 + 1000) / 20)
+    assert s.mean_hp_rate(15) == pytest.approx((1000 + 5 * 50) / 15)
+    assert s.mean_hp_rate(30) == pytest.approx((1000 + 1000 + 2000) / 30)  # the last phase holds at its end rate
+    assert s.peak_hp_rate == 200 and not s.writes
