@@ -94,3 +94,50 @@ def test_phase_index_and_mean_rate_follow_phases_and_ramps() -> None:
     assert s.mean_hp_rate(15) == pytest.approx((1000 + 5 * 50) / 15)
     assert s.mean_hp_rate(30) == pytest.approx((1000 + 1000 + 2000) / 30)  # the last phase holds at its end rate
     assert s.peak_hp_rate == 200 and not s.writes
+
+
+def _bad_file(tmp_path: Path) -> str:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nphases:\n  - {duration: 10, hp_rate: 100, lp: nap}\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "messages"),
+    [
+        pytest.param(["--scenario", "dynamic", "--schedule", "nope"], ["neither a built-in schedule"], id="unknown-name"),
+        pytest.param(["--scenario", "dynamic", "--schedule", "BAD"], ["bad.yaml: phases.0.duration", "phases.0.lp"],
+                     id="every-mistake-of-a-file"),
+        pytest.param(["--scenario", "dynamic"], ["needs --schedule"], id="no-schedule"),
+        pytest.param(["--scenario", "drcio", "--schedule", "hp-steps"], ["only for --scenario dynamic"],
+                     id="schedule-on-a-steady-scenario"),
+        pytest.param(["--scenario", "drcio", "--schedule-scale", "0.5"], ["--schedule-scale needs --schedule"],
+                     id="scale-without-schedule"),
+        pytest.param(["--scenario", "dynamic", "--schedule", "hp-steps", "--schedule-scale", "0"], ["0"],
+                     id="zero-scale"),
+        pytest.param(["--scenario", "dynamic", "--schedule", "hp-steps", "--oracle-probes", "1"], ["1"],
+                     id="one-probe-cannot-bisect"),
+    ],
+)
+def test_bad_schedule_input_on_the_local_backend_exits_2_and_writes_nothing(
+    args: list[str], messages: list[str], tmp_path: Path
+) -> None:
+    argv = [_bad_file(tmp_path) if a == "BAD" else a for a in args]
+    result = CliRunner().invoke(_run_command, ["--backend", "local", *argv, "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    text = result.output.replace("\n", " ")
+    assert all(m in text for m in messages), text
+    assert not (tmp_path / "out").exists()
+
+
+def test_local_dynamic_is_no_longer_refused_the_machine_check_answers_instead(tmp_path: Path) -> None:
+    empty = tmp_path / "not-a-cgroup"
+    empty.mkdir()
+    result = CliRunner().invoke(_run_command, ["--backend", "local", "--scenario", "dynamic", "--schedule",
+                                               "hp-steps", "--cgroup-root", str(empty),
+                                               "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    text = result.output.replace("\n", " ")
+    assert "steady scenarios only" not in text and "later" not in text
+    # Root or not, what stops it is this machine (root, cgroup I/O control), and the message names the sim.
+    assert "the local backend cannot run here" in text and "--backend sim" in text
