@@ -32,6 +32,7 @@ from experiments.backends import BACKENDS
 from experiments.export import ExportError, SeriesQueries, export_range, write_export
 from experiments.model import BackendUnavailable, ScenarioSpec, SloWiring
 from experiments.report import write_report
+from experiments.schedules import Schedule
 from experiments.scenarios import (
     SCENARIO_CHOICES,
     PlanConfig,
@@ -186,8 +187,10 @@ def _default_output() -> Path:
                    "write 50M. static-weight: LP I/O weight 10 (HP keeps the default 100) with the BFQ scheduler. sweep: LP at "
                    "fixed levels from floor to ceiling of the SLO's throttle range (the static frontier). oracle: "
                    "the best fixed level, bisected until its LP throughput is pinned within 5 %. drcio: the "
-                   "closed-loop controller. dynamic: drcio over a --schedule of load phases, then the oracle over "
-                   "the same schedule (sim backend). all: baseline, contention, static-max, sweep, oracle, drcio.")
+                   "closed-loop controller. dynamic: drcio over a --schedule of load phases, then the oracle "
+                   "bisected over the same schedule (every probe replays the whole schedule; see --oracle-probes "
+                   "for what that costs on the local backend). all: baseline, contention, static-max, sweep, "
+                   "oracle, drcio.")
 @click.option("--duration", type=click.FloatRange(min=1), default=40.0, show_default=True,
               help="Seconds of each scenario's measured run (HP load on), warm-up included.")
 @click.option("--load-level", type=click.Choice(["low", "medium", "high"]), default="medium", show_default=True,
@@ -213,7 +216,21 @@ def _default_output() -> Path:
                    "kubernetes = the demo on the cluster of your kubeconfig (see README 'Deploy on Kubernetes').")
 @click.option("--schedule", default=None, metavar="NAME|FILE",
               help="For --scenario dynamic: a built-in schedule (hp-steps, lp-phases, diurnal, steady, lp-step, "
-                   "lp-bursts, hp-ramp, hp-quiet) or a YAML schedule file (see experiments/schedules.py).")
+                   "lp-bursts, hp-ramp, hp-quiet) or a YAML schedule file (see experiments/schedules.py). "
+                   "On the local backend the load generator follows its HP rate and the LP job its LP phases "
+                   "(the load level then sets only LP's threads and block size).")
+@click.option("--schedule-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Multiply every phase's duration of --schedule by this (burst on/off times stay as written), "
+                   "e.g. 0.25 plays hp-steps' 190 s in 47.5 s. The report names the scale.")
+@click.option("--oracle-probes", type=click.IntRange(min=2), default=14, show_default=True,
+              help="At most this many fixed-level probes for the bisected oracle (level 1, level 0, then "
+                   "midpoints until the LP bracket is within 5 %); if the cap stops it first, the report gives "
+                   "the bracket it reached as the oracle's uncertainty. Each probe is a whole scenario: for "
+                   "dynamic on the local backend the whole schedule in real time plus ~7 s of set-up and "
+                   "--pause. Local dynamic costs about (1 + probes) x (schedule + 12 s) + 15 s, plus a baseline "
+                   "when the target is auto: measured 7.3 min for hp-steps with --schedule-scale 0.35 and "
+                   "--oracle-probes 4; full hp-steps (190 s) needs ~9 probes for a 5 % bracket, about 35 min, "
+                   "at most ~52 min at the default cap.")
 @click.option("--seed", type=int, default=1, show_default=True, help="sim backend: the random seed (same seed, same files).")
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="sim backend: simulated nodes (one disk, HP share and LP job each).")
@@ -268,6 +285,8 @@ def run_experiment(
     backend: str,
     warmup: float,
     schedule: str | None = None,
+    schedule_scale: float = 1.0,
+    oracle_probes: int = 14,
     seed: int = 1,
     nodes: int = 1,
     pause: float,
@@ -308,9 +327,10 @@ def run_experiment(
             loaded = load_schedule(schedule) if schedule is not None else None
         except ScheduleError as exc:
             raise ValueError(f"--schedule: {exc}") from exc
-        if scenario == "dynamic" and backend != "sim":
-            raise ValueError(f"the {backend} backend runs the steady scenarios only; run dynamic schedules with "
-                             "--backend sim")
+        if schedule_scale != 1.0:
+            if loaded is None:
+                raise ValueError("--schedule-scale needs --schedule")
+            loaded = loaded.scaled(schedule_scale)
         plan_config = PlanConfig(duration, warmup, sweep_levels, sweep_duration, schedule=loaded)
         plan = plan_scenarios(scenario, plan_config, need_baseline=setting.target_ms is None)
         _check_slo(base_slo, slo_source, setting)
@@ -320,7 +340,8 @@ def run_experiment(
 
     if backend == "kubernetes":
         return _run_kubernetes(plan, setting, base_slo, manifests=manifests, prometheus_url=prometheus_url,
-                               dry_run=dry_run, output=output, pause=pause, console=console)
+                               dry_run=dry_run, output=output, pause=pause, console=console,
+                               oracle_probes=oracle_probes)
     if dry_run:
         console.print("[red]run-experiment: --dry-run is for --backend kubernetes[/red]")
         return 2
@@ -331,6 +352,7 @@ def run_experiment(
         load_level=load_level, lp_mode=lp_mode, lp_workers=lp_workers, lp_file_size=lp_file_size,
         hp_nodes=hp_nodes, work_root=work_dir, cgroup_root=cgroup_root, base_slo=base_slo,
         needs_scheduler=tuple(sorted({s.scheduler for s in plan if s.scheduler})),
+        schedule_name=loaded.name if loaded is not None else None,
     )
     try:
         if backend == "local":
@@ -358,6 +380,11 @@ def run_experiment(
     total = sum(s.duration_seconds for s in plan) + pause * (len(plan) - 1)
     console.print(f"run-experiment: {len(plan)} scenarios ({', '.join(s.name for s in plan)}), "
                   f"about {total / 60:.0f} min of measurement; output in {output}")
+    oracle = next((s for s in plan if s.kind == "oracle"), None)
+    if oracle is not None and backend != "sim":
+        console.print(f"  (the oracle counts as one scenario above; it bisects with up to {oracle_probes} probes of "
+                      f"{oracle.duration_seconds:g} s each, + set-up and --pause per probe: up to "
+                      f"{(oracle_probes - 1) * (oracle.duration_seconds + pause) / 60:.0f} min more)")
     run_info = {
         "command": shlex.join(["run-experiment", *sys.argv[1:]]) if sys.argv[0].endswith("run-experiment")
         else shlex.join(sys.argv),
@@ -365,6 +392,7 @@ def run_experiment(
         "SLO file": slo_source,
         "durations": f"{duration:g} s per scenario, sweep levels {plan_config.sweep_seconds:g} s, "
                      f"warm-up {warmup:g} s, pause {pause:g} s",
+        **_schedule_info(loaded, schedule_scale, oracle_probes, plan),
     }
     started = time.monotonic()
     with _Interrupts(console) as interrupts:
@@ -373,6 +401,7 @@ def run_experiment(
                 run_info.update(chosen.describe())
                 with RichProgress(console, total) as progress:
                     run_plan(plan, chosen, RunConfig(output, setting, pause, run_info,
+                                                     oracle_max_probes=oracle_probes,
                                                      report_each_scenario=backend != "sim"), progress)
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted: every process stopped, cgroups and temp dirs removed; "
@@ -394,6 +423,20 @@ def run_experiment(
     return 0
 
 
+def _schedule_info(schedule: Schedule | None, scale: float, probes: int, plan: list[ScenarioSpec]) -> dict[str, str]:
+    """The report's lines on the load schedule (with its scale) and on the oracle's probe budget."""
+    info: dict[str, str] = {}
+    if schedule is not None:
+        scaled = f", every phase's duration x {scale:g} (--schedule-scale)" if scale != 1.0 else ""
+        info["schedule"] = (f"{schedule.name}: {len(schedule.phases)} phases, {schedule.duration_seconds:g} s"
+                            f"{scaled}" + (f"; {schedule.description}" if schedule.description else ""))
+    if any(s.kind == "oracle" for s in plan):
+        info["oracle"] = (f"bisected until the met / missed bracket's LP throughputs differ by <= 5 %, at most "
+                          f"{probes} probes (--oracle-probes), each probe a whole "
+                          f"{'schedule' if schedule is not None else 'sweep step'}")
+    return info
+
+
 def _unavailable(console: Console, backend: str, exc: BackendUnavailable) -> int:
     """Say what the backend is missing here and what to use instead; the usage exit code."""
     console.print(f"[red]run-experiment: the {backend} backend cannot run here: {exc.missing}[/red]\n{exc.alternative}")
@@ -401,7 +444,8 @@ def _unavailable(console: Console, backend: str, exc: BackendUnavailable) -> int
 
 
 def _run_kubernetes(plan: list[ScenarioSpec], setting: TargetSetting, base_slo: dict[str, Any], *, manifests: Path,
-                    prometheus_url: str, dry_run: bool, output: Path | None, pause: float, console: Console) -> int:
+                    prometheus_url: str, dry_run: bool, output: Path | None, pause: float, console: Console,
+                    oracle_probes: int = 14) -> int:
     """``--backend kubernetes``: the plan on a cluster through the API (or, with --dry-run, printed)."""
     from experiments.backends.kubernetes import (
         ApiCluster,
@@ -447,7 +491,8 @@ def _run_kubernetes(plan: list[ScenarioSpec], setting: TargetSetting, base_slo: 
                 run_info.update(backend.describe())
                 total = sum(s.duration_seconds for s in plan) + pause * (len(plan) - 1)
                 with RichProgress(console, total) as progress:
-                    run_plan(plan, backend, RunConfig(output, setting, pause, run_info), progress)
+                    run_plan(plan, backend, RunConfig(output, setting, pause, run_info,
+                                                      oracle_max_probes=oracle_probes), progress)
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted; the LP job is scaled to 0; finished scenarios are in {output}[/yellow]")
             return 130

@@ -174,6 +174,9 @@ class RunConfig:
     run_info: dict[str, str] = field(default_factory=dict)
     #: The oracle's bisection stops once the met / missed bracket's LP throughputs differ by at most this.
     oracle_tolerance: float = 0.05
+    #: ... or after this many probes (each a whole scenario: on the local backend, for a dynamic schedule,
+    #: the whole schedule in real time); the bracket it reached is reported as the oracle's uncertainty.
+    oracle_max_probes: int = 14
     #: Rewrite plots and report after every scenario (an interrupted real run keeps them); the simulator,
     #: whose scenarios take milliseconds, writes them once at the end.
     report_each_scenario: bool = True
@@ -194,9 +197,9 @@ class ProgressSink(Protocol):
 def read_client_csv(path: Path, start: float) -> pd.DataFrame:
     """The load generator's CSV as (timestamp, latency_ms, ok); ``sent_s`` is relative to its own start.
 
-    The load generator starts within a fraction of a second after ``start``
-    (process start-up), so its timestamps are at most that much early; the
-    measured period is seconds long, so this does not change a P95.
+    The local backend starts the load generator with a signal sent just after
+    it takes ``start``, so its timestamps are early by that delivery time
+    (milliseconds); the simulator's are exact.
     """
     if not path.exists():
         return pd.DataFrame({"timestamp": pd.Series(dtype="float64"), "latency_ms": pd.Series(dtype="float64"),
@@ -336,10 +339,11 @@ def run_plan(plan: Sequence[ScenarioSpec], backend: Backend, config: RunConfig, 
                 lp = float(row.get("lp_mbps", 0.0)) * MIB  # type: ignore[arg-type]
                 return Probe(level, lp, attainment >= ORACLE_ATTAINMENT)
 
-            found = bisect_oracle(probe, tolerance=config.oracle_tolerance)
+            found = bisect_oracle(probe, tolerance=config.oracle_tolerance, max_probes=config.oracle_max_probes)
             progress.message(f"oracle: {found.describe()}")
             (out / "oracle.json").write_text(json.dumps({**asdict(found), "scenario": spec.name,
                                                          "tolerance": config.oracle_tolerance,
+                                                         "max_probes": config.oracle_max_probes,
                                                          "meets": f"attainment >= {ORACLE_ATTAINMENT:g}"}, indent=2))
         if not config.report_each_scenario and results:
             summary = write_report(out, results, target or TargetChoice(math.nan, "not yet known"),

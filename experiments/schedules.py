@@ -1,10 +1,12 @@
 """Load schedules: how HP's request rate and LP's I/O change during one dynamic scenario.
 
 Read by ``run-experiment --scenario dynamic --schedule NAME|FILE`` (through
-:func:`load_schedule`) and by ``benchmarks/control_quality.py``; the sim
-backend plays a schedule against its plant (the local backend runs only the
-steady scenarios). A schedule is a list of phases; each phase holds for its
-duration:
+:func:`load_schedule`) and by ``benchmarks/control_quality.py``. The sim
+backend plays a schedule against its plant; the local backend hands it (as
+the file :meth:`Schedule.to_document` writes) to its load generator and LP
+job, which follow it themselves from a common start; the kubernetes backend
+switches the LP Job and the HP rate per phase. A schedule is a list of
+phases; each phase holds for its duration (the last one holds after the end):
 
 .. code-block:: yaml
 
@@ -155,6 +157,31 @@ class Schedule:
         phase, into = self.at(t)
         return phase.lp_mode_at(into)
 
+    def phase_index_at(self, t: float) -> int:
+        """Index of the phase in force ``t`` seconds into the schedule (the last one after the end)."""
+        start = 0.0
+        for i, p in enumerate(self.phases):
+            start += p.duration_seconds
+            if t < start:
+                return i
+        return len(self.phases) - 1
+
+    def mean_hp_rate(self, until: float | None = None) -> float:
+        """Mean HP requests/s over the first ``until`` seconds (default: the whole schedule); ramps are linear."""
+        end = self.duration_seconds if until is None else until
+        if end <= 0:
+            return 0.0
+        total, start = 0.0, 0.0
+        for p in self.phases:
+            if start >= end:
+                break
+            span = min(p.duration_seconds, end - start)
+            total += span * (p.hp_rate_at(0.0) + p.hp_rate_at(span)) / 2
+            start += p.duration_seconds
+        if end > start:  # the last phase holds after the schedule's end
+            total += (end - start) * self.phases[-1].hp_rate_at(self.phases[-1].duration_seconds)
+        return total / end
+
     def segments(self) -> list[tuple[float, float, str]]:
         """(start, end, what) per phase; what = start | lp-step (LP from idle) | hp-return (after quiet) | step."""
         out = []
@@ -191,6 +218,36 @@ class Schedule:
         """The schedule from its ``dataclasses.asdict`` form (as ``scenario.json`` keeps it)."""
         return Schedule(str(record["name"]), tuple(Phase(**p) for p in record["phases"]),
                         str(record.get("description", "")))
+
+    @property
+    def peak_hp_rate(self) -> float:
+        """The highest HP rate anywhere in the schedule (ramps are linear, so an end point)."""
+        return max(max(p.hp_rate, p.hp_rate_end or 0.0) for p in self.phases)
+
+    @property
+    def writes(self) -> bool:
+        """True if some phase has LP writing (``write``, ``mixed`` or ``bursts``)."""
+        return any(p.lp in ("write", "mixed", "bursts") for p in self.phases)
+
+    def to_document(self) -> dict[str, Any]:
+        """The YAML form :func:`parse_schedule` reads, durations in ms to the microsecond.
+
+        The local backend writes it next to a scenario's raw files and passes
+        the path to its workload processes, so the file they follow is also
+        one a user could hand to ``--schedule``.
+        """
+        def ms(seconds: float) -> str:
+            return f"{seconds * 1000:.3f}ms"
+
+        phases: list[dict[str, Any]] = []
+        for p in self.phases:
+            phase: dict[str, Any] = {"duration": ms(p.duration_seconds), "hp_rate": p.hp_rate, "lp": p.lp}
+            if p.hp_rate_end is not None:
+                phase["hp_rate_end"] = p.hp_rate_end
+            if p.lp == "bursts":
+                phase.update(burst_on=ms(p.burst_on_seconds), burst_off=ms(p.burst_off_seconds))
+            phases.append(phase)
+        return {"name": self.name, "description": self.description, "phases": phases}
 
     def scaled(self, factor: float) -> Schedule:
         """The same schedule with every duration times ``factor`` (``--quick`` runs)."""

@@ -20,10 +20,21 @@ The writer is told about the pod cgroups, so it drives the same write path as
 on a node (on cgroup v1 that means the pod and every cgroup below it).
 It moves the HP service into ``hp``'s container, starts the writer and the controller when
 the scenario applies limits (waiting for the first decision, so a fixed limit
-is in force before LP starts), starts the LP job paused, moves it into ``lp``
-and then releases it together with the open-loop load generator. After the
-scenario it stops the scenario's processes and removes its cgroups (the HP
-service goes back to the root group), so scenarios never inherit limits.
+is in force before LP starts), starts the LP job paused, moves it into ``lp``,
+starts the open-loop load generator waiting too, and then releases both with
+one ``SIGUSR1`` each, back to back: that instant is the scenario's start and
+both workloads' time zero. After the scenario it stops the scenario's
+processes and removes its cgroups (the HP service goes back to the root
+group), so scenarios never inherit limits.
+
+A scenario with a load schedule (``--scenario dynamic``, and the oracle's
+probes for it) writes the schedule to ``raw/<scenario>/schedule.yaml`` and
+hands that file to both workloads, which follow it themselves from time zero:
+the load generator's HP rate (ramps and quiet spells included) and the LP
+job's mode per phase (read, write, mixed, idle, bursts). The load level still
+sets the LP job's threads and block size and the generator's in-flight cap;
+nothing signals the workloads during the scenario, and the LP job stays the
+one process in the LP cgroup.
 
 Processes are started and stopped through one
 :class:`~experiments.backends.supervision.Supervisor` (own session each; a
@@ -115,6 +126,8 @@ class LocalConfig:
     scrape_interval_seconds: Prometheus' scrape interval; 1 s as the issue asks.
     export_window_seconds: trailing window of every exported rate and quantile.
     needs_scheduler: schedulers the planned scenarios switch to (checked on entry).
+    schedule_name: the load schedule the planned dynamic scenarios follow, for :meth:`LocalBackend.describe`
+        (each scenario's schedule itself comes with its spec).
     """
 
     load_level: str = "medium"
@@ -130,6 +143,7 @@ class LocalConfig:
     stop_timeout_seconds: float = 10.0
     needs_scheduler: tuple[str, ...] = ()
     base_slo: dict[str, Any] = field(default_factory=dict)
+    schedule_name: str | None = None
 
 
 def load_preset(name: str) -> LoadLevel:
@@ -210,13 +224,18 @@ class LocalBackend:
     def describe(self) -> dict[str, str]:
         h = self.hierarchy
         disk = ", ".join(f"{d} ({disk_name(d)})" for d in self.devices) if self.devices else "?"
+        hp = f"{self.config.load_level} = {self.rate:g} requests/s, open loop (Poisson)"
+        lp = self.lp_mode
+        if self.config.schedule_name is not None:
+            hp = f"the rate of the schedule {self.config.schedule_name} in scenarios that follow it, else {hp}"
+            lp = f"the LP phases of the schedule {self.config.schedule_name} in scenarios that follow it, else {lp}"
         return {
             "backend": "local (real Prometheus, real cgroups, real disk)",
             "host": f"{platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs",
             "disk under test": disk + (f", scheduler {self.scheduler.active()}" if self.scheduler else ""),
             "cgroups": f"v{h.version} at {h.root}" if h else "?",
-            "HP load": f"{self.config.load_level} = {self.rate:g} requests/s, open loop (Poisson)",
-            "LP job": f"{self.lp_mode}, {self.lp_workers} workers x "
+            "HP load": hp,
+            "LP job": f"{lp}; {self.lp_workers} workers x "
                       f"{(self.level.lp_block_size_bytes if self.level else 0) >> 10} KiB O_DIRECT, "
                       f"{self.config.lp_file_size} file",
         }
@@ -356,6 +375,11 @@ class LocalBackend:
         procs: list[subprocess.Popen[bytes]] = []
         notes: dict[str, str] = {}
         D = spec.duration_seconds
+        schedule_file = raw_dir / "schedule.yaml"
+        if spec.schedule is not None:
+            # Both workloads read this file; it is also a schedule a user can pass to --schedule.
+            schedule_file.write_text(yaml.safe_dump(spec.schedule.to_document(), sort_keys=False))
+            notes["schedule"] = spec.schedule.name
         try:
             tick(0, D, "creating cgroups")
             groups.create_group(h, self._container(spec, "hp"))
@@ -392,9 +416,10 @@ class LocalBackend:
             if spec.lp:
                 tick(0, D, "starting the LP job (paused)")
                 lp_out = logs / "lp-batch.out"
+                lp_io = ["--schedule", str(schedule_file)] if spec.schedule is not None else ["--mode", self.lp_mode]
                 lp = sup.start(
                     LP_JOB, [py, "-m", "experiments.workloads.lp_batch", "--data-dir", str(self.workdir / "lp-data"),
-                             "--host", _LOCAL, "--port", str(self.ports["lp"]), "--mode", self.lp_mode,
+                             "--host", _LOCAL, "--port", str(self.ports["lp"]), *lp_io,
                              "--workers", str(self.lp_workers), "--block-size",
                              f"{self.level.lp_block_size_bytes >> 10}K", "--file-size", self.config.lp_file_size],
                     log_path=logs / "lp-batch.log", stdout_path=lp_out)
@@ -402,15 +427,22 @@ class LocalBackend:
                 wait_until("the LP job", json_event(lp_out, "prepared"), proc=lp, supervisor=sup, timeout=120)
                 # Into its cgroup before it does a single I/O.
                 groups.move_pid(h, self._container(spec, "lp"), lp.pid)
+            hp_load = (["--schedule", str(schedule_file)] if spec.schedule is not None
+                       else ["--rate", f"{self.rate:g}", "--duration", f"{D:g}"])
             loadgen = sup.start(
                 "loadgen", [py, "-m", "experiments.workloads.loadgen", "--url",
-                            f"http://{_LOCAL}:{self.ports['hp']}/score", "--rate", f"{self.rate:g}",
-                            "--max-in-flight", str(self.level.hp_max_in_flight),
-                            "--duration", f"{D:g}", "--out", str(raw_dir / "client.csv")],
+                            f"http://{_LOCAL}:{self.ports['hp']}/score", *hp_load,
+                            "--max-in-flight", str(self.level.hp_max_in_flight), "--wait-for-start",
+                            "--out", str(raw_dir / "client.csv")],
                 log_path=logs / "loadgen.log", stdout_path=raw_dir / "loadgen-summary.json", expect_exit=True)
             procs.append(loadgen)
+            tick(0, D, "starting the load generator")
+            wait_until("the load generator", json_event(logs / "loadgen.log", "ready"), proc=loadgen,
+                       supervisor=sup, timeout=60)
+            # One start for both: their schedules (or fixed load) count from these two signals, sent back to back.
             start = time.time()
             pressure_before = pressure_totals()
+            os.kill(loadgen.pid, signal.SIGUSR1)
             if lp is not None:
                 os.kill(lp.pid, signal.SIGUSR1)
             while (elapsed := time.time() - start) < D:

@@ -4,13 +4,26 @@ Run by the experiment orchestrator as a subprocess, or used as a library::
 
     python -m experiments.workloads.loadgen --url http://127.0.0.1:P/score --rate 200 --duration 30 \\
         [--max-requests N] [--max-in-flight M] [--timeout S] [--seed S] [--tx-space N] --out client.csv
+    python -m experiments.workloads.loadgen --url ... --schedule hp-steps|FILE [--wait-for-start] --out client.csv
 
     result = run_load(url, rate, duration_seconds, seed=1, max_requests=None, max_in_flight=256)
+    result = run_load(url, None, None, schedule=load_schedule("hp-steps"))
 
 Open loop: arrival times are drawn up front (Poisson process, exponential gaps of
 mean 1/rate) and each request is sent at its time whether or not earlier ones have
 answered. A closed-loop client would slow down with the server and hide the
 queueing that a latency SLO is about.
+
+With ``--schedule`` (a load schedule of :mod:`experiments.schedules`, a
+built-in name or a YAML file) the rate follows the schedule's HP rate over
+time, ramps and quiet spells (rate 0: nothing is sent) included: the
+arrivals are a non-homogeneous Poisson process, drawn up front by thinning
+(:func:`scheduled_arrivals`); the run lasts the schedule (or ``--duration``,
+if shorter). The LP job follows the same file; the local backend starts both
+with one ``SIGUSR1`` so their schedules share time zero: with
+``--wait-for-start`` the generator prints ``{"event": "ready", ...}`` on
+stderr once it can take the signal and sends nothing before it (SIGTERM
+while waiting exits with an empty CSV).
 
 Bounded in every direction: at most ``max_requests`` scheduled, none after
 ``duration``; at most ``max_in_flight`` outstanding (an arrival beyond that is
@@ -38,6 +51,7 @@ import asyncio
 import csv
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -51,7 +65,10 @@ import aiohttp
 import click
 import numpy as np
 
-__all__ = ["LoadResult", "RequestRecord", "main", "poisson_schedule", "run_load", "run_load_async"]
+from experiments.schedules import Schedule, ScheduleError, load_schedule
+
+__all__ = ["LoadResult", "RequestRecord", "main", "poisson_schedule", "run_load", "run_load_async",
+           "scheduled_arrivals"]
 
 Outcome = Literal["ok", "http_error", "error", "timeout", "dropped"]
 
@@ -87,6 +104,8 @@ class LoadResult:
     elapsed_seconds: float = 0.0
     start_unix_seconds: float = 0.0
     """Wall-clock time of the run's start (``sent_s`` and ``scheduled_s`` count from here)."""
+    schedule: str | None = None
+    """The load schedule's name when the rate followed one (``rate_per_second`` is then its mean)."""
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.records if r.outcome == outcome)
@@ -104,7 +123,8 @@ class LoadResult:
                          if r.outcome == "ok" and r.latency_from_schedule_s is not None]
         return {
             "url": self.url,
-            "rate_per_second": self.rate_per_second,
+            "rate_per_second": round(self.rate_per_second, 3),
+            "schedule": self.schedule,
             "duration_seconds": self.duration_seconds,
             "start_unix_seconds": round(self.start_unix_seconds, 3),
             "elapsed_seconds": round(self.elapsed_seconds, 3),
@@ -142,12 +162,38 @@ def poisson_schedule(rate: float, duration_seconds: float, *, seed: int, max_req
     return times
 
 
-def _validate(rate: float, duration_seconds: float, max_requests: int | None, max_in_flight: int,
-              timeout_seconds: float, tx_space: int) -> None:
+def scheduled_arrivals(schedule: Schedule, duration_seconds: float, *, seed: int,
+                       max_requests: int | None) -> list[float]:
+    """Arrival times in [0, duration) of a Poisson process whose rate follows ``schedule``'s HP rate.
+
+    Thinning (Lewis and Shedler): candidates at the schedule's peak rate, each
+    kept with probability rate(t) / peak. Exact for any rate shape (steps,
+    ramps, zeros), and a quiet spell keeps no candidate at all.
+    """
+    peak = schedule.peak_hp_rate
+    if peak <= 0:
+        return []
+    rnd = random.Random(seed)
+    times: list[float] = []
+    t = rnd.expovariate(peak)
+    while t < duration_seconds and (max_requests is None or len(times) < max_requests):
+        if rnd.random() * peak < schedule.hp_rate_at(t):
+            times.append(t)
+        t += rnd.expovariate(peak)
+    return times
+
+
+def _validate(rate: float | None, duration_seconds: float | None, max_requests: int | None, max_in_flight: int,
+              timeout_seconds: float, tx_space: int, schedule: Schedule | None) -> None:
     errors = []
-    if not (math.isfinite(rate) and rate > 0):
-        errors.append(f"rate must be > 0 requests/s, got {rate}")
-    if not (math.isfinite(duration_seconds) and duration_seconds > 0):
+    if schedule is None:
+        if rate is None or not (math.isfinite(rate) and rate > 0):
+            errors.append(f"rate must be > 0 requests/s, got {rate}")
+        if duration_seconds is None:
+            errors.append("a duration is needed with a fixed rate")
+    elif rate is not None:
+        errors.append("give a rate or a schedule, not both")
+    if duration_seconds is not None and not (math.isfinite(duration_seconds) and duration_seconds > 0):
         errors.append(f"duration must be > 0 seconds, got {duration_seconds}")
     if max_requests is not None and max_requests < 1:
         errors.append(f"max_requests must be >= 1, got {max_requests}")
@@ -187,28 +233,50 @@ def _session(max_in_flight: int) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
 
 
-async def run_load_async(url: str, rate: float, duration_seconds: float, *, seed: int = 0,
+async def run_load_async(url: str, rate: float | None, duration_seconds: float | None, *, seed: int = 0,
                          max_requests: int | None = None, max_in_flight: int = 256, timeout_seconds: float = 5.0,
-                         tx_space: int = 1 << 31, stop: asyncio.Event | None = None) -> LoadResult:
+                         tx_space: int = 1 << 31, stop: asyncio.Event | None = None,
+                         schedule: Schedule | None = None, start: asyncio.Event | None = None) -> LoadResult:
     """The open-loop run inside a running event loop; see the module docstring.
 
-    ``stop`` (optional) ends the run early: nothing more is sent, in-flight requests are cancelled.
+    Either ``rate`` (requests/s) with ``duration_seconds``, or ``schedule``
+    (``rate`` None; the duration defaults to the schedule's). ``stop``
+    (optional) ends the run early: nothing more is sent, in-flight requests
+    are cancelled. ``start`` (optional): time zero is when it is set (nothing
+    is sent before); a stop while waiting returns an empty run.
     """
-    _validate(rate, duration_seconds, max_requests, max_in_flight, timeout_seconds, tx_space)
+    _validate(rate, duration_seconds, max_requests, max_in_flight, timeout_seconds, tx_space, schedule)
     _check_url(url)
-    schedule = poisson_schedule(rate, duration_seconds, seed=seed, max_requests=max_requests)
+    if schedule is not None:
+        duration = duration_seconds if duration_seconds is not None else schedule.duration_seconds
+        arrivals = scheduled_arrivals(schedule, duration, seed=seed, max_requests=max_requests)
+        mean_rate = schedule.mean_hp_rate(duration)
+    else:
+        assert rate is not None and duration_seconds is not None  # _validate said so
+        duration, mean_rate = duration_seconds, rate
+        arrivals = poisson_schedule(rate, duration, seed=seed, max_requests=max_requests)
     tx_rnd = random.Random(seed + 1)
-    result = LoadResult(url, rate, duration_seconds,
-                        [RequestRecord(i, tx_rnd.randrange(tx_space), t) for i, t in enumerate(schedule)])
+    result = LoadResult(url, mean_rate, duration,
+                        [RequestRecord(i, tx_rnd.randrange(tx_space), t) for i, t in enumerate(arrivals)],
+                        schedule=None if schedule is None else schedule.name)
     stop = stop if stop is not None else asyncio.Event()
+    if start is not None:
+        waiter = asyncio.create_task(start.wait())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stopper.cancel()
+        if not start.is_set():
+            result.start_unix_seconds = time.time()
+            return result
     session = _session(max_in_flight)
     in_flight: set[asyncio.Task[None]] = set()
-    start = time.perf_counter()
+    start_clock = time.perf_counter()
     result.start_unix_seconds = time.time()
 
     async def send(rec: RequestRecord) -> None:
         sent = time.perf_counter()
-        rec.sent_s = sent - start
+        rec.sent_s = sent - start_clock
         try:
             async with asyncio.timeout(timeout_seconds):
                 async with session.get(url, params={"tx": str(rec.tx)}) as resp:
@@ -221,11 +289,11 @@ async def run_load_async(url: str, rate: float, duration_seconds: float, *, seed
             rec.outcome, rec.error = "error", f"{type(e).__name__}: {e}"
         end = time.perf_counter()
         rec.latency_s = end - sent
-        rec.latency_from_schedule_s = end - start - rec.scheduled_s
+        rec.latency_from_schedule_s = end - start_clock - rec.scheduled_s
 
     try:
         for rec in result.records:
-            delay = rec.scheduled_s - (time.perf_counter() - start)
+            delay = rec.scheduled_s - (time.perf_counter() - start_clock)
             if delay > 0:
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
@@ -239,7 +307,7 @@ async def run_load_async(url: str, rate: float, duration_seconds: float, *, seed
             task = asyncio.create_task(send(rec))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
-        hard_stop = start + duration_seconds + timeout_seconds
+        hard_stop = start_clock + duration + timeout_seconds
         if in_flight and not stop.is_set():
             await asyncio.wait(set(in_flight), timeout=max(0.0, hard_stop - time.perf_counter()))
     finally:
@@ -251,22 +319,29 @@ async def run_load_async(url: str, rate: float, duration_seconds: float, *, seed
     for rec in result.records:
         if rec.sent_s is not None and rec.latency_s is None:  # cancelled at the hard stop or on stop
             rec.outcome, rec.error = "timeout", "cancelled at the end of the run"
-    result.elapsed_seconds = time.perf_counter() - start
+    result.elapsed_seconds = time.perf_counter() - start_clock
     return result
 
 
-def run_load(url: str, rate: float, duration_seconds: float, *, seed: int = 0, max_requests: int | None = None,
-             max_in_flight: int = 256, timeout_seconds: float = 5.0, tx_space: int = 1 << 31) -> LoadResult:
+def run_load(url: str, rate: float | None, duration_seconds: float | None, *, seed: int = 0,
+             max_requests: int | None = None, max_in_flight: int = 256, timeout_seconds: float = 5.0,
+             tx_space: int = 1 << 31, schedule: Schedule | None = None) -> LoadResult:
     """Blocking wrapper around :func:`run_load_async` (starts its own event loop)."""
     return asyncio.run(run_load_async(url, rate, duration_seconds, seed=seed, max_requests=max_requests,
                                       max_in_flight=max_in_flight, timeout_seconds=timeout_seconds,
-                                      tx_space=tx_space))
+                                      tx_space=tx_space, schedule=schedule))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--url", required=True, help="Endpoint, e.g. http://127.0.0.1:8080/score (?tx=<id> is added).")
-@click.option("--rate", type=float, required=True, help="Mean arrival rate, requests per second (Poisson).")
-@click.option("--duration", type=float, required=True, help="Seconds during which requests are sent.")
+@click.option("--rate", type=float, default=None, help="Mean arrival rate, requests per second (Poisson).")
+@click.option("--schedule", "schedule_name", default=None, metavar="NAME|FILE",
+              help="Instead of --rate: follow a load schedule's HP rate (a built-in name or a YAML file, see "
+                   "experiments/schedules.py); the run lasts the schedule unless --duration is shorter.")
+@click.option("--duration", type=float, default=None,
+              help="Seconds during which requests are sent (required with --rate).")
+@click.option("--wait-for-start", is_flag=True,
+              help="Print a 'ready' JSON line on stderr and send nothing until SIGUSR1 (time zero).")
 @click.option("--max-requests", type=click.IntRange(min=1), default=None, help="Cap on requests scheduled.")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=256, show_default=True,
               help="Outstanding requests beyond this are dropped (counted), not queued.")
@@ -277,18 +352,32 @@ def run_load(url: str, rate: float, duration_seconds: float, *, seed: int = 0, m
               help="Transaction ids are drawn from [0, tx-space).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="CSV file of per-request records.")
-def main(url: str, rate: float, duration: float, max_requests: int | None, max_in_flight: int,
-         timeout_seconds: float, seed: int, tx_space: int, out: Path) -> None:
+def main(url: str, rate: float | None, schedule_name: str | None, duration: float | None, wait_for_start: bool,
+         max_requests: int | None, max_in_flight: int, timeout_seconds: float, seed: int, tx_space: int,
+         out: Path) -> None:
     """Open-loop Poisson load against URL; per-request CSV, one-line JSON summary on stdout."""
+    if (rate is None) == (schedule_name is None):
+        raise click.UsageError("give either --rate (with --duration) or --schedule")
+    try:
+        schedule = load_schedule(schedule_name) if schedule_name is not None else None
+    except ScheduleError as e:
+        raise click.UsageError(f"--schedule: {e}") from None
+
     async def until_signalled() -> LoadResult:
         # SIGTERM/SIGINT end the run early but still write the CSV and the summary of what was done.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        start = None
+        if wait_for_start:
+            start = asyncio.Event()
+            loop.add_signal_handler(signal.SIGUSR1, start.set)
+            print(json.dumps({"event": "ready", "service": "loadgen", "pid": os.getpid(),
+                              "state": "waiting for SIGUSR1"}), file=sys.stderr, flush=True)
         return await run_load_async(url, rate, duration, seed=seed, max_requests=max_requests,
                                     max_in_flight=max_in_flight, timeout_seconds=timeout_seconds, tx_space=tx_space,
-                                    stop=stop)
+                                    stop=stop, schedule=schedule, start=start)
 
     try:
         result = asyncio.run(until_signalled())

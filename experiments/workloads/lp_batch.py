@@ -4,6 +4,7 @@ Run by the experiment orchestrator as a subprocess (and by hand)::
 
     python -m experiments.workloads.lp_batch --data-dir D --port P --mode {read,write,mixed} \\
         --workers N --block-size 1M --file-size 1G [--duration S] [--seed S] [--prepare-only] [--start-now]
+    python -m experiments.workloads.lp_batch ... --schedule lp-phases|FILE   # instead of --mode
 
 It is ONE process on purpose: the orchestrator moves that one pid into the LP
 cgroup and its threads follow. So that no byte of LP I/O escapes the cgroup, the
@@ -25,6 +26,19 @@ Each worker thread issues ``--block-size`` O_DIRECT operations at random aligned
 offsets of the file: ``read`` mode reads, ``write`` mode overwrites in place,
 ``mixed`` alternates read and write per worker. Python releases the GIL inside
 ``os.preadv``/``os.pwritev``, so N threads give an I/O depth of N.
+
+With ``--schedule`` (a load schedule of :mod:`experiments.schedules`, a
+built-in name or a YAML file) the mode follows the schedule's LP phases
+instead: ``read``, ``write``, ``mixed`` as above, ``idle`` (no I/O), and
+``bursts`` (mixed, then idle, repeating). Time zero is the start signal (the
+local backend sends it to this job and the load generator at once, so both
+follow one clock); the last phase holds after the schedule's end. Every
+worker looks up the mode before each operation, so a change takes effect
+within one operation (or one idle poll of 20 ms). It is still the same one
+process and the same threads: nothing is started or stopped outside the
+cgroup. The ``stopped`` line then also gives the bytes per phase
+(``"phases": [{"phase": 0, "lp": "read", "bytes": {...}}, ...]``), each
+operation counted in the phase in which it started.
 """
 
 from __future__ import annotations
@@ -46,6 +60,7 @@ from typing import Literal
 import click
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from experiments.schedules import Schedule, ScheduleError, load_schedule
 from experiments.workloads.direct_io import (
     aligned_buffer,
     backing_device,
@@ -65,6 +80,9 @@ Mode = Literal["read", "write", "mixed"]
 DATA_FILE = "lp-batch.dat"
 _COMPLETE_SUFFIX = ".complete"  # marker: the file was written in full and fsync'd
 _PREPARE_CHUNK_BYTES = 8 << 20
+#: How often an idle worker (schedule phase ``idle``, or a burst's off time) looks at the schedule again:
+#: short against a phase (seconds), long against a thread wake-up.
+_IDLE_POLL_SECONDS = 0.02
 
 BATCH_LATENCY_BUCKETS_SECONDS = tuple(float(f"{1e-4 * 10 ** (k / 5):.6g}") for k in range(31))
 """0.1 ms to 100 s, 5 per decade: a 1 MiB operation takes under a millisecond on a free
@@ -93,6 +111,8 @@ class BatchConfig:
     duration_seconds: float | None = None
     """Seconds of I/O after the start signal; None runs until SIGTERM."""
     seed: int = 0
+    schedule: Schedule | None = None
+    """If set, the mode per phase comes from it (``mode`` is not used), time zero at the start signal."""
 
     def __post_init__(self) -> None:
         errors = []
@@ -115,6 +135,11 @@ class BatchConfig:
     @property
     def data_file(self) -> Path:
         return self.data_dir / DATA_FILE
+
+    @property
+    def writes(self) -> bool:
+        """Whether any operation may be a write (the file is then opened read-write)."""
+        return self.schedule.writes if self.schedule is not None else self.mode != "read"
 
 
 @dataclass
@@ -182,6 +207,19 @@ class BatchJob:
         self.started = threading.Event()
         self.stopped = threading.Event()
         self._errors: list[BaseException] = []
+        self._zero = 0.0  # monotonic time of the start signal: the schedule's time zero
+        phases = config.schedule.phases if config.schedule is not None else ()
+        self._lock = threading.Lock()
+        #: Bytes per schedule phase and op, each operation counted in the phase in which it started.
+        self.phase_bytes: list[dict[str, int]] = [{"read": 0, "write": 0} for _ in phases]
+
+    def _now(self) -> tuple[int, str]:
+        """(phase index, mode) in force now; (-1, the fixed mode) without a schedule."""
+        schedule = self.config.schedule
+        if schedule is None:
+            return -1, self.config.mode
+        t = time.monotonic() - self._zero
+        return schedule.phase_index_at(t), schedule.lp_mode_at(t)
 
     def _worker(self, index: int, fd: int) -> None:
         cfg = self.config
@@ -191,9 +229,17 @@ class BatchJob:
         slots = cfg.file_size_bytes // cfg.block_size_bytes
         # ``mixed`` alternates per worker, starting with reads on even workers, so the
         # read/write split is even at any moment and does not depend on luck.
-        do_write = cfg.mode == "write" or (cfg.mode == "mixed" and index % 2 == 1)
+        mixed_write = index % 2 == 1
         try:
             while not self.stopped.is_set():
+                phase, mode = self._now()
+                if mode == "idle":
+                    self.stopped.wait(_IDLE_POLL_SECONDS)
+                    continue
+                if mode == "mixed":
+                    do_write, mixed_write = mixed_write, not mixed_write
+                else:
+                    do_write = mode == "write"
                 offset = rnd.randrange(slots) * cfg.block_size_bytes
                 op = "write" if do_write else "read"
                 self.metrics.active.inc()
@@ -205,8 +251,9 @@ class BatchJob:
                 self.metrics.latency.labels(op=op).observe(time.perf_counter() - t0)
                 self.metrics.ops.labels(op=op).inc()
                 self.metrics.bytes.labels(op=op).inc(cfg.block_size_bytes)
-                if cfg.mode == "mixed":
-                    do_write = not do_write
+                if phase >= 0:
+                    with self._lock:
+                        self.phase_bytes[phase][op] += cfg.block_size_bytes
         except BaseException as e:  # reported by run(); the other workers stop too
             self._errors.append(e)
             self.stopped.set()
@@ -222,8 +269,10 @@ class BatchJob:
                 return
         if self.stopped.is_set():
             return
-        log.info("start: %s, %d workers, %d KiB blocks", cfg.mode, cfg.workers, cfg.block_size_bytes >> 10)
-        fd = open_direct(cfg.data_file, write=cfg.mode != "read")
+        self._zero = time.monotonic()
+        what = f"schedule {cfg.schedule.name}" if cfg.schedule is not None else cfg.mode
+        log.info("start: %s, %d workers, %d KiB blocks", what, cfg.workers, cfg.block_size_bytes >> 10)
+        fd = open_direct(cfg.data_file, write=cfg.writes)
         try:
             threads = [threading.Thread(target=self._worker, args=(i, fd), name=f"lp-{i}", daemon=True)
                        for i in range(cfg.workers)]
@@ -297,7 +346,12 @@ def run(config: BatchConfig, *, host: str, port: int, prepare_only: bool = False
         job.run()
         totals = {op: int(metrics.registry.get_sample_value("batch_io_bytes_total", {"op": op}) or 0)
                   for op in ("read", "write")}
-        print(json.dumps({"event": "stopped", "service": "lp_batch", "bytes": totals}), flush=True)
+        stopped: dict[str, object] = {"event": "stopped", "service": "lp_batch", "bytes": totals}
+        if config.schedule is not None:
+            stopped["schedule"] = config.schedule.name
+            stopped["phases"] = [{"phase": i, "lp": p.lp, "bytes": moved}
+                                 for i, (p, moved) in enumerate(zip(config.schedule.phases, job.phase_bytes))]
+        print(json.dumps(stopped), flush=True)
         return 0
     finally:
         if server is not None:
@@ -317,7 +371,11 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
               help="Where the LP data file lives (on the disk under test).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address of /metrics.")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port of /metrics (required unless --prepare-only).")
-@click.option("--mode", type=click.Choice(["read", "write", "mixed"]), default="read", show_default=True)
+@click.option("--mode", type=click.Choice(["read", "write", "mixed"]), default=None,
+              help="The I/O of every operation.  [default: read]")
+@click.option("--schedule", "schedule_name", default=None, metavar="NAME|FILE",
+              help="Instead of --mode: follow a load schedule's LP phases (a built-in name or a YAML file, see "
+                   "experiments/schedules.py) from the start signal on.")
 @click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="I/O threads (I/O depth).")
 @click.option("--block-size", "block_size", default="1M", show_default=True, callback=_size,
               help="Bytes per operation, multiple of 4K (K/M/G suffixes).")
@@ -328,12 +386,19 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--prepare-only", is_flag=True, help="Write the data file (or verify it) and exit.")
 @click.option("--start-now", is_flag=True, help="Do not wait for SIGUSR1 / 'start' on stdin.")
-def main(data_dir: Path, host: str, port: int | None, mode: Mode, workers: int, block_size: int, file_size: int,
-         duration: float | None, seed: int, prepare_only: bool, start_now: bool) -> None:
+def main(data_dir: Path, host: str, port: int | None, mode: Mode | None, schedule_name: str | None, workers: int,
+         block_size: int, file_size: int, duration: float | None, seed: int, prepare_only: bool,
+         start_now: bool) -> None:
     """LP batch job: large O_DIRECT reads/writes from one process, paused until told to start."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s lp_batch %(levelname)s %(message)s", stream=sys.stderr)
+    if mode is not None and schedule_name is not None:
+        raise click.UsageError("give --mode or --schedule, not both")
     try:
-        config = BatchConfig(data_dir, mode, workers, block_size, file_size, duration, seed)
+        schedule = load_schedule(schedule_name) if schedule_name is not None else None
+    except ScheduleError as e:
+        raise click.UsageError(f"--schedule: {e}") from None
+    try:
+        config = BatchConfig(data_dir, mode or "read", workers, block_size, file_size, duration, seed, schedule)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if port is None and not prepare_only:

@@ -10,6 +10,7 @@ scenarios) keep them around a minute in total.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ from experiments.export import SERIES_COLUMNS
 from experiments.prometheus_server import PrometheusUnavailable, find_prometheus
 from experiments.report import SUMMARY_COLUMNS, bucket_bounds, period_buckets
 from experiments.model import ScenarioSpec
+from experiments.schedules import load_schedule
 from experiments.scenarios import PlanConfig, RunConfig, TargetSetting, plan_scenarios, run_plan
 from experiments.slo import load_base_slo
 from writer.cgroups import WriterError, detect_hierarchy
@@ -201,3 +203,57 @@ def test_the_readme_command_runs_all_scenarios_to_the_end(tmp_path: Path, work_r
     for png in ("latency.png", "sweep-latency.png", "throttle.png", "lp-throughput.png", "frontier.png"):
         assert (out / png).stat().st_size > 0
     assert "## SLO target" in (out / "report.md").read_text()
+
+
+def _lp_phases(raw: Path) -> list[dict[str, object]]:
+    """The LP job's bytes per schedule phase, from its own ``stopped`` line."""
+    for line in (raw / "logs" / "lp-batch.out").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("event") == "stopped":
+            return list(record["phases"])
+    raise AssertionError(f"no stopped line in {raw / 'logs' / 'lp-batch.out'}")
+
+
+def test_a_short_dynamic_run_plays_the_schedule_then_the_oracle_over_the_same_schedule(
+    tmp_path: Path, work_root: Path
+) -> None:
+    """`--scenario dynamic` on the local backend: drcio and every oracle probe follow the schedule for real."""
+    cgroup_root = _require_kernel()
+    before = {p.name for p in cgroup_root.glob("drcio-exp-*")}
+    schedule = tmp_path / "schedule.yaml"
+    schedule.write_text("name: short\nphases:\n"
+                        "  - {duration: 2.5s, hp_rate: 60, lp: read}\n"
+                        "  - {duration: 2s, hp_rate: 0, lp: write}\n"
+                        "  - {duration: 2.5s, hp_rate: 60, lp: idle}\n")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "run-experiment"), "--backend", "local", "--scenario", "dynamic",
+         "--schedule", str(schedule), "--oracle-probes", "2", "--target", "50ms", "--warmup", "1", "--pause", "0",
+         "--hp-nodes", "8192", "--lp-file-size", "128M", "--lp-workers", "2", "--work-dir", str(work_root),
+         "--output", str(out)],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "MPLCONFIGDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    summary = pd.read_csv(out / "summary.csv")
+    runs = [n for n in summary["scenario"] if n != "oracle"]
+    assert "dynamic-short" in runs and 1 <= sum(n.startswith("oracle-") for n in runs) <= 2  # the probe cap held
+    oracle = json.loads((out / "oracle.json").read_text())
+    assert oracle["max_probes"] == 2 and len(oracle["probes"]) == len(runs) - 1
+    report = (out / "report.md").read_text()
+    assert "### dynamic-short" in report.split("## Convergence")[1]  # the same report as the sim's
+    assert "**schedule**: short: 3 phases, 7 s" in report and "at most 2 probes" in report
+
+    for name in runs:  # drcio and every probe played the whole schedule, each workload from its own file
+        raw = out / "raw" / name
+        assert load_schedule(str(raw / "schedule.yaml")).duration_seconds == pytest.approx(7.0)
+        read, write, idle = (p["bytes"] for p in _lp_phases(raw))  # type: ignore[misc]
+        assert read["read"] > 0 and read["write"] == 0  # type: ignore[index]
+        assert write["write"] > 0 and write["read"] == 0  # type: ignore[index]
+        assert idle == {"read": 0, "write": 0}
+        sent = pd.read_csv(raw / "client.csv")["sent_s"]
+        assert sent[(sent >= 2.8) & (sent < 4.5)].empty  # HP's quiet spell (0.3 s after its start for late sends)
+        assert sent[sent < 2.5].size > 60 * 2.5 * 0.5 and sent[sent >= 4.5].size > 60 * 2.5 * 0.5
+
+    assert _processes_mentioning(str(work_root), str(out)) == []
+    assert {p.name for p in cgroup_root.glob("drcio-exp-*")} == before
+    assert list(work_root.iterdir()) == []

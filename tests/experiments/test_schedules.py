@@ -67,3 +67,77 @@ def test_dynamic_on_the_sim_runs_the_schedule_and_bisects_its_oracle(tmp_path: P
     assert (out / "dynamic-lp-step.csv").exists() and (out / "oracle.json").exists()
     report = (out / "report.md").read_text()
     assert "dynamic-lp-step: drcio moved" in report and "bisection: oracle-" in report
+
+
+@pytest.mark.parametrize("name", [*BUILTIN_SCHEDULES], ids=str)
+def test_the_file_handed_to_the_workloads_reads_back_as_the_same_schedule(name: str, tmp_path: Path) -> None:
+    import yaml
+
+    for schedule in (BUILTIN_SCHEDULES[name], BUILTIN_SCHEDULES[name].scaled(0.37)):
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump(schedule.to_document(), sort_keys=False))
+        back = load_schedule(str(path))
+        assert back.name == schedule.name and len(back.phases) == len(schedule.phases)
+        for a, b in zip(back.phases, schedule.phases):
+            assert (a.lp, a.hp_rate, a.hp_rate_end) == (b.lp, b.hp_rate, b.hp_rate_end)
+            for x, y in ((a.duration_seconds, b.duration_seconds), (a.burst_on_seconds, b.burst_on_seconds),
+                         (a.burst_off_seconds, b.burst_off_seconds)):
+                assert x == pytest.approx(y, abs=1e-6)
+
+
+def test_phase_index_and_mean_rate_follow_phases_and_ramps() -> None:
+    s = parse_schedule({"name": "x", "phases": [{"duration": "10s", "hp_rate": 100, "lp": "read"},
+                                                {"duration": "10s", "hp_rate": 0, "hp_rate_end": 200, "lp": "idle"}]},
+                       source="t")
+    assert [s.phase_index_at(t) for t in (0, 9.99, 10, 19.99, 25)] == [0, 0, 1, 1, 1]
+    assert s.mean_hp_rate() == pytest.approx((1000 + 1000) / 20)
+    assert s.mean_hp_rate(15) == pytest.approx((1000 + 5 * 50) / 15)
+    assert s.mean_hp_rate(30) == pytest.approx((1000 + 1000 + 2000) / 30)  # the last phase holds at its end rate
+    assert s.peak_hp_rate == 200 and not s.writes
+
+
+def _bad_file(tmp_path: Path) -> str:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nphases:\n  - {duration: 10, hp_rate: 100, lp: nap}\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "messages"),
+    [
+        pytest.param(["--scenario", "dynamic", "--schedule", "nope"], ["neither a built-in schedule"], id="unknown-name"),
+        pytest.param(["--scenario", "dynamic", "--schedule", "BAD"], ["bad.yaml: phases.0.duration", "phases.0.lp"],
+                     id="every-mistake-of-a-file"),
+        pytest.param(["--scenario", "dynamic"], ["needs --schedule"], id="no-schedule"),
+        pytest.param(["--scenario", "drcio", "--schedule", "hp-steps"], ["only for --scenario dynamic"],
+                     id="schedule-on-a-steady-scenario"),
+        pytest.param(["--scenario", "drcio", "--schedule-scale", "0.5"], ["--schedule-scale needs --schedule"],
+                     id="scale-without-schedule"),
+        pytest.param(["--scenario", "dynamic", "--schedule", "hp-steps", "--schedule-scale", "0"], ["0"],
+                     id="zero-scale"),
+        pytest.param(["--scenario", "dynamic", "--schedule", "hp-steps", "--oracle-probes", "1"], ["1"],
+                     id="one-probe-cannot-bisect"),
+    ],
+)
+def test_bad_schedule_input_on_the_local_backend_exits_2_and_writes_nothing(
+    args: list[str], messages: list[str], tmp_path: Path
+) -> None:
+    argv = [_bad_file(tmp_path) if a == "BAD" else a for a in args]
+    result = CliRunner().invoke(_run_command, ["--backend", "local", *argv, "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    text = result.output.replace("\n", " ")
+    assert all(m in text for m in messages), text
+    assert not (tmp_path / "out").exists()
+
+
+def test_local_dynamic_is_no_longer_refused_the_machine_check_answers_instead(tmp_path: Path) -> None:
+    empty = tmp_path / "not-a-cgroup"
+    empty.mkdir()
+    result = CliRunner().invoke(_run_command, ["--backend", "local", "--scenario", "dynamic", "--schedule",
+                                               "hp-steps", "--cgroup-root", str(empty),
+                                               "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    text = result.output.replace("\n", " ")
+    assert "steady scenarios only" not in text and "later" not in text
+    # Root or not, what stops it is this machine (root, cgroup I/O control), and the message names the sim.
+    assert "the local backend cannot run here" in text and "--backend sim" in text

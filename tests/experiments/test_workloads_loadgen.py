@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +18,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from experiments.workloads.loadgen import CSV_COLUMNS, main, poisson_schedule, run_load
+from experiments.schedules import load_schedule
+from experiments.workloads.loadgen import CSV_COLUMNS, main, poisson_schedule, run_load, scheduled_arrivals
+from tests.experiments.test_workloads_support import REPO
 from tests.experiments.test_workloads_support import scratch  # noqa: F401  (fixture)
 
 
@@ -151,3 +157,96 @@ def test_bad_settings_exit_2_and_say_what_is_wrong(args: list[str], message: str
     run = CliRunner().invoke(main, [item for pair in base.items() for item in pair])
     assert run.exit_code == 2
     assert message in run.output
+
+
+# --------------------------------------------------------------------------- following a load schedule
+
+
+def _schedule(tmp: Path, phases: str) -> Path:
+    path = tmp / "schedule.yaml"
+    path.write_text(f"name: test\nphases:\n{phases}")
+    return path
+
+
+def test_scheduled_arrivals_follow_the_rate_per_phase_through_ramps_and_quiet_spells(scratch: Path) -> None:
+    schedule = load_schedule(str(_schedule(scratch, "  - {duration: 10s, hp_rate: 100, lp: mixed}\n"
+                                                    "  - {duration: 10s, hp_rate: 0, lp: mixed}\n"
+                                                    "  - {duration: 10s, hp_rate: 100, hp_rate_end: 300, lp: read}\n")))
+    times = scheduled_arrivals(schedule, schedule.duration_seconds, seed=1, max_requests=None)
+    assert times == scheduled_arrivals(schedule, 30.0, seed=1, max_requests=None)
+    assert times != scheduled_arrivals(schedule, 30.0, seed=2, max_requests=None)
+
+    def count(a: float, b: float) -> int:
+        return sum(1 for t in times if a <= t < b)
+
+    # Poisson counts: expected n, sd sqrt(n); five sd either way.
+    for (a, b), expected in (((0, 10), 1000), ((20, 25), 750), ((25, 30), 1250)):
+        assert abs(count(a, b) - expected) < 5 * expected ** 0.5, (a, b, count(a, b))
+    assert count(10, 20) == 0  # a quiet spell sends nothing
+    assert schedule.mean_hp_rate() == pytest.approx((1000 + 2000) / 30)
+
+
+@pytest.mark.parametrize("slow_server", [0.005], indirect=True, ids=["answers-in-5ms"])
+def test_the_cli_follows_a_schedule_from_the_start_signal(slow_server: SlowServer, scratch: Path) -> None:
+    """A real loadgen process: nothing before SIGUSR1, then the scheduled rate per phase, measured from its own CSV."""
+    path = _schedule(scratch, "  - {duration: 2s, hp_rate: 60, lp: mixed}\n"
+                              "  - {duration: 1.5s, hp_rate: 0, lp: mixed}\n"
+                              "  - {duration: 2s, hp_rate: 150, lp: mixed}\n")
+    out = scratch / "client.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.workloads.loadgen", "--url", slow_server.url,
+                             "--schedule", str(path), "--wait-for-start", "--seed", "3", "--out", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stderr is not None
+        ready = json.loads(proc.stderr.readline())  # the first line: it can take the signal now
+        assert ready["event"] == "ready" and ready["pid"] == proc.pid
+        time.sleep(0.5)
+        assert slow_server.received == [] and proc.poll() is None  # waiting: nothing sent
+        signalled = time.time()
+        proc.send_signal(signal.SIGUSR1)
+        stdout, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["schedule"] == "test" and summary["duration_seconds"] == 5.5
+    assert summary["rate_per_second"] == pytest.approx((120 + 300) / 5.5, abs=0.01)
+    rows = list(csv.DictReader(out.open()))
+    assert rows and {r["outcome"] for r in rows} == {"ok"}
+    assert min(float(r["sent_unix_s"]) for r in rows) >= signalled  # time zero is the signal
+    sent = [float(r["sent_s"]) for r in rows]
+
+    def rate(a: float, b: float) -> float:
+        return sum(1 for t in sent if a <= t < b) / (b - a)
+
+    # Generous: Poisson noise over 2 s (sd ~ 5-9 requests) plus a busy host's lag.
+    assert 60 * 0.6 <= rate(0, 2) <= 60 * 1.4
+    assert rate(2.3, 3.5) == 0  # the quiet spell (after 0.3 s for late sends of the phase before)
+    assert 150 * 0.6 <= rate(3.5, 5.5) <= 150 * 1.4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--schedule", "nope"], "neither a built-in schedule"),
+        (["--rate", "10", "--schedule", "hp-steps"], "either --rate"),
+        ([], "either --rate"),
+    ],
+    ids=["unknown-schedule", "rate-and-schedule", "neither"],
+)
+def test_a_bad_schedule_choice_exits_2_and_says_why(args: list[str], message: str, scratch: Path) -> None:
+    run = CliRunner().invoke(main, ["--url", "http://127.0.0.1:1/score", *args, "--out", str(scratch / "c.csv")])
+    assert run.exit_code == 2
+    assert message in run.output
+    assert not (scratch / "c.csv").exists()
+
+
+def test_a_schedule_file_with_a_mistake_says_where(scratch: Path) -> None:
+    path = _schedule(scratch, "  - {duration: 2, hp_rate: 60, lp: mixed}\n")
+    run = CliRunner().invoke(main, ["--url", "http://127.0.0.1:1/score", "--schedule", str(path),
+                                    "--out", str(scratch / "c.csv")])
+    assert run.exit_code == 2
+    assert f"{path}: phases.0.duration" in run.output.replace("\n", " ")

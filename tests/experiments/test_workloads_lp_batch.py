@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from experiments.prometheus_server import free_port
 from experiments.workloads.direct_io import backing_device
-from experiments.workloads.lp_batch import BatchConfig, PreparationStopped, parse_size, prepare_file
+from experiments.workloads.lp_batch import BatchConfig, PreparationStopped, main, parse_size, prepare_file
 from tests.experiments.test_workloads_support import Workload, run_workload, scrape
 from tests.experiments.test_workloads_support import scratch  # noqa: F401  (fixture)
 
@@ -148,3 +149,51 @@ def test_prepare_only_writes_the_file_and_exits(scratch: Path) -> None:
         assert job.proc.wait(timeout=15) == 0
     assert (scratch / "lp-batch.dat").stat().st_size == 16 << 20
     assert os.path.exists(scratch / "lp-batch.dat.complete")
+
+
+# --------------------------------------------------------------------------- following a load schedule
+
+
+def test_the_job_follows_a_schedules_lp_phases_from_the_start_signal(scratch: Path) -> None:
+    """One real process: read, write, idle and mixed phases, measured from the job's own per-phase byte counts."""
+    path = scratch / "schedule.yaml"
+    path.write_text("name: lp-test\nphases:\n"
+                    "  - {duration: 1.5s, hp_rate: 0, lp: read}\n"
+                    "  - {duration: 1.5s, hp_rate: 0, lp: write}\n"
+                    "  - {duration: 1.5s, hp_rate: 0, lp: idle}\n"
+                    "  - {duration: 1.5s, hp_rate: 0, lp: mixed}\n")
+    port = free_port()
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    with run_workload("lp_batch", "--data-dir", str(scratch / "lp"), "--port", str(port), "--schedule", str(path),
+                      "--duration", "6", *SMALL) as job:
+        assert job.wait_for_event("prepared")["pid"] == job.proc.pid
+        time.sleep(0.5)
+        assert _ops(metrics_url) == {"read": 0, "write": 0}  # still paused: the schedule waits for the signal
+        job.proc.send_signal(signal.SIGUSR1)
+        stopped = job.wait_for_event("stopped", timeout_seconds=30)
+        assert job.proc.wait(timeout=15) == 0
+    assert stopped["schedule"] == "lp-test"
+    phases = stopped["phases"]
+    assert isinstance(phases, list) and [p["lp"] for p in phases] == ["read", "write", "idle", "mixed"]
+    read, write, idle, mixed = (p["bytes"] for p in phases)
+    # Each operation counts in the phase in which it started, so the split is exact, not a matter of timing.
+    assert read["read"] > 0 and read["write"] == 0
+    assert write["write"] > 0 and write["read"] == 0
+    assert idle == {"read": 0, "write": 0}
+    assert mixed["read"] > 0 and mixed["write"] > 0
+    assert stopped["bytes"] == {op: sum(p["bytes"][op] for p in phases) for op in ("read", "write")}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--mode", "read", "--schedule", "lp-phases"], "--mode or --schedule, not both", id="both"),
+        pytest.param(["--schedule", "nope"], "neither a built-in schedule", id="unknown-schedule"),
+    ],
+)
+def test_a_schedule_and_a_mode_together_or_an_unknown_schedule_exit_2(scratch: Path, args: list[str],
+                                                                       message: str) -> None:
+    run = CliRunner().invoke(main, ["--data-dir", str(scratch), "--port", str(free_port()), *args, *SMALL])
+    assert run.exit_code == 2
+    assert message in run.output
+    assert not (scratch / "lp-batch.dat").exists()
