@@ -15,7 +15,7 @@ experiment: setup
 test: setup
 	.venv/bin/mypy
 	.venv/bin/lint-imports
-	.venv/bin/pytest -q
+	.venv/bin/pytest -q --durations=15
 
 ## long real-disk benchmarks (not in CI)
 benchmark: setup
