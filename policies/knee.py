@@ -32,7 +32,8 @@ bandwidth in the SLO's geometric range):
   ``floor_rise``) to the aim. Near the floor LP is idle or light: the level
   holds, so a returning LP or burst meets the limit that was safe last time.
 * **No data** (no HP traffic): hold the level (never open up: nothing shows
-  whether LP grew meanwhile), and on the first measurement after it restart
+  whether LP grew meanwhile), and on the first measurement after a spell that
+  followed measurements (not the controller's start) restart
   ``reentry_drop`` below the lower of the held level and ``K``, and make that
   the knee, so the fast search does not climb straight back: HP may come
   back at a higher rate than it left, and at a 5 s window a clamp must come
@@ -173,6 +174,7 @@ class KneePolicy:
         self._floor: float | None = None
         self._smooth: float | None = None
         self._quiet = False
+        self._measured = False
         self._change = 0.0
 
     def step(self, observation: Observation) -> float:
@@ -183,10 +185,13 @@ class KneePolicy:
             # Nothing to protect: hold (see the module docstring). During a failure episode the
             # tracker decides when an empty answer ends it; the level it holds is ours either way.
             self._failsafe.on_no_data()
-            self._quiet = True
+            # Only a spell after measurements is HP going quiet; before the first one (the controller's
+            # start, a window with fewer than two scrapes) there is no held level or knee to distrust.
+            self._quiet = self._measured
         else:
             self._failsafe.on_success()
             assert observation.latency_seconds is not None
+            self._measured = True
             if self._quiet:
                 self._quiet = False
                 self._reenter()

@@ -91,3 +91,11 @@ def test_a_single_low_reading_does_not_make_an_idle_disk_look_loaded() -> None:
     levels = [p.step(ok(0.45 * T)) for _ in range(30)]  # LP idle: the latency is back at its floor
     assert max(levels) <= knee + 1e-9
     assert levels[-10:] == [p.knee] * 10
+
+
+def test_no_data_at_the_start_is_not_a_quiet_spell_so_the_first_measurement_searches_on() -> None:
+    p = fresh(0.2)
+    p.step(no_data())  # the controller's first ticks: the window has fewer than two scrapes
+    p.step(no_data())
+    assert p.step(ok(0.3 * T)) == pytest.approx(0.23)  # no re-entry drop below the initial level
+    assert p.knee is None  # and no knee made up from it: nothing has been learned yet
