@@ -18,9 +18,11 @@ What it does (all levels in [0, 1]; a level step of 0.05 is about 30 % of
 bandwidth in the SLO's geometric range):
 
 * **Search.** Climb ``search_step`` per tick while latency is below
-  ``(1 - setpoint) * target``, up to ``unloaded_ceiling`` (or the known
-  knee, if higher): a fast initial search that cannot overshoot far, since
-  the 5 s window shows a level's effect only seconds later.
+  ``(1 - setpoint) * target``, up to the known knee, or to
+  ``unloaded_ceiling`` while none is known: a fast search that cannot
+  overshoot far, since the 5 s window shows a level's effect only seconds
+  later. A knee below the ceiling caps it: climbing back to the ceiling
+  after a violation there repeats the violation.
 * **Knee memory.** The knee ``K`` is the highest level known to be safe
   while LP loads the disk. A violation cuts the level by ``cut +
   cut_gain * (latency / target - 1)`` and sets ``K`` to the cut level;
@@ -236,8 +238,10 @@ class KneePolicy:
             level -= p.trim
             if self._knee is not None:
                 self._knee = min(self._knee, clamp_level(level))
-        elif level < (fast := p.unloaded_ceiling if self._knee is None else max(self._knee, p.unloaded_ceiling)):
-            # Below what a classic fixed limit allows, or below the knee known to be safe: go there fast.
+        elif level < (fast := p.unloaded_ceiling if self._knee is None else self._knee):
+            # Below the knee known to be safe or, before one is known, below what a classic fixed limit
+            # allows: go there fast. A knee below that limit caps the search (climbing back to the limit
+            # after a violation there repeats it: seen in hp-steps, benchmarks/control_quality.py).
             level = min(fast, level + p.search_step)
         elif loaded and self._smooth < aim * (1 - p.probe_margin):
             # Past it only slowly, and only while LP visibly loads HP: the window's lag hides an overshoot.

@@ -99,3 +99,12 @@ def test_no_data_at_the_start_is_not_a_quiet_spell_so_the_first_measurement_sear
     p.step(no_data())
     assert p.step(ok(0.3 * T)) == pytest.approx(0.23)  # no re-entry drop below the initial level
     assert p.knee is None  # and no knee made up from it: nothing has been learned yet
+
+
+def test_a_knee_below_the_unloaded_ceiling_caps_the_fast_search() -> None:
+    p = fresh(0.45)
+    p.step(ok(0.3 * T))
+    knee = p.step(ok(1.2 * T))  # a violation at 0.45: the knee is below the ceiling
+    levels = [p.step(ok(0.3 * T)) for _ in range(20)]  # LP idle: no evidence for more
+    assert knee < 0.45 - 0.03
+    assert max(levels) <= knee + 1e-9  # climbing back to the ceiling would repeat the violation
