@@ -121,6 +121,7 @@ class Controller:
             latency_seconds=reading.latency_seconds,
             target_seconds=st.slo.target_seconds,
             dt_seconds=dt,
+            request_rate_per_second=reading.request_rate,
         )
         return reading, obs
 

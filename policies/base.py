@@ -71,12 +71,19 @@ class Observation:
     ``latency_seconds`` is set (finite, >= 0) exactly when ``status`` is OK.
     ``dt_seconds`` is the time since the previous step (> 0); the first step
     of a run passes the nominal interval.
+    ``request_rate_per_second`` is the HP request rate over the SLO's window
+    when the sensor measured it (it does for every metric SLO, to check
+    ``min_rate``; a raw query only with ``rate_query``), else None. A policy
+    may use it to tell whether what it learned still applies (a knee learned
+    under heavy HP traffic is too tight once the traffic drops); none may
+    need it.
     """
 
     status: SensorStatus
     latency_seconds: float | None
     target_seconds: float
     dt_seconds: float
+    request_rate_per_second: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.target_seconds) and self.target_seconds > 0):
@@ -88,6 +95,9 @@ class Observation:
                 raise ValueError(f"an OK observation needs a finite latency >= 0, got {self.latency_seconds!r}")
         elif self.latency_seconds is not None:
             raise ValueError(f"a {self.status.value} observation carries no latency")
+        rate = self.request_rate_per_second
+        if rate is not None and not (math.isfinite(rate) and rate >= 0):
+            raise ValueError(f"request_rate_per_second must be finite and >= 0 or None, got {rate!r}")
 
     @property
     def slack(self) -> float:

@@ -18,9 +18,11 @@ What it does (all levels in [0, 1]; a level step of 0.05 is about 30 % of
 bandwidth in the SLO's geometric range):
 
 * **Search.** Climb ``search_step`` per tick while latency is below
-  ``(1 - setpoint) * target``, up to ``unloaded_ceiling`` (or the known
-  knee, if higher): a fast initial search that cannot overshoot far, since
-  the 5 s window shows a level's effect only seconds later.
+  ``(1 - setpoint) * target``, up to the known knee, or to
+  ``unloaded_ceiling`` while none is known: a fast search that cannot
+  overshoot far, since the 5 s window shows a level's effect only seconds
+  later. A knee below the ceiling caps it: climbing back to the ceiling
+  after a violation there repeats the violation.
 * **Knee memory.** The knee ``K`` is the highest level known to be safe
   while LP loads the disk. A violation cuts the level by ``cut +
   cut_gain * (latency / target - 1)`` and sets ``K`` to the cut level;
@@ -32,11 +34,19 @@ bandwidth in the SLO's geometric range):
   ``floor_rise``) to the aim. Near the floor LP is idle or light: the level
   holds, so a returning LP or burst meets the limit that was safe last time.
 * **No data** (no HP traffic): hold the level (never open up: nothing shows
-  whether LP grew meanwhile), and on the first measurement after it restart
+  whether LP grew meanwhile), and on the first measurement after a spell that
+  followed measurements (not the controller's start) restart
   ``reentry_drop`` below the lower of the held level and ``K``, and make that
   the knee, so the fast search does not climb straight back: HP may come
   back at a higher rate than it left, and at a 5 s window a clamp must come
   before the violation, not after.
+* **HP traffic falls**: the knee holds for the HP load it was learned
+  under (the highest request rate seen while it was in force, from
+  ``Observation.request_rate_per_second``). Once the rate has stayed
+  ``release_drop`` below that for ``release_seconds``, the knee is
+  forgotten and the search starts over: with less HP traffic the disk
+  takes more LP before HP suffers, and probing alone (which needs LP to
+  load HP visibly) would leave the busy hour's limit in force.
 * **Sensor failure**: hold, then the fail-safe (:class:`policies.base.FailSafeTracker`).
 """
 
@@ -103,6 +113,13 @@ class KneeParams:
         under the aim, in [0, 1). Default 0.1: with 0 a probe reached the
         knee of the burst's peak and the next burst violated for a whole
         window (lp-phases 95 % of intervals met; 99.4 % with 0.1).
+    release_drop / release_seconds: forget the knee once the HP request
+        rate has stayed ``release_drop`` (a fraction, in [0, 1]) below the
+        rate it was learned under for ``release_seconds`` (> 0). Defaults
+        0.3 and 6 s: a Poisson rate over a 5 s window wobbles by a few %,
+        and 6 s is longer than the template's window, so a window still
+        filling after a quiet spell cannot release it. Without a measured
+        rate (a raw query without ``rate_query``) the knee is kept.
     """
 
     kind: ClassVar[str] = "knee"
@@ -119,6 +136,8 @@ class KneeParams:
     smoothing: float = 0.3
     unloaded_ceiling: float = 0.45
     probe_margin: float = 0.1
+    release_drop: float = 0.3
+    release_seconds: float = 6.0
 
     def __post_init__(self) -> None:
         raise_problems("knee policy", [
@@ -134,6 +153,8 @@ class KneeParams:
             range_problem("smoothing", self.smoothing, gt=0, le=1),
             range_problem("unloaded_ceiling", self.unloaded_ceiling, ge=0, le=1),
             range_problem("probe_margin", self.probe_margin, ge=0, lt=1),
+            range_problem("release_drop", self.release_drop, ge=0, le=1),
+            range_problem("release_seconds", self.release_seconds, gt=0),
         ])
 
 
@@ -170,9 +191,12 @@ class KneePolicy:
         self._failsafe.on_success()
         self._level = self._initial_level
         self._knee: float | None = None
+        self._knee_rate: float | None = None
+        self._below_seconds = 0.0
         self._floor: float | None = None
         self._smooth: float | None = None
         self._quiet = False
+        self._measured = False
         self._change = 0.0
 
     def step(self, observation: Observation) -> float:
@@ -183,14 +207,22 @@ class KneePolicy:
             # Nothing to protect: hold (see the module docstring). During a failure episode the
             # tracker decides when an empty answer ends it; the level it holds is ours either way.
             self._failsafe.on_no_data()
-            self._quiet = True
+            # Only a spell after measurements is HP going quiet; before the first one (the controller's
+            # start, a window with fewer than two scrapes) there is no held level or knee to distrust.
+            self._quiet = self._measured
         else:
             self._failsafe.on_success()
             assert observation.latency_seconds is not None
+            self._measured = True
             if self._quiet:
                 self._quiet = False
                 self._reenter()
+            rate = observation.request_rate_per_second
+            self._follow_rate(rate, observation.dt_seconds)
             self._react(observation.latency_seconds, observation.target_seconds)
+            if self._knee is not None and rate is not None:
+                # The knee holds for the highest rate seen while it was in force (a filling window only rises).
+                self._knee_rate = rate if self._knee_rate is None else max(self._knee_rate, rate)
         self._change = self._level - before
         return self._level
 
@@ -207,7 +239,30 @@ class KneePolicy:
         held = self._level if self._knee is None else min(self._level, self._knee)
         self._level = clamp_level(held - self.params.reentry_drop)
         self._knee = self._level
+        self._knee_rate = None
         self._smooth = None
+
+    def _follow_rate(self, rate: float | None, dt: float) -> None:
+        """Forget the knee once HP's request rate has stayed well below the rate it was learned under.
+
+        The knee is where LP started to hurt HP *at that HP load*; with less
+        HP traffic the same disk takes more LP before HP suffers (more HP
+        traffic, the reverse: a violation teaches that). A knee kept after
+        the rate fell would pin the level to the busy hour's limit, since
+        probing needs LP to visibly load HP. ``release_seconds`` keeps a
+        window that is still filling (after a quiet spell, at the start) or
+        one slow second from releasing it.
+        """
+        if rate is None or self._knee is None or self._knee_rate is None:
+            self._below_seconds = 0.0
+            return
+        if rate < (1 - self.params.release_drop) * self._knee_rate:
+            self._below_seconds += dt
+        else:
+            self._below_seconds = 0.0
+        if self._below_seconds >= self.params.release_seconds:
+            self._knee = self._knee_rate = None
+            self._below_seconds = 0.0
 
     def _react(self, latency: float, target: float) -> None:
         p = self.params
@@ -231,8 +286,10 @@ class KneePolicy:
             level -= p.trim
             if self._knee is not None:
                 self._knee = min(self._knee, clamp_level(level))
-        elif level < (fast := p.unloaded_ceiling if self._knee is None else max(self._knee, p.unloaded_ceiling)):
-            # Below what a classic fixed limit allows, or below the knee known to be safe: go there fast.
+        elif level < (fast := p.unloaded_ceiling if self._knee is None else self._knee):
+            # Below the knee known to be safe or, before one is known, below what a classic fixed limit
+            # allows: go there fast. A knee below that limit caps the search (climbing back to the limit
+            # after a violation there repeats it: seen in hp-steps, benchmarks/control_quality.py).
             level = min(fast, level + p.search_step)
         elif loaded and self._smooth < aim * (1 - p.probe_margin):
             # Past it only slowly, and only while LP visibly loads HP: the window's lag hides an overshoot.

@@ -14,7 +14,7 @@ from controller.metrics import ControllerMetrics
 from controller.push import HttpPusher, StaticWriters
 from controller.sensor import PrometheusSensor, Reading
 from experiments.prometheus_server import free_port
-from policies import FailSafe, SensorStatus
+from policies import FailSafe, Observation, SensorStatus
 from policies.registry import build_policy, parse_params
 from tests.controller.conftest import LatencyExporter, PushRecorder, exponential_inverse_cdf
 
@@ -227,3 +227,38 @@ def test_a_wall_clock_jumping_an_hour_changes_nothing_dt_comes_from_the_monotoni
     # and the steps are small: 1 s of integral (or of no-data ramp), not an hour's worth
     assert max(b - a for a, b in zip(jumped, jumped[1:])) < 0.2
     assert jumped[-1] < 1.0
+
+
+class RecordingPolicy:
+    """Holds one level and keeps every observation it was given."""
+
+    def __init__(self) -> None:
+        self.seen: list[Observation] = []
+
+    def step(self, observation: Observation) -> float:
+        self.seen.append(observation)
+        return 0.5
+
+    def reset(self) -> None:
+        self.seen.clear()
+
+    @property
+    def level(self) -> float:
+        return 0.5
+
+    @property
+    def terms(self) -> dict[str, float]:
+        return {}
+
+
+def test_the_policy_sees_the_hp_request_rate_the_sensor_measured_and_none_when_it_measured_none() -> None:
+    cfg = config("http://127.0.0.1:1", [])
+    policy = RecordingPolicy()
+    sensor = ScriptedSensor([Reading(SensorStatus.OK, 0.05, request_rate=180.0),
+                             Reading(SensorStatus.NO_DATA, None, request_rate=0.2),
+                             Reading(SensorStatus.SENSOR_ERROR, None)])
+    c = Controller(cfg, sensor=sensor, pusher=HttpPusher(token=None, timeout_seconds=1), writers=StaticWriters([]),
+                   policies={cfg.slos[0].name: policy})
+    for k in range(3):
+        c.step(1.7e9 + k)
+    assert [o.request_rate_per_second for o in policy.seen] == [180.0, 0.2, None]

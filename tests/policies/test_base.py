@@ -66,3 +66,10 @@ def test_raise_problems_lists_every_problem_and_keeps_them_apart() -> None:
     assert str(info.value) == "p: a is bad; b is bad"
     assert info.value.problems == ("a is bad", "b is bad")
     assert PolicyConfigError("plain").problems == ("plain",)
+
+
+@pytest.mark.parametrize("rate", [pytest.param(-1.0, id="negative"), pytest.param(math.nan, id="nan"),
+                                  pytest.param(math.inf, id="inf")])
+def test_observation_refuses_a_request_rate_that_is_not_a_rate(rate: float) -> None:
+    with pytest.raises(ValueError):
+        Observation(SensorStatus.OK, 0.05, 0.1, 5.0, request_rate_per_second=rate)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from policies import FailSafe, KneeParams, KneePolicy, PolicyConfigError, build_policy, parse_params
+from policies import (
+    FailSafe,
+    KneeParams,
+    KneePolicy,
+    Observation,
+    PolicyConfigError,
+    SensorStatus,
+    build_policy,
+    parse_params,
+)
 from tests.policies.plant import TARGET_SECONDS, no_data, ok, sensor_error
 
 T = TARGET_SECONDS
@@ -91,3 +100,51 @@ def test_a_single_low_reading_does_not_make_an_idle_disk_look_loaded() -> None:
     levels = [p.step(ok(0.45 * T)) for _ in range(30)]  # LP idle: the latency is back at its floor
     assert max(levels) <= knee + 1e-9
     assert levels[-10:] == [p.knee] * 10
+
+
+def test_no_data_at_the_start_is_not_a_quiet_spell_so_the_first_measurement_searches_on() -> None:
+    p = fresh(0.2)
+    p.step(no_data())  # the controller's first ticks: the window has fewer than two scrapes
+    p.step(no_data())
+    assert p.step(ok(0.3 * T)) == pytest.approx(0.23)  # no re-entry drop below the initial level
+    assert p.knee is None  # and no knee made up from it: nothing has been learned yet
+
+
+def ok_at(latency_seconds: float, rate: float | None, *, dt: float = 1.0) -> Observation:
+    return Observation(SensorStatus.OK, latency_seconds, T, dt, request_rate_per_second=rate)
+
+
+def test_a_knee_below_the_unloaded_ceiling_caps_the_fast_search() -> None:
+    p = fresh(0.45)
+    p.step(ok(0.3 * T))
+    knee = p.step(ok(1.2 * T))  # a violation at 0.45: the knee is below the ceiling
+    levels = [p.step(ok(0.3 * T)) for _ in range(20)]  # LP idle: no evidence for more
+    assert knee < 0.45 - 0.03
+    assert max(levels) <= knee + 1e-9  # climbing back to the ceiling would repeat the violation
+
+
+def test_the_knee_is_forgotten_once_hp_traffic_stays_well_below_the_rate_it_was_learned_at() -> None:
+    p = fresh(0.45)
+    p.step(ok_at(0.3 * T, 300.0))
+    knee = p.step(ok_at(1.2 * T, 300.0))
+    for _ in range(5):  # HP drops to a third: less than release_seconds (6 s) so far
+        p.step(ok_at(0.3 * T, 100.0))
+    assert p.knee == pytest.approx(knee)
+    levels = [p.step(ok_at(0.3 * T, 100.0)) for _ in range(10)]
+    assert p.knee is None  # released: the busy hour's limit no longer pins the level
+    assert max(levels) == pytest.approx(0.45)  # back to the unloaded ceiling by the fast search
+
+
+@pytest.mark.parametrize("rates", [
+    pytest.param([300.0, 100.0, 100.0, 300.0] * 5, id="short-dips"),
+    pytest.param([40.0, 120.0, 200.0, 280.0, 300.0] * 4, id="a-filling-window-only-rises"),
+    pytest.param([250.0] * 20, id="a-mild-drop"),
+    pytest.param([None] * 20, id="no-rate-measured"),
+])
+def test_the_knee_is_kept_through_short_dips_and_while_the_rate_holds(rates: list[float | None]) -> None:
+    p = fresh(0.45)
+    p.step(ok_at(0.3 * T, 300.0 if rates[0] is not None else None))
+    knee = p.step(ok_at(1.2 * T, 300.0 if rates[0] is not None else None))
+    for rate in rates:
+        p.step(ok_at(0.3 * T, rate))
+    assert p.knee == pytest.approx(knee)
