@@ -16,6 +16,7 @@ push (level-triggered actuation).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -121,7 +122,13 @@ class Controller:
             latency_seconds=reading.latency_seconds,
             target_seconds=st.slo.target_seconds,
             dt_seconds=dt,
-            request_rate_per_second=reading.request_rate,
+            # Only a usable rate reaches the policy: an infinite or negative one from a
+            # malformed answer must not turn into an exception that stops the tick.
+            request_rate_per_second=(
+                reading.request_rate
+                if reading.request_rate is not None and math.isfinite(reading.request_rate) and reading.request_rate >= 0
+                else None
+            ),
         )
         return reading, obs
 

@@ -262,3 +262,15 @@ def test_the_policy_sees_the_hp_request_rate_the_sensor_measured_and_none_when_i
     for k in range(3):
         c.step(1.7e9 + k)
     assert [o.request_rate_per_second for o in policy.seen] == [180.0, 0.2, None]
+
+
+def test_a_rate_that_is_infinite_or_negative_reaches_the_policy_as_none_and_the_tick_goes_on() -> None:
+    cfg = config("http://127.0.0.1:1", [])
+    policy = RecordingPolicy()
+    sensor = ScriptedSensor([Reading(SensorStatus.OK, 0.05, request_rate=float("inf")),
+                             Reading(SensorStatus.OK, 0.05, request_rate=-3.0)])
+    c = Controller(cfg, sensor=sensor, pusher=HttpPusher(token=None, timeout_seconds=1), writers=StaticWriters([]),
+                   policies={cfg.slos[0].name: policy})
+    for k in range(2):
+        c.step(1.7e9 + k)
+    assert [o.request_rate_per_second for o in policy.seen] == [None, None]
