@@ -1,4 +1,4 @@
-"""Shared fixtures of the writer tests: fake cgroup trees in tmp dirs.
+"""Shared fixtures of the writer tests: fake cgroup trees in tmp dirs; the v2 guest started early.
 
 A fake tree stands in only for layouts this machine's kernel lacks (cgroup v2
 ``io.*``) and for exact-format checks; the real kernel is exercised in
@@ -26,7 +26,40 @@ from writer.cgroups import Hierarchy
 from writer.discovery import LocalDiscovery, LocalEntry
 from writer.lease import Failsafe, Lease
 from writer.reconcile import Reconciler
+from tests.writer.v2_guest import GUEST_TEST, GuestRun, unavailable
 from writer.server import ServerState, build_app
+
+_GUEST = pytest.StashKey[GuestRun]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Boot the cgroup v2 guest now, in the background, when this run includes its test (see v2_guest.py)."""
+    if session.config.option.collectonly or unavailable() is not None:
+        return
+    if any(item.nodeid.endswith(GUEST_TEST) for item in session.items):
+        session.config.stash[_GUEST] = GuestRun.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    run = session.config.stash.get(_GUEST, None)
+    if run is not None:
+        run.stop()
+
+
+@pytest.fixture
+def v2_guest(request: pytest.FixtureRequest) -> Iterator[GuestRun]:
+    """The guest started with the run, or, where none was (e.g. ``-p no:…``), one started now."""
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    started = request.config.stash.get(_GUEST, None)
+    run = started or GuestRun.start()
+    try:
+        yield run
+    finally:
+        if started is None:
+            run.stop()
+
 
 V2_FILES = {
     "io.max": "",
