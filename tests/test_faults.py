@@ -114,11 +114,14 @@ class Proc:
     proc: subprocess.Popen[bytes] | None = None
     #: Extra arguments made fresh at each start (a free port picked just before binding it).
     fresh_args: Callable[[], list[str]] | None = None
+    #: Every process started, in order.
+    pids: list[int] = field(default_factory=list)
 
     def start(self) -> None:
         argv = self.argv + (self.fresh_args() if self.fresh_args is not None else [])
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.pids.append(self.proc.pid)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -324,6 +327,12 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         stop.set()
         for p in (controller, writer, prometheus):
             p.stop()
+        if faketime_file is not None:
+            # libfaketime's shared memory and semaphore, named for the process that made them: a process
+            # that exits removes its own, one killed with SIGKILL leaves them in /dev/shm.
+            for pid in controller.pids:
+                for leftover in (f"faketime_shm_{pid}", f"sem.faketime_sem_{pid}"):
+                    Path("/dev/shm", leftover).unlink(missing_ok=True)
         target.close()
         remove_group(h, f"{top}/lp")
         remove_group(h, top)
