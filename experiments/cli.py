@@ -371,7 +371,8 @@ def run_experiment(
 
         preset = level_preset(load_level)
         chosen = SimBackend(SimConfig(seed=seed, nodes=nodes, hp_rate_per_second=preset.hp_rate_per_second,
-                                      lp_mode=lp_mode or preset.lp_mode, base_slo=base_slo))
+                                      lp_mode=lp_mode or preset.lp_mode, base_slo=base_slo,
+                                      schedule_name=local_config.schedule_name))
         pause = 0.0
     else:
         local = LocalBackend(local_config, status=lambda text: console.print(f"[dim]{text}[/dim]"))

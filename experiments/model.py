@@ -49,6 +49,7 @@ __all__ = [
     "BackendUnavailable",
     "LP_GROUP",
     "LP_SELECTOR",
+    "load_facts",
 ]
 
 Kind = Literal["baseline", "contention", "static-max", "static-weight", "sweep", "drcio", "dynamic", "oracle", "probe"]
@@ -109,6 +110,14 @@ class SloWiring:
     token_file: Path
     hp_job: str
     devices: Any  # "auto" | list of "MAJ:MIN" | {mount: path}
+
+
+def load_facts(hp: str, lp: str, schedule_name: str | None) -> tuple[str, str]:
+    """A backend's "HP load" and "LP job" facts for the report: with a schedule planned, they name it."""
+    if schedule_name is None:
+        return hp, lp
+    return (f"the rate of the schedule {schedule_name} in scenarios that follow it, else {hp}",
+            f"the LP phases of the schedule {schedule_name} in scenarios that follow it, else {lp}")
 
 
 class BackendUnavailable(RuntimeError):

@@ -141,13 +141,8 @@ class Schedule:
 
     def at(self, t: float) -> tuple[Phase, float]:
         """The phase in force ``t`` seconds into the schedule and the time into it (the last phase holds)."""
-        start = 0.0
-        for p in self.phases:
-            if t < start + p.duration_seconds:
-                return p, t - start
-            start += p.duration_seconds
-        last = self.phases[-1]
-        return last, t - (start - last.duration_seconds)
+        i = self.phase_index_at(t)
+        return self.phases[i], t - self.boundaries[i]
 
     def hp_rate_at(self, t: float) -> float:
         phase, into = self.at(t)

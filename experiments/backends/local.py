@@ -77,7 +77,7 @@ from experiments.backends.supervision import (
     wait_until,
 )
 from experiments.export import Export, SeriesQueries, export_range
-from experiments.model import LP_GROUP, BackendUnavailable, ScenarioRun, ScenarioSpec, SloWiring, Tick
+from experiments.model import LP_GROUP, BackendUnavailable, ScenarioRun, ScenarioSpec, SloWiring, Tick, load_facts
 from experiments.prometheus_server import PrometheusServer, PrometheusUnavailable, ScrapeTarget, find_prometheus, free_port
 from experiments.slo import slo_document, validate_slo
 from experiments.workloads.levels import LoadLevel, load_level
@@ -224,11 +224,8 @@ class LocalBackend:
     def describe(self) -> dict[str, str]:
         h = self.hierarchy
         disk = ", ".join(f"{d} ({disk_name(d)})" for d in self.devices) if self.devices else "?"
-        hp = f"{self.config.load_level} = {self.rate:g} requests/s, open loop (Poisson)"
-        lp = self.lp_mode
-        if self.config.schedule_name is not None:
-            hp = f"the rate of the schedule {self.config.schedule_name} in scenarios that follow it, else {hp}"
-            lp = f"the LP phases of the schedule {self.config.schedule_name} in scenarios that follow it, else {lp}"
+        hp, lp = load_facts(f"{self.config.load_level} = {self.rate:g} requests/s, open loop (Poisson)",
+                            self.lp_mode, self.config.schedule_name)
         return {
             "backend": "local (real Prometheus, real cgroups, real disk)",
             "host": f"{platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs",

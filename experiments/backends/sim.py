@@ -46,7 +46,7 @@ from controller.loop import Controller
 from controller.push import PushResult, StaticWriters
 from controller.sensor import CLIPPED_FACTOR, Reading
 from experiments.export import HISTOGRAM_COLUMNS, SERIES_COLUMNS, Export
-from experiments.model import LP_GROUP, ScenarioRun, ScenarioSpec, SloWiring, Tick
+from experiments.model import LP_GROUP, ScenarioRun, ScenarioSpec, SloWiring, Tick, load_facts
 from experiments.plant import LpDemand, Node, PlantFit, histogram_quantile, load_fit
 from experiments.schedules import Phase, Schedule
 from experiments.slo import slo_document, validate_slo
@@ -75,6 +75,7 @@ class SimConfig:
     scrape_interval_seconds / export_window_seconds: as the local backend's Prometheus.
     scrape_offset_seconds: scrapes happen this long after each whole second
         of the scenario, so a controller tick never coincides with a scrape.
+    schedule_name: the load schedule the planned dynamic scenarios follow, for :meth:`SimBackend.describe`.
     """
 
     seed: int = 1
@@ -87,6 +88,7 @@ class SimConfig:
     scrape_offset_seconds: float = 0.5
     fit: PlantFit | None = None
     base_slo: dict[str, Any] = field(default_factory=dict)
+    schedule_name: str | None = None
 
     def __post_init__(self) -> None:
         errors = []
@@ -319,14 +321,16 @@ class SimBackend:
 
     def describe(self) -> dict[str, str]:
         fit = self.config.fit or load_fit()
+        hp, lp = load_facts(f"{self.config.hp_rate_per_second:g} requests/s per node, open loop (Poisson)",
+                            self.config.lp_mode, self.config.schedule_name)
         return {
             "backend": f"sim (seeded model, seed {self.config.seed}, {self.config.nodes} node(s); the real controller "
                        "loop and policies)",
             "host": f"{platform.node()} (simulation; no disk traffic)",
             "disk under test": f"modelled: knee {fit.knee_bps / 2**20:.0f} MiB/s of LP at {fit.hp_ref_rps:g} HP "
                                f"requests/s, fitted to {fit.source}",
-            "HP load": f"{self.config.hp_rate_per_second:g} requests/s per node, open loop (Poisson)",
-            "LP job": f"{self.config.lp_mode} (modelled unthrottled demand {fit.demand_bps / 2**20:.0f} MiB/s)",
+            "HP load": hp,
+            "LP job": f"{lp} (modelled unthrottled demand {fit.demand_bps / 2**20:.0f} MiB/s)",
         }
 
     def wiring(self) -> SloWiring:

@@ -67,6 +67,8 @@ def test_dynamic_on_the_sim_runs_the_schedule_and_bisects_its_oracle(tmp_path: P
     assert (out / "dynamic-lp-step.csv").exists() and (out / "oracle.json").exists()
     report = (out / "report.md").read_text()
     assert "dynamic-lp-step: drcio moved" in report and "bisection: oracle-" in report
+    # The environment facts say the load follows the schedule, not the steady preset's 200 requests/s.
+    assert "the rate of the schedule lp-step in scenarios that follow it" in report
 
 
 @pytest.mark.parametrize("name", [*BUILTIN_SCHEDULES], ids=str)
@@ -90,6 +92,8 @@ def test_phase_index_and_mean_rate_follow_phases_and_ramps() -> None:
                                                 {"duration": "10s", "hp_rate": 0, "hp_rate_end": 200, "lp": "idle"}]},
                        source="t")
     assert [s.phase_index_at(t) for t in (0, 9.99, 10, 19.99, 25)] == [0, 0, 1, 1, 1]
+    assert [(s.phases.index(p), into) for p, into in map(s.at, (0, 9.5, 10, 19.5, 25))] == [
+        (0, 0), (0, 9.5), (1, 0), (1, 9.5), (1, 15)]  # the last phase holds past the end
     assert s.mean_hp_rate() == pytest.approx((1000 + 1000) / 20)
     assert s.mean_hp_rate(15) == pytest.approx((1000 + 5 * 50) / 15)
     assert s.mean_hp_rate(30) == pytest.approx((1000 + 1000 + 2000) / 30)  # the last phase holds at its end rate
