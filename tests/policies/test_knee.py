@@ -56,6 +56,25 @@ def test_under_load_with_headroom_it_probes_past_the_knee() -> None:
     assert level > knee + 0.05 and p.knee == pytest.approx(level)
 
 
+def test_a_stall_far_above_the_target_cuts_once_per_window_and_at_most_max_cut() -> None:
+    """Measured on the local backend: one 0.5 s host stall (P95 ~10x the target for a whole 5 s window)
+    cut every tick to the floor and made the floor the knee for good."""
+    p = fresh(0.45)  # at the unloaded ceiling: the low reading below holds it there
+    assert p.step(ok(0.3 * T, dt=1.0)) == 0.45
+    levels = [p.step(ok(10 * T, dt=1.0)) for _ in range(5)]  # a 5 s window holds the stall for five 1 s ticks
+    assert levels == [pytest.approx(0.45 - 0.15)] * 5
+    assert p.knee == pytest.approx(0.30)
+
+
+def test_a_violation_that_outlasts_the_window_cuts_again() -> None:
+    p = fresh(0.6)
+    p.step(ok(0.3 * T, dt=1.0))
+    levels = [p.step(ok(2.0 * T, dt=1.0)) for _ in range(11)]
+    first = 0.6 - 0.13
+    assert levels[0] == pytest.approx(first) and levels[4] == pytest.approx(first)  # within the hold
+    assert levels[5] == pytest.approx(first - 0.13) and levels[10] == pytest.approx(first - 0.26)
+
+
 def test_no_hp_traffic_holds_and_the_return_restarts_lower() -> None:
     p = fresh(0.5)
     p.step(ok(0.65 * T))
