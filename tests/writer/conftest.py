@@ -22,11 +22,11 @@ import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from tests.writer.v2_guest import GUEST_TEST, GuestRun, unavailable
 from writer.cgroups import Hierarchy
 from writer.discovery import LocalDiscovery, LocalEntry
 from writer.lease import Failsafe, Lease
 from writer.reconcile import Reconciler
-from tests.writer.v2_guest import GUEST_TEST, GuestRun, unavailable
 from writer.server import ServerState, build_app
 
 _GUEST = pytest.StashKey[GuestRun]()
@@ -48,7 +48,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.fixture
 def v2_guest(request: pytest.FixtureRequest) -> Iterator[GuestRun]:
-    """The guest started with the run, or, where none was (e.g. ``-p no:…``), one started now."""
+    """The guest the run started when it was collected; should the hook not have started one, one started now."""
     reason = unavailable()
     if reason is not None:
         pytest.skip(reason)

@@ -6,7 +6,7 @@ minutes of one core (measured 2026-11-29: about 6 minutes, most of it Python
 importing under emulation), while the rest of the run mostly waits on
 Prometheus scrapes, sockets and the disk. So ``tests/writer/conftest.py``
 starts the guest in the background when the collected run includes its test,
-and the test waits for the result; run alone, the test boots it itself.
+and the test waits for the result.
 
 The guest's scratch disk and initramfs go to a private directory in
 ``/dev/shm`` where there is one, so the guest adds no I/O to the host's disk
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "run-in-v2-kernel.sh"
 CACHE = Path(os.environ.get("DRCIO_VM_CACHE", "/var/cache/drcio/v2-kernel"))
 GUEST_MODULES = ["tests/writer/test_kernel_pods.py", "tests/writer/test_kernel_v2_node.py"]
-#: The test that collects the guest's result (``tests/conftest`` hooks look for it among the run's items).
+#: The test that collects the guest's result (the hook in ``tests/writer/conftest.py`` looks for it).
 GUEST_TEST = "test_v2_guest.py::test_the_v2_guest_passes_every_kernel_check"
 #: pytest plugins the guest modules do not use (cloudcoil is already off in pyproject's addopts).
 #: Importing them takes ~3.6 s on the host and most of a minute under TCG: measured 2026-11-29, the
