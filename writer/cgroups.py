@@ -193,7 +193,7 @@ def _inside(h: Hierarchy, path: Path) -> Path:
     """
     root = h.resolved_root
     full = Path(os.path.realpath(path if path.is_absolute() else root / path))
-    if full != root and not full.is_relative_to(root):
+    if not full.is_relative_to(root):  # the root itself is relative to itself
         raise WriterError(f"refusing {path}: outside the cgroup root {root}")
     return full
 
