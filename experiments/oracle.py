@@ -19,10 +19,10 @@ seed where it can (the simulator does), so probes differ only in the level.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Probe", "OracleResult", "bisect_oracle"]
+__all__ = ["Probe", "OracleResult", "bisect_oracle", "bisect_pieces"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +98,62 @@ def bisect_oracle(probe: Callable[[float], Probe], *, tolerance: float = 0.05, m
         else:
             hi = mid
     return OracleResult(lo.level, lo.lp_bytes_per_second, hi.level, hi.lp_bytes_per_second, spread(lo, hi), probes)
+
+
+def bisect_pieces(meets: Callable[[Sequence[float], int], bool], held: Sequence[bool], *,
+                  resolution: float = 0.01, first_step: float = 0.04) -> list[float]:
+    """Levels for consecutive pieces of a run, each the highest that meets the SLO given the ones before it.
+
+    The clairvoyant reference of ``benchmarks/control_quality.py``: what a
+    loop that knew each piece's best level at once would set. Greedy in time
+    order: piece ``i``'s level is searched in [0, 1] to ``resolution``, with
+    the earlier pieces at the levels already found and the later ones at 0;
+    ``meets(levels, i)`` judges piece ``i`` (the caller decides what counts,
+    e.g. its intervals and the window that spills into the next piece).
+    The search starts at the level before (0.5 for the first piece) and
+    gallops away from it by ``first_step``, doubling, until it brackets the
+    answer, then bisects: neighbouring pieces mostly differ by little, so
+    that takes fewer probes than bisecting all of [0, 1].
+    A ``held`` piece is not searched: it keeps the level before it (piece 0
+    is never held), as a loop that cannot see the load in it must (no HP
+    traffic to measure, or LP idle).
+
+    A piece that misses even at level 0 (the plant misses without LP) gets
+    0. Greedy is not optimal over the whole run (a lower level now may allow
+    a higher one next), so this is a reference, not a bound.
+    """
+    if not 0 < resolution < 1:
+        raise ValueError(f"resolution must be in (0, 1), got {resolution}")
+    if not 0 < first_step <= 1:
+        raise ValueError(f"first_step must be in (0, 1], got {first_step}")
+    levels = [0.0] * len(held)
+    for i, keep in enumerate(held):
+        if keep and i > 0:
+            levels[i] = levels[i - 1]
+            continue
+        trial = list(levels)
+
+        def ok(level: float) -> bool:
+            trial[i] = level
+            return meets(trial, i)
+
+        guess = levels[i - 1] if i > 0 else 0.5
+        # lo: highest level seen to meet (-1: none yet); hi: lowest seen to miss (2: none yet).
+        lo, hi = (guess, 2.0) if ok(guess) else (-1.0, guess)
+        step = first_step
+        while 0.0 <= lo < 1.0 < hi:  # gallop up until a level misses or 1 meets
+            candidate = min(1.0, lo + step)
+            lo, hi = (candidate, hi) if ok(candidate) else (lo, candidate)
+            step *= 2
+        while lo < 0.0 < hi:  # gallop down until a level meets or 0 misses
+            candidate = max(0.0, hi - step)
+            lo, hi = (candidate, hi) if ok(candidate) else (lo, candidate)
+            step *= 2
+        if lo < 0.0 or hi > 1.0:
+            levels[i] = max(0.0, lo)
+            continue
+        while hi - lo > resolution:
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        levels[i] = lo
+    return levels

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from experiments.oracle import Probe, bisect_oracle
+from experiments.oracle import Probe, bisect_oracle, bisect_pieces
 
 
 def _plant(knee_level: float):  # LP grows geometrically with the level (as the SLO's range does)
@@ -31,3 +31,54 @@ def test_no_limit_needed_is_exact_and_no_level_meeting_the_slo_says_so() -> None
     hopeless = bisect_oracle(_plant(-1.0))
     assert hopeless.level is None and math.isinf(hopeless.uncertainty)
     assert "no fixed level meets the SLO" in hopeless.describe()
+
+
+def _pieces_plant(caps: list[float], spill: float = 0.0):
+    """Piece i meets while its level is at most caps[i], less ``spill`` times the level before it."""
+    calls: list[tuple[list[float], int]] = []
+
+    def meets(levels, i: int) -> bool:
+        calls.append((list(levels), i))
+        return levels[i] <= caps[i] - spill * (levels[i - 1] if i > 0 else 0.0)
+    return meets, calls
+
+
+def test_each_piece_gets_its_highest_level_within_the_resolution() -> None:
+    caps = [0.53, 0.58, 0.21, 0.9, 1.0, 0.47]
+    meets, _ = _pieces_plant(caps)
+    levels = bisect_pieces(meets, [False] * len(caps), resolution=0.01)
+    assert levels[4] == 1.0
+    for level, cap in zip(levels, caps):
+        assert cap - 0.01 <= level <= cap
+
+
+def test_pieces_are_judged_in_time_order_with_the_found_levels_before_and_zero_after() -> None:
+    caps = [0.5, 0.6, 0.4]
+    meets, calls = _pieces_plant(caps, spill=0.2)
+    levels = bisect_pieces(meets, [False, False, False], resolution=0.01)
+    for trial, i in calls:
+        assert trial[:i] == levels[:i]
+        assert all(v == 0.0 for v in trial[i + 1:])
+    assert [i for _, i in calls] == sorted(i for _, i in calls)
+    # the piece before leaves less room: 0.6 - 0.2 * 0.5, found as such
+    assert 0.49 <= levels[1] <= 0.5
+
+
+def test_a_held_piece_keeps_the_level_before_it_and_is_never_probed() -> None:
+    meets, calls = _pieces_plant([0.5, 0.9, 0.9, 0.3])
+    levels = bisect_pieces(meets, [False, True, True, False])
+    assert levels[1] == levels[2] == levels[0]
+    assert {i for _, i in calls} == {0, 3}
+
+
+def test_a_piece_that_misses_even_without_lp_gets_zero() -> None:
+    meets, _ = _pieces_plant([0.5, -1.0, 0.5])
+    levels = bisect_pieces(meets, [False, False, False])
+    assert levels[1] == 0.0 and levels[2] > 0.45
+
+
+def test_galloping_takes_fewer_probes_than_bisecting_from_scratch_on_smooth_pieces() -> None:
+    caps = [0.5 + 0.02 * (i % 3) for i in range(12)]
+    meets, calls = _pieces_plant(caps)
+    bisect_pieces(meets, [False] * len(caps), resolution=0.01)
+    assert len(calls) <= 6 * len(caps)  # [0, 1] to 0.01 by plain bisection: 7 per piece
