@@ -22,6 +22,14 @@ see ``experiments/schedules.py``) and each policy:
   the whole schedule; a level "meets the SLO" when it meets the target in
   >= 99 % of intervals (the bar the loops are held to). Its uncertainty
   (the LP spread of the final bracket) is in the record.
+* ``clairvoyant``: a reference, not a loop: the level set per piece of at
+  most 10 s (phases split), each piece's level the highest at which none of
+  its intervals, nor the window that spills into the next piece, misses the
+  target (:func:`experiments.oracle.bisect_pieces`, greedy in time, to 0.01
+  in level). Pieces a loop cannot measure (no HP traffic, or LP idle) keep
+  the level before them. It shows what knowing the load at once is worth on
+  this plant: what separates a loop's figures from it is the measurement
+  (a 5 s window seen once a second), not the disk.
 
 Per cell (means over seeds; the worst seed for settling, overshoot and reaction):
 
@@ -48,11 +56,13 @@ the issue's targets (printed; exit status 0 either way: the numbers are the resu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 import time
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +72,18 @@ import pandas as pd
 from experiments.backends.sim import SimBackend, SimConfig, SimResult, simulate
 from experiments.convergence import reactions, settling, slo_settling
 from experiments.model import Kind, ScenarioSpec
-from experiments.oracle import OracleResult, Probe, bisect_oracle
+from experiments.oracle import OracleResult, Probe, bisect_oracle, bisect_pieces
 from experiments.plant import load_fit
-from experiments.schedules import DYNAMIC_SCHEDULES, PLANT_SCHEDULES, Schedule
+from experiments.schedules import DYNAMIC_SCHEDULES, PLANT_SCHEDULES, Phase, Schedule
+from policies import Observation
 from experiments.slo import load_base_slo, slo_document
 
 MIB = 2**20
 WARMUP_SECONDS = 5.0
 SETTLE_CAP = 10
 ORACLE_ATTAINMENT = 0.99
-POLICIES = ("pid", "aimd", "knee", "static-max", "static-weight", "none", "oracle")
+POLICIES = ("pid", "aimd", "knee", "static-max", "static-weight", "none", "oracle", "clairvoyant")
+PIECE_SECONDS = 10.0
 LOOPS = ("pid", "aimd", "knee")
 #: Policy sections of the loops; ``pid`` None = the template's. ``--variants`` adds the other entries,
 #: the candidates the documented defaults were chosen from.
@@ -93,6 +105,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "knee-ceil0.48": {"kind": "knee", "unloaded_ceiling": 0.48},
 }
 STATICS = ("static-max", "static-weight", "none", "oracle")
+REFERENCES = ("oracle", "clairvoyant")
 
 
 @dataclass(frozen=True)
@@ -179,6 +192,88 @@ def oracle_for(schedule: Schedule, base: dict[str, Any], target_ms: float, backe
     return bisect_oracle(probe, tolerance=0.05), runs
 
 
+class PieceLevels:
+    """The clairvoyant reference as a policy object: piece ``i``'s level from ``starts[i]`` seconds on.
+
+    Time is the sum of the observations' ``dt`` (the first step is at 0), as
+    the controller's ticks see it; the sensor's readings are ignored.
+    """
+
+    def __init__(self, starts: list[float], levels: list[float]) -> None:
+        self.starts, self.levels = starts, levels
+        self.reset()
+
+    def reset(self) -> None:
+        self._elapsed = 0.0
+        self._level = self.levels[0]
+
+    @property
+    def level(self) -> float:
+        return self._level
+
+    @property
+    def terms(self) -> dict[str, float]:
+        return {}
+
+    def step(self, observation: Observation) -> float:
+        i = max(k for k, start in enumerate(self.starts) if start <= self._elapsed + 1e-9)
+        self._level = self.levels[i]
+        self._elapsed += observation.dt_seconds
+        return self._level
+
+
+def pieces(schedule: Schedule) -> tuple[list[float], list[float], list[bool]]:
+    """Starts, ends and held flags of the clairvoyant's pieces: each phase split into pieces of <= PIECE_SECONDS."""
+    starts, ends, held = [], [], []
+    for (start, end, _), phase in zip(schedule.segments(), schedule.phases):
+        blind = phase.lp == "idle" or (phase.hp_rate == 0 and not phase.hp_rate_end)
+        t = start
+        while t < end - 1e-9:
+            starts.append(t)
+            ends.append(min(end, t + PIECE_SECONDS))
+            held.append(blind and bool(starts[:-1]))
+            t = ends[-1]
+    return starts, ends, held
+
+
+def _until(schedule: Schedule, seconds: float) -> Schedule:
+    """The schedule's first ``seconds`` (the probes of a piece need nothing after it)."""
+    phases: list[Phase] = []
+    left = seconds
+    for phase in schedule.phases:
+        if left <= 1e-9:
+            break
+        take = min(left, phase.duration_seconds)
+        end_rate = None if phase.hp_rate_end is None else phase.hp_rate_at(take)
+        phases.append(dataclasses.replace(phase, duration_seconds=take, hp_rate_end=end_rate))
+        left -= take
+    return dataclasses.replace(schedule, phases=tuple(phases))
+
+
+def clairvoyant_for(schedule: Schedule, base: dict[str, Any], target_ms: float, backend: SimBackend,
+                    seeds: list[int]) -> list[dict[str, Any]]:
+    """Bisect the clairvoyant's piece levels (every seed must meet each piece), then run them: one cell per seed."""
+    slo = _slo("pid", base, target_ms, backend)  # a loop whose policy object PieceLevels replaces
+    starts, ends, held = pieces(schedule)
+    spill = SimConfig().export_window_seconds
+
+    def run(levels: list[float], seed: int, until: float) -> SimResult:
+        return simulate(_until(schedule, until), SimConfig(seed=seed), slo=slo,
+                        policies={slo["slos"][0]["name"]: PieceLevels(starts, list(levels))})
+
+    def meets(levels: Sequence[float], i: int) -> bool:
+        until = min(schedule.duration_seconds, ends[i] + spill)
+        for seed in seeds:
+            s = _counted(run(list(levels), seed, until).series)
+            p95 = s.loc[(s["elapsed_seconds"] >= starts[i]) & (s["elapsed_seconds"] <= until), "hp_p95_ms"]
+            if (p95.dropna() > target_ms).any():
+                return False
+        return True
+
+    levels = bisect_pieces(meets, held)
+    return [cell_metrics(run(levels, seed, schedule.duration_seconds), schedule, target_ms) for seed in seeds]
+
+
 def _aggregate(cells: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in cells[0]:
@@ -209,6 +304,8 @@ def run(quick: bool, target_ms: float, variants: bool = False) -> list[dict[str,
         for policy in [*POLICIES, *(VARIANTS if variants else ())]:
             if policy == "oracle":
                 cells = oracle_cells
+            elif policy == "clairvoyant":
+                cells = clairvoyant_for(schedule, base, target_ms, backend, seeds)
             else:
                 slo = _slo(policy, base, target_ms, backend)
                 cells = [cell_metrics(_run(schedule, slo, seed), schedule, target_ms) for seed in seeds]
@@ -281,6 +378,10 @@ def check_targets(records: list[dict[str, Any]]) -> list[str]:
     shown = ", ".join(f"{s} {v:.3f}" if v is not None else f"{s} none" for s, v in levels.items())
     lines.append(f"oracle static: the best fixed level differs by scenario ({shown}), so any one fixed level "
                  "misses the SLO where the best is lower or leaves LP unused where it is higher")
+    if ("clairvoyant", scenarios[0]) in by:
+        ref = ", ".join(f"{s} {100 * by[('clairvoyant', s)]['lp_fraction_of_oracle']:.0f} %" for s in scenarios)
+        lines.append(f"clairvoyant (each {PIECE_SECONDS:g} s piece's best level, set at once; a reference, not a loop): "
+                     f"LP as % of the oracle static: {ref}")
     return lines
 
 
