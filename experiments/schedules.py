@@ -33,6 +33,7 @@ through the same code.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,6 +244,33 @@ class Schedule:
                 phase.update(burst_on=ms(p.burst_on_seconds), burst_off=ms(p.burst_off_seconds))
             phases.append(phase)
         return {"name": self.name, "description": self.description, "phases": phases}
+
+    def until(self, seconds: float) -> Schedule:
+        """The schedule's first ``seconds`` (a phase cut short keeps its ramp's slope: it ends at the rate reached)."""
+        if not seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {seconds}")
+        phases: list[Phase] = []
+        left = seconds
+        for p in self.phases:
+            if left <= 1e-9:
+                break
+            take = min(left, p.duration_seconds)
+            end_rate = None if p.hp_rate_end is None else p.hp_rate_at(take)
+            phases.append(dataclasses.replace(p, duration_seconds=take, hp_rate_end=end_rate))
+            left -= take
+        return dataclasses.replace(self, phases=tuple(phases))
+
+    def pieces(self, max_seconds: float) -> list[tuple[float, float, Phase]]:
+        """(start, end, phase) of every phase cut into consecutive pieces of at most ``max_seconds``."""
+        if not max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+        out = []
+        for start, p in zip(self.boundaries, self.phases):
+            t, end = start, start + p.duration_seconds
+            while t < end - 1e-9:
+                out.append((t, min(end, t + max_seconds), p))
+                t = out[-1][1]
+        return out
 
     def scaled(self, factor: float) -> Schedule:
         """The same schedule with every duration times ``factor`` (``--quick`` runs)."""

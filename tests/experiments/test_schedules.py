@@ -145,3 +145,30 @@ def test_local_dynamic_is_no_longer_refused_the_machine_check_answers_instead(tm
     assert "steady scenarios only" not in text and "later" not in text
     # Root or not, what stops it is this machine (root, cgroup I/O control), and the message names the sim.
     assert "the local backend cannot run here" in text and "--backend sim" in text
+
+
+def test_until_keeps_the_first_seconds_and_a_cut_ramp_ends_at_the_rate_reached() -> None:
+    ramp = parse_schedule({"name": "r", "phases": [
+        {"duration": "10s", "hp_rate": 200, "lp": "read"},
+        {"duration": "40s", "hp_rate": 100, "hp_rate_end": 300, "lp": "bursts", "burst_on": "5s", "burst_off": "10s"},
+        {"duration": "20s", "hp_rate": 0, "lp": "idle"}]}, source="test")
+    cut = ramp.until(30)
+    assert cut.duration_seconds == 30
+    assert len(cut.phases) == 2
+    for t in (0, 9.5, 10, 17, 25, 29.9):  # the same load at every moment it keeps
+        assert cut.hp_rate_at(t) == pytest.approx(ramp.hp_rate_at(t))
+        assert cut.lp_mode_at(t) == ramp.lp_mode_at(t)
+    assert cut.phases[1].hp_rate_end == pytest.approx(200)
+    assert ramp.until(500) == ramp
+    with pytest.raises(ValueError, match="> 0"):
+        ramp.until(0)
+
+
+def test_pieces_cut_every_phase_at_its_boundaries_and_at_most_the_given_length() -> None:
+    schedule = BUILTIN_SCHEDULES["hp-steps"]
+    cut = schedule.pieces(15)
+    assert cut[0][0] == 0 and cut[-1][1] == schedule.duration_seconds
+    assert all(a[1] == b[0] for a, b in zip(cut, cut[1:]))  # no gap, no overlap
+    assert all(0 < end - start <= 15 for start, end, _ in cut)
+    assert {start for start, _, _ in cut} >= set(schedule.boundaries)
+    assert all(schedule.phases[schedule.phase_index_at(start)] is phase for start, _, phase in cut)
