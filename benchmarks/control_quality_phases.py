@@ -1,21 +1,14 @@
-"""Where a policy's LP goes, phase by phase, against the oracle static and the best fixed level per phase.
+"""Where a policy's LP goes, phase by phase, against the oracle static and the clairvoyant reference.
 
     python benchmarks/control_quality_phases.py RESULTS.json [--policy knee] [--seed 1] [--scenario NAME ...]
 
-Reads the oracle's level per scenario from a ``benchmarks/control_quality.py``
-results file (so the oracle is the one that run bisected), replays the
-scenario on the simulator for the oracle and the policy (same seed), and
-sweeps fixed levels 0.30..0.79 in steps of 0.01 to find, for each phase
-alone, the highest fixed level meeting the target in >= 99 % of that
-phase's intervals (leaving out its first 6 s, the window's memory of the
-phase before). That "per-phase best" is what a fixed level could do if it
-knew each phase in advance: an upper bound of the gain adaptation can bring,
-not a target (the sweep stops at 0.79, so a phase without HP traffic shows
-as 0.79, not as "no limit").
+Reads the oracle's level and the clairvoyant's piece levels per scenario
+from a ``benchmarks/control_quality.py`` results file (so both are the ones
+that run found), and replays the scenario on the simulator for the oracle,
+the policy and the clairvoyant (same seed).
 
 Prints one line per phase: mean level, LP MiB/s, share of intervals met and
-mean P95 for the oracle and the policy, the per-phase best level and its LP;
-then each total as a share of the oracle's LP.
+mean P95 for each of the three; then each total as a share of the oracle's LP.
 """
 
 from __future__ import annotations
@@ -25,7 +18,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,8 +28,6 @@ from experiments.schedules import DYNAMIC_SCHEDULES, PLANT_SCHEDULES  # noqa: E4
 from experiments.slo import load_base_slo  # noqa: E402
 
 MIB = 2**20
-LEVELS = np.round(np.arange(0.30, 0.80, 0.01), 3)
-SKIP_SECONDS = 6.0
 
 
 def _segment(series: pd.DataFrame, start: float, end: float) -> pd.DataFrame:
@@ -65,14 +55,14 @@ def main() -> int:
     for name in args.scenario or ["steady", *DYNAMIC_SCHEDULES]:
         schedule = schedules[name]
         level = next(r["oracle_level"] for r in records if r["scenario"] == name and r["policy"] == "oracle")
+        pieces = next(r["piece_levels"] for r in records if r["scenario"] == name and r["policy"] == "clairvoyant")
         runs = {
             "oracle": cq._run(schedule, cq._slo("oracle", base, target_ms, backend, level), args.seed).series,
             args.policy: cq._run(schedule, cq._slo(args.policy, base, target_ms, backend), args.seed).series,
+            "clairvoyant": cq.run_pieces(schedule, pieces, base, target_ms, backend, args.seed).series,
         }
-        sweep = {float(v): cq._run(schedule, cq._slo("oracle", base, target_ms, backend, float(v)), args.seed).series
-                 for v in LEVELS}
         print(f"== {name} (seed {args.seed}): oracle level {level:.3f}")
-        totals = {"oracle": 0.0, args.policy: 0.0, "per-phase best": 0.0}
+        totals = dict.fromkeys(runs, 0.0)
         for (start, end, what), phase in zip(schedule.segments(), schedule.phases):
             hp = f"{phase.hp_rate:g}" + (f"->{phase.hp_rate_end:g}" if phase.hp_rate_end is not None else "")
             line = f"  {start:4.0f}-{end:4.0f} s  HP {hp:>7}/s  LP {phase.lp:<6} {what:<9}"
@@ -82,13 +72,6 @@ def main() -> int:
                 totals[key] += lp
                 line += (f" | {key}: level {seg['throttle_level'].mean():.3f} LP {lp / len(seg):6.1f} "
                          f"met {100 * _met(seg, target_ms):5.1f} % P95 {seg['hp_p95_ms'].mean():5.2f}")
-            best = max((v for v in sweep if _met(_segment(sweep[v], start + SKIP_SECONDS, end), target_ms) >= 0.99),
-                       default=None)
-            if best is not None:
-                seg = _segment(sweep[best], start, end)
-                lp = float(seg["lp_bytes_per_second"].fillna(0).sum()) / MIB
-                totals["per-phase best"] += lp
-                line += f" | per-phase best: level {best:.2f} LP {lp / len(seg):6.1f}"
             print(line)
         print("  LP as a share of the oracle's: " + ", ".join(
             f"{key} {100 * value / totals['oracle']:.0f} %" for key, value in totals.items()))
