@@ -278,9 +278,11 @@ def _aggregate(cells: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run(quick: bool, target_ms: float, variants: bool = False) -> list[dict[str, Any]]:
+def run(quick: bool, target_ms: float, variants: bool = False, window: str | None = None) -> list[dict[str, Any]]:
     seeds = [1] if quick else [1, 2, 3]
     base, _ = load_base_slo(None)
+    if window is not None:  # the loops' window only: attainment is judged on the exported 5 s window either way
+        base = {**base, "slos": [{**base["slos"][0], "window": window}]}
     backend = SimBackend(SimConfig(base_slo=base))
     scenarios = {**PLANT_SCHEDULES, **DYNAMIC_SCHEDULES}
     records: list[dict[str, Any]] = []
@@ -311,6 +313,7 @@ def run(quick: bool, target_ms: float, variants: bool = False) -> list[dict[str,
                 "oracle_probes": len(oracle.probes),
                 "seeds": seeds,
                 "target_ms": target_ms,
+                "window": base["slos"][0]["window"],
                 **extra,
             })
     return records
@@ -447,9 +450,11 @@ def main() -> int:
                         "trade plot (worst attainment against LP share, per loop) goes beside it as NAME-trade.png")
     parser.add_argument("--target", type=float, default=10.0, help="HP P95 target in ms (default 10: 2 x the "
                         "baseline P95 measured in the recorded sweep, rounded up to a bucket edge)")
+    parser.add_argument("--window", default=None, help="the loops' rate window instead of the template's 5s (e.g. "
+                        "2s: a faster, noisier P95); attainment is still judged on the exported 5 s window")
     args = parser.parse_args()
     started = time.monotonic()
-    records = run(args.quick, args.target, args.variants)
+    records = run(args.quick, args.target, args.variants, args.window)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(records, indent=1, default=float) + "\n")
     plot_path = args.plot or args.output.with_suffix(".png")
