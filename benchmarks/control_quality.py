@@ -62,8 +62,8 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +76,8 @@ from experiments.model import Kind, ScenarioSpec
 from experiments.oracle import OracleResult, Probe, bisect_oracle, bisect_pieces
 from experiments.plant import load_fit
 from experiments.schedules import DYNAMIC_SCHEDULES, PLANT_SCHEDULES, Schedule
-from policies import Observation
 from experiments.slo import load_base_slo, slo_document
+from policies import Observation
 
 MIB = 2**20
 WARMUP_SECONDS = 5.0
@@ -106,7 +106,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "knee-ceil0.48": {"kind": "knee", "unloaded_ceiling": 0.48},
 }
 STATICS = ("static-max", "static-weight", "none", "oracle")
-REFERENCES = ("oracle", "clairvoyant")
 
 
 @dataclass(frozen=True)
