@@ -8,8 +8,8 @@ import json
 import math
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -69,8 +69,9 @@ class LatencyExporter:
             self._thread.join(timeout=5)
 
 
-@pytest.fixture
-def latency_exporter() -> Iterator[LatencyExporter]:
+@contextmanager
+def serving_latency_exporter() -> Iterator[LatencyExporter]:
+    """A :class:`LatencyExporter` on a free loopback port, stopped and closed on exit."""
     registry = CollectorRegistry()
     hist = Histogram(
         "gnn_request_latency_seconds", "HP request latency", buckets=BUCKETS, registry=registry
@@ -84,6 +85,12 @@ def latency_exporter() -> Iterator[LatencyExporter]:
         exp.stop()
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def latency_exporter() -> Iterator[LatencyExporter]:
+    with serving_latency_exporter() as exp:
+        yield exp
 
 
 @pytest.fixture
@@ -107,6 +114,44 @@ def prometheus_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     finally:
         for s in started:
             s.stop()
+
+
+@dataclass
+class ScrapedJobs:
+    """One real Prometheus scraping one target per job, shared by the tests of a module.
+
+    Each test reads only the series of its own job (its own exporter, or its
+    own failing target), so what one test does to its exporter (driving
+    traffic) is invisible to the others; the shared part is the server, which
+    saves each test the ~5 s Prometheus 2.42 takes from start to first scrape
+    (its scrape manager applies new targets on a 5 s ticker).
+    """
+
+    prometheus: PrometheusServer
+    exporters: dict[str, LatencyExporter]
+    failing: dict[str, FailingTarget]
+
+    @property
+    def url(self) -> str:
+        return self.prometheus.url
+
+
+@contextmanager
+def scraped_jobs(*, latency: Sequence[str] = (), failing: Sequence[str] = ()) -> Iterator[ScrapedJobs]:
+    """Start an idle :class:`LatencyExporter` per ``latency`` job and a 500-answering target per ``failing`` job,
+    and a real Prometheus scraping each under its job name; return once every job has been scraped."""
+    with ExitStack() as stack:
+        exporters = {job: stack.enter_context(serving_latency_exporter()) for job in latency}
+        targets = {job: stack.enter_context(serving_failing_target()) for job in failing}
+        server = PrometheusServer(
+            targets=[ScrapeTarget(job=job, address=t.address) for job, t in [*exporters.items(), *targets.items()]],
+            scrape_interval_seconds=SCRAPE_INTERVAL,
+        )
+        stack.callback(server.stop)
+        server.start()
+        for job in [*exporters, *targets]:
+            server.wait_for_samples(f'up{{job="{job}"}}')
+        yield ScrapedJobs(server, exporters, targets)
 
 
 def exponential_inverse_cdf(mean: float) -> Callable[[float], float]:
@@ -208,8 +253,8 @@ class FailingTarget:
     address: str
 
 
-@pytest.fixture
-def failing_target() -> Iterator[FailingTarget]:
+@contextmanager
+def serving_failing_target() -> Iterator[FailingTarget]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             self.send_response(500)
@@ -221,6 +266,12 @@ def failing_target() -> Iterator[FailingTarget]:
 
     with serving_handler(Handler) as port:
         yield FailingTarget(address=f"127.0.0.1:{port}")
+
+
+@pytest.fixture
+def failing_target() -> Iterator[FailingTarget]:
+    with serving_failing_target() as target:
+        yield target
 
 
 @pytest.fixture

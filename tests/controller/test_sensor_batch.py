@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,16 +12,23 @@ from controller.config import PrometheusConfig, SloConfig
 from controller.sensor import PrometheusSensor
 from controller.sensor_batch import BatchedPrometheusSensor, batch_query
 from policies import SensorStatus
-from tests.controller.conftest import LatencyExporter, exponential_inverse_cdf
+from tests.controller.conftest import ScrapedJobs, exponential_inverse_cdf, scraped_jobs
 
 pytestmark = pytest.mark.prometheus
 
 
-def slo(name: str, **overrides: Any) -> SloConfig:
+@pytest.fixture(scope="module")
+def scraped() -> Iterator[ScrapedJobs]:
+    """One Prometheus for the module; each test drives and reads its own job's exporter."""
+    with scraped_jobs(latency=["hp-gnn-batch", "hp-gnn-fallback"]) as jobs:
+        yield jobs
+
+
+def slo(name: str, job: str, **overrides: Any) -> SloConfig:
     raw: dict[str, Any] = {
         "name": name,
         "metric": "gnn_request_latency_seconds",
-        "labels": {"job": "hp-gnn"},
+        "labels": {"job": job},
         "window": "5s",
         "target": "100ms",
         "policy": {"kind": "static", "level": 0.5},
@@ -38,21 +46,21 @@ class CountingSensor(PrometheusSensor):
         return super()._instant(query, at)
 
 
+JOB = "hp-gnn-batch"
 SLOS = [
-    slo("p95"),
-    slo("p50", quantile=0.5),
-    slo("quiet", min_rate=1e9),  # traffic far below min_rate: no_data
-    slo("typo", labels={"job": "hp-gmn"}),  # absent series: a sensor error
-    slo("two-series", metric=None, query="gnn_request_latency_seconds_count or vector(1)"),  # refused: two series
+    slo("p95", JOB),
+    slo("p50", JOB, quantile=0.5),
+    slo("quiet", JOB, min_rate=1e9),  # traffic far below min_rate: no_data
+    slo("typo", JOB, labels={"job": "hp-gnn-bacth"}),  # absent series: a sensor error
+    # refused: two series
+    slo("two-series", JOB, metric=None, query=f'gnn_request_latency_seconds_count{{job="{JOB}"}} or vector(1)'),
 ]
 
 
-def test_one_request_per_tick_reads_what_one_query_at_a_time_reads(
-    latency_exporter: LatencyExporter, prometheus_for: Any
-) -> None:
-    latency_exporter.drive(exponential_inverse_cdf(0.03), per_second=500)
-    prom = prometheus_for(latency_exporter)
-    prom.wait_for_samples('rate(gnn_request_latency_seconds_count[5s]) > 0')
+def test_one_request_per_tick_reads_what_one_query_at_a_time_reads(scraped: ScrapedJobs) -> None:
+    scraped.exporters[JOB].drive(exponential_inverse_cdf(0.03), per_second=500)
+    prom = scraped.prometheus
+    prom.wait_for_samples(f'rate(gnn_request_latency_seconds_count{{job="{JOB}"}}[5s]) > 0')
     config = PrometheusConfig.model_validate({"url": prom.url, "timeout": "2s", "retries": 0})
     single, batched = CountingSensor(config), BatchedPrometheusSensor(config, SLOS)
     time.sleep(1.0)  # readiness: a few more scrapes inside the window
@@ -73,14 +81,13 @@ def test_one_request_per_tick_reads_what_one_query_at_a_time_reads(
     assert batched.requests - first_tick == 1
 
 
-def test_a_batch_prometheus_refuses_falls_back_to_one_query_at_a_time(
-    latency_exporter: LatencyExporter, prometheus_for: Any
-) -> None:
-    latency_exporter.drive(exponential_inverse_cdf(0.03), per_second=500)
-    prom = prometheus_for(latency_exporter)
-    prom.wait_for_samples('rate(gnn_request_latency_seconds_count[5s]) > 0')
+def test_a_batch_prometheus_refuses_falls_back_to_one_query_at_a_time(scraped: ScrapedJobs) -> None:
+    job = "hp-gnn-fallback"
+    scraped.exporters[job].drive(exponential_inverse_cdf(0.03), per_second=500)
+    prom = scraped.prometheus
+    prom.wait_for_samples(f'rate(gnn_request_latency_seconds_count{{job="{job}"}}[5s]) > 0')
     config = PrometheusConfig.model_validate({"url": prom.url, "timeout": "2s", "retries": 0})
-    slos = [slo("p95"), slo("broken", metric=None, query="histogram_quantile(0.9, ")]
+    slos = [slo("p95", job), slo("broken", job, metric=None, query="histogram_quantile(0.9, ")]
     sensor = BatchedPrometheusSensor(config, slos)
     time.sleep(1.0)  # readiness: a few more scrapes inside the window
     at = round(time.time(), 3)

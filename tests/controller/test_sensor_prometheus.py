@@ -1,9 +1,14 @@
-"""The sensor against the real Prometheus server, scraping an exporter driven from a known distribution."""
+"""The sensor against the real Prometheus server, scraping an exporter driven from a known distribution.
+
+One Prometheus serves the module (:func:`scraped`); every test reads its own job
+(its own exporter or failing target), so no test sees another's series.
+"""
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,9 +16,19 @@ import pytest
 from controller.config import PrometheusConfig, SloConfig
 from controller.sensor import PrometheusSensor, quantile_query, rate_query
 from policies import SensorStatus
-from tests.controller.conftest import BUCKET_WIDTH, FailingTarget, LatencyExporter, exponential_inverse_cdf
+from tests.controller.conftest import BUCKET_WIDTH, ScrapedJobs, exponential_inverse_cdf, scraped_jobs
 
 pytestmark = pytest.mark.prometheus
+
+#: One job per test that reads an exporter's series (idle until its test drives it), one failing target.
+LATENCY_JOBS = ("hp-gnn-p95", "hp-gnn-idle", "hp-gnn-nan", "hp-gnn-absent")
+FAILING_JOB = "hp-gnn-500"
+
+
+@pytest.fixture(scope="module")
+def scraped() -> Iterator[ScrapedJobs]:
+    with scraped_jobs(latency=LATENCY_JOBS, failing=[FAILING_JOB]) as jobs:
+        yield jobs
 
 
 def slo(**overrides: Any) -> SloConfig:
@@ -52,15 +67,12 @@ def test_the_query_is_histogram_quantile_over_the_rate_of_the_buckets() -> None:
     assert rate_query(slo()) == 'sum(rate(gnn_request_latency_seconds_count{job="hp-gnn"}[5000ms]))'
 
 
-def test_measured_p95_matches_the_distributions_p95_within_a_bucket(
-    latency_exporter: LatencyExporter, prometheus_for: Any
-) -> None:
+def test_measured_p95_matches_the_distributions_p95_within_a_bucket(scraped: ScrapedJobs) -> None:
     mean = 0.030
     true_p95 = -mean * math.log(0.05)  # 89.9 ms
-    latency_exporter.drive(exponential_inverse_cdf(mean), per_second=1000)
-    prom = prometheus_for(latency_exporter)
-    sensor = sensor_for(prom.url)
-    s = slo()
+    scraped.exporters["hp-gnn-p95"].drive(exponential_inverse_cdf(mean), per_second=1000)
+    sensor = sensor_for(scraped.url)
+    s = slo(labels={"job": "hp-gnn-p95"})
     reading = wait_for_status(sensor, s, SensorStatus.OK)
     assert reading.status is SensorStatus.OK, reading
     # Let the 5 s window fill with steady traffic before judging the value.
@@ -72,20 +84,18 @@ def test_measured_p95_matches_the_distributions_p95_within_a_bucket(
     assert reading.request_rate is not None and reading.request_rate > 500
 
 
-def test_no_traffic_is_no_data_not_a_zero(latency_exporter: LatencyExporter, prometheus_for: Any) -> None:
+def test_no_traffic_is_no_data_not_a_zero(scraped: ScrapedJobs) -> None:
     # The histogram exists but nothing is observed: the rate is 0, below min_rate.
-    prom = prometheus_for(latency_exporter)
-    prom.wait_for_samples("gnn_request_latency_seconds_count")
-    reading = sensor_for(prom.url).read(slo(), time.time())
+    scraped.prometheus.wait_for_samples('gnn_request_latency_seconds_count{job="hp-gnn-idle"}')
+    reading = sensor_for(scraped.url).read(slo(labels={"job": "hp-gnn-idle"}), time.time())
     assert reading.status is SensorStatus.NO_DATA
     assert reading.latency_seconds is None
 
 
-def test_nan_from_histogram_quantile_is_no_data(latency_exporter: LatencyExporter, prometheus_for: Any) -> None:
+def test_nan_from_histogram_quantile_is_no_data(scraped: ScrapedJobs) -> None:
     # With min_rate 0 the rate check passes and histogram_quantile over zero rates answers NaN.
-    prom = prometheus_for(latency_exporter)
-    prom.wait_for_samples("rate(gnn_request_latency_seconds_count[5s])")
-    reading = sensor_for(prom.url).read(slo(min_rate=0.0), time.time())
+    scraped.prometheus.wait_for_samples('rate(gnn_request_latency_seconds_count{job="hp-gnn-nan"}[5s])')
+    reading = sensor_for(scraped.url).read(slo(labels={"job": "hp-gnn-nan"}, min_rate=0.0), time.time())
     assert reading.status is SensorStatus.NO_DATA
     assert reading.error == "no HP latency samples in the window"
 
@@ -94,52 +104,48 @@ def test_nan_from_histogram_quantile_is_no_data(latency_exporter: LatencyExporte
     ("overrides", "missing"),
     [
         pytest.param({"metric": "no_such_latency_seconds"}, "no_such_latency_seconds_count", id="unknown-metric"),
-        pytest.param({"labels": {"job": "hp-gnm"}}, 'job="hp-gnm"', id="label-typo"),
-        pytest.param({"labels": {"job": "hp-gnn", "handler": "/score"}}, 'handler="/score"', id="label-not-on-the-series"),
+        pytest.param({"labels": {"job": "hp-gnn-absnet"}}, 'job="hp-gnn-absnet"', id="label-typo"),
+        pytest.param({"labels": {"job": "hp-gnn-absent", "handler": "/score"}}, 'handler="/score"',
+                     id="label-not-on-the-series"),
     ],
 )
 def test_an_absent_series_is_a_sensor_error_naming_what_is_missing(
-    latency_exporter: LatencyExporter, prometheus_for: Any, overrides: dict[str, Any], missing: str
+    scraped: ScrapedJobs, overrides: dict[str, Any], missing: str
 ) -> None:
     # Before issue 9 these were no_data, and both policies opened LP up on them.
-    prom = prometheus_for(latency_exporter)
-    prom.wait_for_samples("gnn_request_latency_seconds_count")
-    reading = sensor_for(prom.url).read(slo(**overrides), time.time())
+    scraped.prometheus.wait_for_samples('gnn_request_latency_seconds_count{job="hp-gnn-absent"}')
+    reading = sensor_for(scraped.url).read(slo(**{"labels": {"job": "hp-gnn-absent"}, **overrides}), time.time())
     assert reading.status is SensorStatus.SENSOR_ERROR, reading
     assert reading.reason == "absent"
     assert reading.error is not None and missing in reading.error and "no series" in reading.error
 
 
-def test_a_raw_query_with_an_empty_answer_is_a_sensor_error(latency_exporter: LatencyExporter, prometheus_for: Any) -> None:
-    prom = prometheus_for(latency_exporter)
-    prom.wait_for_samples("up")
+def test_a_raw_query_with_an_empty_answer_is_a_sensor_error(scraped: ScrapedJobs) -> None:
+    scraped.prometheus.wait_for_samples("up")
     s = slo(metric=None, labels={}, query="histogram_quantile(0.95, sum by (le) (rate(nothing_bucket[5s])))")
-    reading = sensor_for(prom.url).read(s, time.time())
+    reading = sensor_for(scraped.url).read(s, time.time())
     assert reading.status is SensorStatus.SENSOR_ERROR and reading.reason == "absent", reading
 
 
-def test_an_hp_scrape_answering_500_is_a_sensor_error_naming_up(failing_target: FailingTarget, prometheus_for: Any) -> None:
-    prom = prometheus_for(failing_target)
-    prom.wait_for_samples('up{job="hp-gnn"} == 0')
-    reading = sensor_for(prom.url).read(slo(), time.time())
+def test_an_hp_scrape_answering_500_is_a_sensor_error_naming_up(scraped: ScrapedJobs) -> None:
+    scraped.prometheus.wait_for_samples(f'up{{job="{FAILING_JOB}"}} == 0')
+    reading = sensor_for(scraped.url).read(slo(labels={"job": FAILING_JOB}), time.time())
     assert reading.status is SensorStatus.SENSOR_ERROR, reading
     assert reading.reason == "scrape_down"
-    assert reading.error is not None and 'up{job="hp-gnn"} == 0' in reading.error
+    assert reading.error is not None and f'up{{job="{FAILING_JOB}"}} == 0' in reading.error
 
 
-def test_a_bad_raw_query_is_a_sensor_error(latency_exporter: LatencyExporter, prometheus_for: Any) -> None:
-    prom = prometheus_for(latency_exporter)
+def test_a_bad_raw_query_is_a_sensor_error(scraped: ScrapedJobs) -> None:
     s = slo(metric=None, labels={}, query="histogram_quantile(0.95, sum by (le) (rate(")
-    reading = sensor_for(prom.url).read(s, time.time())
+    reading = sensor_for(scraped.url).read(s, time.time())
     assert reading.status is SensorStatus.SENSOR_ERROR
     assert reading.reason == "http_error"
 
 
-def test_a_raw_query_returning_many_series_is_refused(latency_exporter: LatencyExporter, prometheus_for: Any) -> None:
-    prom = prometheus_for(latency_exporter)
-    prom.wait_for_samples("up")
+def test_a_raw_query_returning_many_series_is_refused(scraped: ScrapedJobs) -> None:
+    scraped.prometheus.wait_for_samples("up")
     s = slo(metric=None, labels={}, query='label_replace(vector(1), "a", "x", "", "") or label_replace(vector(2), "a", "y", "", "")')
-    reading = sensor_for(prom.url).read(s, time.time())
+    reading = sensor_for(scraped.url).read(s, time.time())
     assert reading.status is SensorStatus.SENSOR_ERROR
     assert reading.error is not None and "2 series" in reading.error
 
