@@ -164,6 +164,9 @@ class Rig:
     decision_log: Path
     faketime_file: Path | None
     target: HpTarget
+    #: One client for every poll: ``httpx.get`` builds a client and its TLS context per call (~50 ms of
+    #: CPU here), which at a 50 ms poll kept a core busy while the faults were being timed.
+    http: httpx.Client = field(default_factory=httpx.Client)
     samples: list[Sample] = field(default_factory=list)
     #: (arrival time, record) of every decision-log line, stamped when the monitor saw it.
     decisions: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
@@ -176,10 +179,10 @@ class Rig:
         return None
 
     def wait_prometheus(self) -> None:
-        _wait_answering(f"{self.prom_url}/-/ready", self.prometheus, 30)
+        _wait_answering(self.http, f"{self.prom_url}/-/ready", self.prometheus, 30)
 
     def wait_writer(self) -> None:
-        _wait_answering(f"{self.writer_url}/health", self.writer, 20)
+        _wait_answering(self.http, f"{self.writer_url}/health", self.writer, 20)
 
     def healthy_since(self, t: float) -> float | None:
         """Arrival time of the first decision after ``t`` with status ok and a push the writer accepted."""
@@ -217,13 +220,13 @@ class Rig:
         return None
 
 
-def _wait_answering(url: str, proc: Proc, limit: float) -> None:
+def _wait_answering(http: httpx.Client, url: str, proc: Proc, limit: float) -> None:
     """Until ``url`` answers 200 (readiness, bounded), failing at once with the log if ``proc`` died."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         assert proc.alive(), f"{proc.name} died: {proc.log.read_text()[-2000:]}"
         try:
-            if httpx.get(url, timeout=0.5).status_code == 200:
+            if http.get(url, timeout=0.5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -334,6 +337,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                 for leftover in (f"faketime_shm_{pid}", f"sem.faketime_sem_{pid}"):
                     Path("/dev/shm", leftover).unlink(missing_ok=True)
         target.close()
+        r.http.close()
         remove_group(h, f"{top}/lp")
         remove_group(h, top)
         assert not (h.root / top).exists()
@@ -349,7 +353,8 @@ PROM_FIRST_SCRAPE: list[float] = []
 
 def _fresh_scrape(rig: Rig) -> bool:
     try:
-        r = httpx.get(f"{rig.prom_url}/api/v1/query", params={"query": 'time() - timestamp(up{job="hp-gnn"}) < 1'}, timeout=1)
+        r = rig.http.get(f"{rig.prom_url}/api/v1/query", params={"query": 'time() - timestamp(up{job="hp-gnn"}) < 1'},
+                         timeout=1)
         return r.status_code == 200 and bool(r.json()["data"]["result"])
     except (httpx.HTTPError, KeyError, ValueError):
         return False
@@ -465,7 +470,7 @@ def test_the_writer_killed_then_restarted_keeps_the_limits_in_force(rig: Rig) ->
     rig.writer.start()
     rig.wait_writer()
     started = time.monotonic()
-    status = httpx.get(f"{rig.writer_url}/status", headers={"Authorization": f"Bearer {rig.token}"}).json()
+    status = rig.http.get(f"{rig.writer_url}/status", headers={"Authorization": f"Bearer {rig.token}"}).json()
     first_push = status["lease"]["pushed"]
     if not first_push:
         assert rig.rbps_in_force() == before  # never lifted on start: read and held until a push says otherwise
