@@ -90,10 +90,18 @@ def _writer(pod: PodOnKernel) -> tuple[Reconciler, ServerState, CollectorRegistr
     return reconciler, ServerState(reconciler=reconciler, registry=registry, token=TOKEN), registry
 
 
-def _push(url: str, generation: int, device: str, io_max: dict[str, int]) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """One HTTP client for the module: ``httpx.put`` builds a client and its TLS context per call,
+    about a second of the one CPU in the v2 guest, where this module runs too."""
+    with httpx.Client(timeout=60) as client:
+        yield client
+
+
+def _push(http: httpx.Client, url: str, generation: int, device: str, io_max: dict[str, int]) -> dict[str, Any]:
     group = {"name": "lp", "selector": {"group-id": "lp"}, "devices": [device], "io_max": io_max}
     body = {"generation": generation, "lease_ttl_seconds": 300, "groups": [group]}
-    r = httpx.put(f"{url}/v1/targets", json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    r = http.put(f"{url}/v1/targets", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200, r.text
     answer: dict[str, Any] = r.json()
     return answer
@@ -106,12 +114,12 @@ def _limit_line(pod: PodOnKernel, relative: str) -> str:
 
 
 def test_a_limit_on_the_pod_holds_a_reader_in_its_container_and_in_a_container_started_later(
-    pod_on_kernel: PodOnKernel,
+    pod_on_kernel: PodOnKernel, http: httpx.Client,
 ) -> None:
     pod = pod_on_kernel
     reconciler, state, _ = _writer(pod)
     with serving(build_app(state)) as url:
-        answer = _push(url, 1, pod.device, {"rbps": LIMIT})
+        answer = _push(http, url, 1, pod.device, {"rbps": LIMIT})
         assert [r["outcome"] for r in answer["results"]] == ["applied"]
         throttled = read_rate(pod.hierarchy, pod.rel(pod.layout.app), pod.data, 24 * MiB)
 
@@ -129,7 +137,7 @@ def test_a_limit_on_the_pod_holds_a_reader_in_its_container_and_in_a_container_s
         finally:
             reconciler.stop()
 
-        _push(url, 2, pod.device, {})
+        _push(http, url, 2, pod.device, {})
         free = read_rate(pod.hierarchy, pod.rel(pod.layout.app), pod.data, 64 * MiB)
 
     print(
@@ -142,11 +150,11 @@ def test_a_limit_on_the_pod_holds_a_reader_in_its_container_and_in_a_container_s
     assert free > 3 * LIMIT
 
 
-def test_lifting_the_limit_lifts_it_on_every_container(pod_on_kernel: PodOnKernel) -> None:
+def test_lifting_the_limit_lifts_it_on_every_container(pod_on_kernel: PodOnKernel, http: httpx.Client) -> None:
     pod = pod_on_kernel
     _, state, _ = _writer(pod)
     with serving(build_app(state)) as url:
-        _push(url, 1, pod.device, {"rbps": LIMIT})
-        _push(url, 2, pod.device, {})
+        _push(http, url, 1, pod.device, {"rbps": LIMIT})
+        _push(http, url, 2, pod.device, {})
     for relative in (pod.layout.pod, pod.layout.pause, pod.layout.app):
         assert pod.device not in _limit_line(pod, relative), relative

@@ -93,7 +93,18 @@ def served_node() -> Iterator[tuple[Hierarchy, str, Path, str]]:
 
 
 @pytest.fixture(scope="module")
-def writer(served_node: tuple[Hierarchy, str, Path, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def http() -> Iterator[httpx.Client]:
+    """One HTTP client for the module: ``httpx.get`` builds a client and its TLS context per call, which
+    costs about a second under emulation, and the readiness poll below would take that from the writer
+    it waits for (the guest has one CPU)."""
+    with httpx.Client(timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def writer(
+    served_node: tuple[Hierarchy, str, Path, str], tmp_path_factory: pytest.TempPathFactory, http: httpx.Client
+) -> Iterator[str]:
     """The real ``drcio-writer`` console script over the guest's tree, io.cost switched on by option.
 
     Shared by the module's writer tests (pushes take their generations from ``_GENERATIONS``). The
@@ -125,7 +136,7 @@ def writer(served_node: tuple[Hierarchy, str, Path, str], tmp_path_factory: pyte
         deadline = time.monotonic() + 120  # importing the writer takes ~16 s under emulation
         while True:
             try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                if http.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -225,7 +236,7 @@ def _push(url: str, groups: list[dict[str, Any]]) -> Any:
 
 
 def test_the_real_writer_holds_a_reader_in_a_container_of_a_burstable_pod_and_lifts_it(
-    served_node: tuple[Hierarchy, str, Path, str], writer: str
+    served_node: tuple[Hierarchy, str, Path, str], writer: str, http: httpx.Client
 ) -> None:
     h, top, data, device = served_node
     lp = {"name": "lp", "selector": {"group-id": "lp"}, "devices": [device], "io_max": {"rbps": LIMIT}, "io_weight": 50}
@@ -235,13 +246,13 @@ def test_the_real_writer_holds_a_reader_in_a_container_of_a_burstable_pod_and_li
     assert f"{device} rbps={LIMIT} " in io_max
     throttled = read_rate(h, f"{top}/{LP_POD.app}", data, 24 * MiB)
 
-    status = httpx.get(f"{writer}/status", headers=AUTH, timeout=30).json()
+    status = http.get(f"{writer}/status", headers=AUTH).json()
     assert status["hierarchy"]["version"] == 2
     assert status["weight_mechanisms"] == {device: "iocost"}  # the writer switched io.cost on (io_cost: auto)
     [lp_status] = status["lp_workloads"]
     # The LP weight competes among the pods of the burstable QoS slice, not with pods of other classes.
     assert lp_status["weight_competes_among"] == {"parent": f"{top}/kubepods.slice/kubepods-burstable.slice", "siblings": 1}
-    metrics = httpx.get(f"{writer}/metrics", timeout=30).text
+    metrics = http.get(f"{writer}/metrics").text
     assert f'drcio_io_weight_mechanism{{device="{device}",mechanism="iocost"}} 1.0' in metrics
 
     lifted = {**lp, "io_max": {}}
@@ -254,20 +265,20 @@ def test_the_real_writer_holds_a_reader_in_a_container_of_a_burstable_pod_and_li
 
 
 def test_a_push_that_matches_no_workload_is_answered_as_such(
-    served_node: tuple[Hierarchy, str, Path, str], writer: str
+    served_node: tuple[Hierarchy, str, Path, str], writer: str, http: httpx.Client
 ) -> None:
     _, _, _, device = served_node
     nobody = {"name": "ghosts", "selector": {"group-id": "nobody"}, "devices": [device], "io_max": {"rbps": LIMIT}}
     result = _push(writer, [nobody])
-    answer = httpx.get(f"{writer}/status", headers=AUTH, timeout=30).json()
+    answer = http.get(f"{writer}/status", headers=AUTH).json()
     assert "group 'ghosts' matched no LP workload on this node; nothing was written for it" in answer["findings"]
     assert [r.group for r in result.results if r.group == "ghosts"] == []
-    raw = httpx.put(
+    raw = http.put(
         f"{writer}/v1/targets",
         json={"generation": next(_GENERATIONS), "lease_ttl_seconds": 300, "groups": [nobody]},
         headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60,
     ).json()
     assert raw["unmatched_groups"] == ["ghosts"]
     assert any("ghosts" in w for w in raw["warnings"])
-    metrics = httpx.get(f"{writer}/metrics", timeout=30).text
+    metrics = http.get(f"{writer}/metrics").text
     assert 'drcio_push_group_unmatched{group="ghosts"} 1.0' in metrics
