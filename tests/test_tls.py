@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import httpx
@@ -65,6 +65,7 @@ def https_writer(tree: FakeTree, tls: TlsServerConfig, token_file: Path | None =
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+        assert not thread.is_alive(), "uvicorn did not stop within 10 s (a client left a connection open?)"
 
 
 def _push(url: str, verify: object, token: str = TOKEN, generation: int = 1) -> str:
@@ -163,7 +164,9 @@ def test_the_controller_reloads_its_ca_when_the_file_changes(fake_v2: FakeTree, 
     shutil.copyfile(one.cert, ca_file)
     tls = TlsClientConfig(ca_file=ca_file)
     pusher = ReloadingPusher(lambda: HttpPusher(token=TOKEN, timeout_seconds=3.0, verify=client_context(tls)), tls_files(tls))
-    with https_writer(fake_v2, TlsServerConfig(cert_file=leaf.cert, key_file=leaf.key)) as (url, _):
+    # Closed before the writer stops: its open keep-alive connection would hold uvicorn's graceful
+    # shutdown until https_writer gave up on it (10 s).
+    with https_writer(fake_v2, TlsServerConfig(cert_file=leaf.cert, key_file=leaf.key)) as (url, _), closing(pusher):
         [r] = pusher.push([url], TargetsPush.model_validate(push_body(1)))
         assert r.outcome == "unreachable"
         tmp = tmp_path / "ca.new"
