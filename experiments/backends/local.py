@@ -323,8 +323,8 @@ class LocalBackend:
         self.hp_proc = self.supervisor.start(
             HP_JOB, [py, "-m", "experiments.workloads.hp_gnn", *hp_args, "--host", _LOCAL, "--port", str(self.ports["hp"])],
             log_path=logs / "hp-gnn.log")
-        wait_until("the HP service", http_ok(f"http://{_LOCAL}:{self.ports['hp']}/health"),
-                    proc=self.hp_proc, supervisor=self.supervisor, timeout=60)
+        with http_ok(f"http://{_LOCAL}:{self.ports['hp']}/health") as ready:
+            wait_until("the HP service", ready, proc=self.hp_proc, supervisor=self.supervisor, timeout=60)
         self.prometheus.wait_for_samples(f'up{{job="{HP_JOB}"}} == 1')
 
     # -- one scenario --------------------------------------------------------------
@@ -397,8 +397,8 @@ class LocalBackend:
                 writer = sup.start("drcio-writer", [*entry_point("drcio-writer", "writer.cli"), "--config", str(writer_cfg)],
                                    log_path=logs / "writer.log")
                 procs.append(writer)
-                wait_until("the writer", http_ok(f"http://{_LOCAL}:{self.ports['writer']}/health"),
-                            proc=writer, supervisor=sup, timeout=30)
+                with http_ok(f"http://{_LOCAL}:{self.ports['writer']}/health") as ready:
+                    wait_until("the writer", ready, proc=writer, supervisor=sup, timeout=30)
                 decisions = raw_dir / "decisions.jsonl"
                 controller = sup.start(
                     "drcio-controller",

@@ -147,8 +147,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         hp = sup.start("hp-gnn", [py, "-m", "experiments.workloads.hp_gnn", "--data-dir", str(work / "hp"),
                                   "--nodes", "4096", "--threads", "4", "--port", str(ports["hp"])],
                        log_path=tmp / "hp.log")
-        wait_until("the HP service", http_ok(f"http://127.0.0.1:{ports['hp']}/health"), proc=hp, supervisor=sup,
-                   timeout=60)
+        with http_ok(f"http://127.0.0.1:{ports['hp']}/health") as ready:
+            wait_until("the HP service", ready, proc=hp, supervisor=sup, timeout=60)
         move_pid(h, f"{top}/hp", hp.pid)
         lp_out = tmp / "lp.out"
         lp = sup.start("lp-batch", [py, "-m", "experiments.workloads.lp_batch", "--data-dir", str(work / "lp"),
@@ -159,8 +159,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         move_pid(h, f"{top}/lp", lp.pid)
         writer = sup.start("drcio-writer", [py, "-c", "from writer.cli import main; main()", "--config",
                                             str(tmp / "writer.yaml")], log_path=tmp / "writer.log")
-        wait_until("the writer", http_ok(f"http://127.0.0.1:{ports['writer']}/health"), proc=writer,
-                   supervisor=sup, timeout=30)
+        with http_ok(f"http://127.0.0.1:{ports['writer']}/health") as ready:
+            wait_until("the writer", ready, proc=writer, supervisor=sup, timeout=30)
         sup.start("loadgen", [py, "-m", "experiments.workloads.loadgen", "--url",
                               f"http://127.0.0.1:{ports['hp']}/score", "--rate", "60", "--duration", "120",
                               "--out", str(tmp / "client.csv")], log_path=tmp / "loadgen.log")
