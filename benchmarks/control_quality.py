@@ -27,9 +27,10 @@ see ``experiments/schedules.py``) and each policy:
   its intervals, nor the window that spills into the next piece, misses the
   target (:func:`experiments.oracle.bisect_pieces`, greedy in time, to 0.01
   in level). Pieces a loop cannot measure (no HP traffic, or LP idle) keep
-  the level before them. It shows what knowing the load at once is worth on
-  this plant: what separates a loop's figures from it is the measurement
-  (a 5 s window seen once a second), not the disk.
+  the level before them. Fitted and measured on the same seeds, it also
+  knows their noise: ``benchmarks/control_quality_held_out.py`` replays it
+  (and the oracle, and the loops) on seeds nothing was fitted to, lowered by
+  the margin unseen noise needs, to say what knowing the load alone is worth.
 
 Per cell (means over seeds; the worst seed for settling, overshoot and reaction):
 
