@@ -407,6 +407,20 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+TRADE_PANELS = (("steady", 0.9, "LP, % of the oracle static in steady"),
+                ("dynamic", 1.2, "LP, % of the oracle static: lowest dynamic schedule"))
+
+
+def target_region(ax: Any, bar: float, label: str) -> None:
+    """One panel of a trade plot: the issue's targets (>= 99 % attainment, LP right of ``bar``) shaded, the axes set."""
+    ax.fill_between([100 * bar, 200], 99, 100.5, color="tab:green", alpha=0.12)
+    ax.axhline(99, color="k", lw=0.8, ls="--")
+    ax.axvline(100 * bar, color="k", lw=0.8, ls="--")
+    ax.set_xlabel(label)
+    ax.set_xlim(40, 200)
+    ax.set_ylim(70, 100.5)
+
+
 def plot_trade(records: list[dict[str, Any]], path: Path) -> None:
     """The targets as a region: each loop (and variant) at its worst attainment against its LP share, with the clairvoyant."""
     from matplotlib.figure import Figure
@@ -417,9 +431,7 @@ def plot_trade(records: list[dict[str, Any]], path: Path) -> None:
             by.setdefault(r["policy"], []).append(r)
     fig = Figure(figsize=(11, 4.8), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    panels = [("steady", 0.9, "LP, % of the oracle static in steady"),
-              ("dynamic", 1.2, "LP, % of the oracle static: lowest dynamic schedule")]
-    for ax, (which, bar, label) in zip(axes, panels):
+    for ax, (which, bar, label) in zip(axes, TRADE_PANELS):
         for policy, rows in by.items():
             worst = min(r["slo_attainment"] for r in rows)
             share = (next(r for r in rows if r["scenario"] == "steady")["lp_fraction_of_oracle"] if which == "steady"
@@ -428,13 +440,8 @@ def plot_trade(records: list[dict[str, Any]], path: Path) -> None:
             ax.scatter(100 * share, 100 * worst, marker="*" if ref else "o", s=120 if ref else 30,
                        color="tab:green" if ref else "tab:blue" if policy in LOOPS else "tab:gray")
             ax.annotate(policy, (100 * share, 100 * worst), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.fill_between([100 * bar, 200], 99, 100.5, color="tab:green", alpha=0.12)
-        ax.axhline(99, color="k", lw=0.8, ls="--")
-        ax.axvline(100 * bar, color="k", lw=0.8, ls="--")
-        ax.set_xlabel(label)
-        ax.set_xlim(40, 200)
+        target_region(ax, bar, label)
     axes[0].set_ylabel("worst SLO attainment after settling (%)")
-    axes[0].set_ylim(70, 100.5)
     fig.suptitle("The issue's targets are the upper right (above 99 %, right of the bar); "
                  "the clairvoyant (*) knew each 10 s piece's best level", fontsize=9)
     fig.savefig(path, dpi=100)

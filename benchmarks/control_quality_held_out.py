@@ -92,10 +92,10 @@ def plot(summary: list[dict[str, Any]], path: Path, seeds: list[int]) -> None:
 
     fig = Figure(figsize=(11, 4.8), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    panels = [("steady_lp", 0.9, "LP, % of the oracle static in steady"),
-              ("lowest_dynamic_lp", 1.2, "LP, % of the oracle static: lowest dynamic schedule")]
+    keys = {"steady": "steady_lp", "dynamic": "lowest_dynamic_lp"}
     clair = [s for s in summary if s["policy"] == "clairvoyant"]
-    for ax, (key, bar, label) in zip(axes, panels):
+    for ax, (which, bar, label) in zip(axes, cq.TRADE_PANELS):
+        key = keys[which]
         ax.plot([100 * s[key] for s in clair], [100 * s["worst_attainment"] for s in clair], "-*", color="tab:green",
                 ms=9, label="clairvoyant, pieces lowered by a margin")
         for s in summary:
@@ -104,13 +104,8 @@ def plot(summary: list[dict[str, Any]], path: Path, seeds: list[int]) -> None:
                 ax.scatter(*point, color="tab:gray" if s["policy"] == "oracle" else "tab:blue", s=30)
             ax.annotate(s["label"].replace("clairvoyant-", "") if s["policy"] == "clairvoyant" else s["label"],
                         point, fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.fill_between([100 * bar, 200], 99, 100.5, color="tab:green", alpha=0.12)
-        ax.axhline(99, color="k", lw=0.8, ls="--")
-        ax.axvline(100 * bar, color="k", lw=0.8, ls="--")
-        ax.set_xlabel(label)
-        ax.set_xlim(40, 200)
+        cq.target_region(ax, bar, label)
     axes[0].set_ylabel("worst scenario's SLO attainment after settling (%)")
-    axes[0].set_ylim(70, 100.5)
     axes[0].legend(fontsize=8, loc="lower left")
     fig.suptitle(f"On seeds {seeds[0]}-{seeds[-1]} (no reference or default was fitted to them): the issue's targets are "
                  "the upper right", fontsize=9)
