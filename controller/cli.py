@@ -219,7 +219,7 @@ def _command(
     """Closed-loop latency-SLO controller for block I/O.
 
     Every interval it reads each SLO's latency quantile from Prometheus, runs the
-    SLO's policy (pid, aimd or static) to choose how much disk the low-priority
+    SLO's policy (pid, aimd, knee or static) to choose how much disk the low-priority
     pods may use, and pushes the resulting io.max / io.weight targets to the node
     writers.
 
