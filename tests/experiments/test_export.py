@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from experiments.cli import _export_command
 from experiments.export import HISTOGRAM_COLUMNS, SERIES_COLUMNS, ExportError, SeriesQueries, export_range
-from experiments.prometheus_server import PrometheusServer, ScrapeTarget, find_prometheus, free_port
+from experiments.prometheus_server import PrometheusServer, PrometheusUnavailable, ScrapeTarget, find_prometheus, free_port
 
 pytestmark = pytest.mark.prometheus
 
@@ -41,7 +41,7 @@ class Exporter:
 def _have_prometheus() -> bool:
     try:
         find_prometheus()
-    except Exception:
+    except PrometheusUnavailable:
         return False
     return True
 

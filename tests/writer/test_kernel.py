@@ -107,4 +107,4 @@ def test_a_pushed_read_limit_throttles_a_direct_io_reader_and_lifting_it_frees_i
 
     print(f"\nthrottled read: {throttled / MiB:.1f} MiB/s (limit 10 MiB/s); lifted: {free / MiB:.1f} MiB/s")
     assert throttled <= 12 * MiB
-    assert free > 50 * MiB
+    assert free > 3 * LIMIT  # lifted: well past the limit, whatever this disk's own speed

@@ -147,7 +147,8 @@ def test_a_push_matching_no_workload_is_answered_reported_and_counted(fake_v2: F
     fake_v2.group("drcio-demo/lp")
     w = make_writer(fake_v2)
     answer = _push(w, selector={"group-id": "batch"})
-    assert answer.results == [] or all(r.group != "lp" for r in answer.results)
+    # The one LP workload is no group's: reported as unassigned, its cgroup left as it was.
+    assert [(r.group, r.outcome) for r in answer.results] == [("unassigned", "unchanged")]
     assert answer.unmatched_groups == ["lp"]
     assert "group 'lp' matched no LP workload on this node; nothing was written for it" in answer.warnings
     assert "group 'lp' matched no LP workload on this node; nothing was written for it" in w.reconciler.status()["findings"]
