@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from tests.writer.conftest import TOKEN, serving
 from tests.writer.kernel_support import LIMIT, MiB, hierarchy_or_skip, make_data_file, read_rate
-from writer.cgroups import Hierarchy, to_v1_weight, weight_file
+from writer.api import TargetsPush
+from writer.cgroups import Hierarchy, KernelError, Limits, apply_io_max, to_v1_weight, weight_file
 from writer.devices import active_scheduler, resolve_devices
 from writer.groups import create_group, remove_group
 from writer.discovery import LocalDiscovery, LocalEntry
@@ -108,3 +109,31 @@ def test_a_pushed_read_limit_throttles_a_direct_io_reader_and_lifting_it_frees_i
     print(f"\nthrottled read: {throttled / MiB:.1f} MiB/s (limit 10 MiB/s); lifted: {free / MiB:.1f} MiB/s")
     assert throttled <= 12 * MiB
     assert free > 3 * LIMIT  # lifted: well past the limit, whatever this disk's own speed
+
+
+def test_a_real_kernel_refusal_is_reported_with_its_errno_and_counted(kernel: KernelSetup) -> None:
+    # /dev/null (1:3) is no block device: the kernel itself refuses a limit on it (ENODEV, measured on
+    # this host's v1 blkio, 2026-11-29), as it would for a disk unplugged between resolving and writing.
+    cgroup = kernel.hierarchy.root / kernel.group
+    with pytest.raises(KernelError) as info:
+        apply_io_max(kernel.hierarchy, cgroup, {"1:3": Limits(rbps=LIMIT)})
+    assert info.value.errno_name == "ENODEV"
+
+    registry = CollectorRegistry()
+    reconciler = Reconciler(
+        hierarchy=kernel.hierarchy,
+        discovery=LocalDiscovery(
+            [LocalEntry(name="lp-reader", path=kernel.group, labels={"group-id": "lp"})], hierarchy_root=kernel.hierarchy.root
+        ),
+        lease=Lease(initial_ttl_seconds=300),
+        failsafe=Failsafe("hold"),
+        resolve_devices=lambda spec: ["1:3"],  # the disk that went away after it was resolved
+        scheduler_of=partial(active_scheduler),
+        registry=registry,
+        node="this-node",
+    )
+    group = {"name": "lp", "selector": {"group-id": "lp"}, "devices": "auto", "io_max": {"rbps": LIMIT}}
+    [res] = reconciler.push(TargetsPush.model_validate({"generation": 1, "lease_ttl_seconds": 300, "groups": [group]})).results
+    assert res.outcome == "error" and res.detail.endswith(": ENODEV (No such device)"), res
+    assert registry.get_sample_value("drc_io_controller_errors_total") == 1
+    assert reconciler.status()["last_errors"][0]["where"] == str(cgroup)  # type: ignore[index]
