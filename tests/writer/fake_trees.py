@@ -62,9 +62,14 @@ class FakeSysfs:
         _symlink(self.root / "dev" / "block" / majmin, disk)
         return disk
 
-    def add_virtual_disk(self, name: str, majmin: str, *, size: int = 2048) -> Path:
-        """loop, ram, zram, nbd, md: no driver, no ``device`` link, no scheduler for bio-based ones."""
-        return self.add_disk(name, majmin, parent=VIRTUAL_PARENT, size=size, scheduler=None, with_device_link=False)
+    def add_virtual_disk(self, name: str, majmin: str, *, size: int = 2048, scheduler: str | None = None) -> Path:
+        """loop, ram, zram, nbd, md: no driver, no ``device`` link, under ``devices/virtual/block``.
+
+        Bio-based ones (zram, md) have no ``queue/scheduler``; blk-mq ones do: on this host
+        (Linux 6.18, 2026-11-29) ``/sys/block/loop0`` -> ``../devices/virtual/block/loop0`` reads
+        ``[none] mq-deadline kyber bfq``, ``/sys/block/zram0/queue/scheduler`` does not exist.
+        """
+        return self.add_disk(name, majmin, parent=VIRTUAL_PARENT, size=size, scheduler=scheduler, with_device_link=False)
 
     def add_partition(self, disk: str, name: str, majmin: str, *, number: int = 1) -> Path:
         disk_dir = (self.root / "block" / disk).resolve()

@@ -20,6 +20,10 @@ def _spec(raw: Any) -> Devices:
     return _DEVICES.validate_python(raw)
 
 
+#: /sys/block/loop0/queue/scheduler on this host (Linux 6.18, 2026-11-29): loop is blk-mq.
+LOOP_SCHEDULER = "[none] mq-deadline kyber bfq"
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> tuple[Path, Path]:
     """A node with virtio, SCSI and NVMe disks, partitions, LVM, virtual devices and a CD-ROM."""
@@ -35,8 +39,8 @@ def node(tmp_path: Path) -> tuple[Path, Path]:
     sysfs.add_disk("nvme0n2", "259:2", parent=NVME_PARENT, scheduler="[none] mq-deadline")
     sysfs.add_disk("nvme0c0n1", "259:3", parent=NVME_PARENT, hidden=True)
     sysfs.add_disk("mmcblk0", "179:0", parent="devices/platform/mmc/block", size=0)
-    sysfs.add_virtual_disk("loop0", "7:0", size=0)
-    sysfs.add_virtual_disk("loop1", "7:1")
+    sysfs.add_virtual_disk("loop0", "7:0", size=0, scheduler=LOOP_SCHEDULER)
+    sysfs.add_virtual_disk("loop1", "7:1", scheduler=LOOP_SCHEDULER)
     sysfs.add_virtual_disk("zram0", "253:0")
     sysfs.add_dm("dm-0", "252:0", dm_name="vg-data", slaves=["sda1"])
     sysfs.add_dm("dm-1", "252:1", dm_name="vg-broken", slaves=[])
