@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import ssl
 import threading
-import time
 from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -153,19 +152,30 @@ def test_a_steady_tick_reuses_the_connections_the_first_one_opened(tmp_path: Any
 
 
 def test_no_more_than_max_in_flight_pushes_are_outstanding_at_once() -> None:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import ThreadingHTTPServer
 
-    lock = threading.Lock()
+    changed = threading.Condition()
     state = {"now": 0, "peak": 0}
+    # Each request is held open until a second one is in flight too (no timing involved): with
+    # max_in_flight=2 the six requests pass in pairs, and a pusher that sent one at a time would
+    # break the barrier (after its timeout, well inside the pusher's) and never reach a peak of 2.
+    pair = threading.Barrier(2, timeout=2)
 
     class Slow(BaseHTTPRequestHandler):
         def do_PUT(self) -> None:  # noqa: N802
             self.rfile.read(int(self.headers["Content-Length"]))
-            with lock:
+            with changed:
                 state["now"] += 1
                 state["peak"] = max(state["peak"], state["now"])
-            time.sleep(0.05)  # holds the request open so that overlap can be seen
-            with lock:
+                changed.notify_all()
+            try:
+                pair.wait()
+            except threading.BrokenBarrierError:
+                pass  # no partner arrived: answer anyway, the peak tells
+            with changed:
+                # The upper bound: the pair stays open a moment, so a third request - if the
+                # pusher let one go - is counted before they leave (at once when it does).
+                changed.wait_for(lambda: state["now"] > 2, timeout=0.2)
                 state["now"] -= 1
             answer = b'{"node": "slow", "generation": 1, "results": []}'
             self.send_response(200)
