@@ -102,14 +102,41 @@ def test_the_sensor_reads_a_prometheus_behind_tls_and_basic_auth(
     anonymous = _read(url=p["url"], tls={"ca_file": str(p["ca"])})
     assert anonymous.status is SensorStatus.SENSOR_ERROR and "401" in (anonymous.error or ""), anonymous
 
-    # The password file is re-read when it changes (a rotated Secret): a wrong one now fails.
-    tmp = Path(str(p["password_file"]) + ".new")
-    tmp.write_text("wrong\n")
-    os.replace(tmp, p["password_file"])
-    sensor = PrometheusSensor(PrometheusConfig.model_validate(
-        {"url": p["url"], "timeout": "2s", "retries": 0, "tls": {"ca_file": str(p["ca"])}, "basic_auth": auth}
-    ))
-    assert sensor.read(slo(window="3s"), time.time()).status is SensorStatus.SENSOR_ERROR
+
+
+def test_one_sensor_follows_its_rotated_password_file(secured_prometheus: dict[str, Any]) -> None:
+    # FileBasicAuth reads the password through _FileSecret on every request, and re-reads the
+    # file when its stamp (device, inode, size, mtime; symlinks followed) differs from the last
+    # one seen. Both rotations keep the length of "hunter2", so the size never tells: the first
+    # is an atomic replace (a new inode, like a Secret's ..data swap), the second an in-place
+    # rewrite (same inode and size) with the mtime bumped explicitly, since two writes inside
+    # one filesystem timestamp tick would otherwise look unchanged.
+    p = secured_prometheus
+    password: Path = p["password_file"]
+    sensor = PrometheusSensor(PrometheusConfig.model_validate({
+        "url": p["url"], "timeout": "2s", "retries": 0, "tls": {"ca_file": str(p["ca"])},
+        "basic_auth": {"username": "drcio", "password_file": str(password)},
+    }))
+
+    def read() -> Any:
+        return sensor.read(slo(window="3s"), time.time())
+
+    before = read()
+    assert before.status in (SensorStatus.OK, SensorStatus.NO_DATA), before
+
+    tmp = password.with_name("password.new")
+    tmp.write_text("hunter3\n")
+    os.replace(tmp, password)
+    wrong = read()
+    assert wrong.status is SensorStatus.SENSOR_ERROR and wrong.reason == "http_error", wrong
+    assert "401" in (wrong.error or ""), wrong
+
+    st = os.stat(password)
+    password.write_text("hunter2\n")
+    os.utime(password, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert os.stat(password).st_ino == st.st_ino and os.stat(password).st_size == st.st_size
+    after = read()
+    assert after.status in (SensorStatus.OK, SensorStatus.NO_DATA), after
 
 
 def test_the_bearer_token_comes_from_its_file_and_follows_it(tmp_path: Path) -> None:
