@@ -205,9 +205,7 @@ class Rig:
     def wait_open(self) -> None:
         """Steady state before a fault: healthy, and LP opened up beyond the fail-safe."""
         now = time.monotonic()
-        recent = lambda: [(r["status"], r.get("error"), [p["outcome"] for p in r.get("push", [])]) for _, r in self.decisions[-3:]]  # noqa: E731
         self.wait_until(lambda: self.healthy_since(now) is not None, 15, "a healthy tick")
-        assert recent is not None
         self.wait_until(lambda: (r := self.rbps_in_force()) is None or r > FAILSAFE_RBPS, 15, "LP opened beyond the fail-safe")
 
     def looser_than_failsafe(self, start: float, end: float) -> list[Sample]:
