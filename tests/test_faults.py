@@ -464,7 +464,6 @@ def test_the_writer_killed_then_restarted_keeps_the_limits_in_force(rig: Rig) ->
     finally:
         rig.target.failing = False  # the loop would now open LP up, but nobody can write
     time.sleep(INTERVAL)
-    assert rig.rbps_in_force() == before  # the kernel keeps the limit while the writer is dead
     rig.writer.start()
     rig.wait_writer()
     started = time.monotonic()
