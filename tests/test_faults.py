@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from controller.config import RateRange
 from controller.targets import rate_at
-from experiments.prometheus_server import find_prometheus, free_port
+from experiments.prometheus_server import PrometheusUnavailable, find_prometheus, free_port
 from tests.controller.conftest import BUCKETS
 from tests.test_end_to_end import DISK, _hierarchy_or_skip
 from writer.cgroups import Hierarchy
@@ -258,65 +258,74 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     h = _hierarchy_or_skip()  # root, an I/O controller and the disk, or a skip saying which is missing
     if h.version != 1:
         pytest.skip(f"the fault matrix runs on this box's cgroup v1 blkio; found v{h.version}")
+    try:
+        prometheus_binary = find_prometheus()
+    except PrometheusUnavailable as exc:
+        pytest.skip(str(exc))
     tmp = tmp_path_factory.mktemp("faults")
     top = f"drcio-t9-{secrets.token_hex(4)}"
     cgroup = create_group(h, f"{top}/lp")
-    target = HpTarget()
-    token = secrets.token_hex(16)
-    (tmp / "token").write_text(token + "\n")
-
-    prom_port, writer_port = free_port(), free_port()
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "500ms", "evaluation_interval": "500ms"},
-        "scrape_configs": [{"job_name": "hp-gnn", "scrape_timeout": "400ms", "static_configs": [{"targets": [target.address]}]}],
-    }))
-    prometheus = Proc("prometheus", [
-        find_prometheus(), f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{prom_port}",
-    ], tmp / "prometheus.log")
-
-    (tmp / "writer.yaml").write_text(yaml.safe_dump({
-        "listen": f"127.0.0.1:{writer_port}",
-        "token_file": str(tmp / "token"),
-        "cgroup_root": "auto",
-        "reconcile_interval": "500ms",
-        "discovery": {"local": [{"name": "lp-batch", "path": f"{top}/lp", "labels": {"group-id": "lp"}}]},
-        "failsafe": {"mode": "static", "ttl": f"{LEASE_TTL}s", "rbps": "200M", "wbps": "50M", "devices": [DISK]},
-    }))
-    writer = Proc("writer", [sys.executable, "-c", "from writer.cli import main; main()", "--config", str(tmp / "writer.yaml")],
-                  tmp / "writer.log")
-
-    (tmp / "slo.yaml").write_text(yaml.safe_dump({
-        "interval": f"{INTERVAL}s",
-        "lease_ttl": f"{LEASE_TTL}s",
-        "prometheus": {"url": f"http://127.0.0.1:{prom_port}", "timeout": "400ms", "retries": 1},
-        "writers": {"static": [f"http://127.0.0.1:{writer_port}"], "token_file": str(tmp / "token"), "timeout": "500ms"},
-        "failsafe": {"after": 1, "level": FAILSAFE_LEVEL},
-        "slos": [{
-            "name": "gnn-p95", "metric": "gnn_request_latency_seconds", "labels": {"job": "hp-gnn"},
-            "window": "3s", "target": "100ms",
-            "policy": {"kind": "aimd", "increase": 0.3, "decrease": 0.5},
-            "throttle": {"selector": {"group-id": "lp"}, "devices": [DISK], "rbps": {"min": "10M", "max": "max"}},
-        }],
-    }))
-    faketime_file = None
-    env = dict(os.environ)
-    if FAKETIME_LIB.exists():
-        faketime_file = tmp / "faketime"
-        faketime_file.write_text("+0\n")
-        env.update(LD_PRELOAD=str(FAKETIME_LIB), FAKETIME_TIMESTAMP_FILE=str(faketime_file), FAKETIME_NO_CACHE="1",
-                   FAKETIME_DONT_FAKE_MONOTONIC="1")
-    decision_log = tmp / "decisions.jsonl"
-    controller = Proc("controller", [
-        sys.executable, "-c", "from controller.cli import main; main()", "--config", str(tmp / "slo.yaml"),
-        "--decision-log", str(decision_log),
-    ], tmp / "controller.log", env=env, fresh_args=lambda: ["--metrics-listen", f"127.0.0.1:{free_port()}"])
-
-    r = Rig(h, cgroup, tmp, token, prometheus, writer, controller, f"http://127.0.0.1:{writer_port}",
-            f"http://127.0.0.1:{prom_port}", decision_log, faketime_file, target)
+    # Everything from here on is undone in the finally, whatever fails on the way.
+    target: HpTarget | None = None
+    procs: list[Proc] = []
+    r: Rig | None = None
     stop = threading.Event()
-    monitor = threading.Thread(target=_monitor, args=(r, stop), daemon=True)
     try:
+        target = HpTarget()
+        token = secrets.token_hex(16)
+        (tmp / "token").write_text(token + "\n")
+
+        prom_port, writer_port = free_port(), free_port()
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "500ms", "evaluation_interval": "500ms"},
+            "scrape_configs": [{"job_name": "hp-gnn", "scrape_timeout": "400ms", "static_configs": [{"targets": [target.address]}]}],
+        }))
+        prometheus = Proc("prometheus", [
+            prometheus_binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ], tmp / "prometheus.log")
+
+        (tmp / "writer.yaml").write_text(yaml.safe_dump({
+            "listen": f"127.0.0.1:{writer_port}",
+            "token_file": str(tmp / "token"),
+            "cgroup_root": "auto",
+            "reconcile_interval": "500ms",
+            "discovery": {"local": [{"name": "lp-batch", "path": f"{top}/lp", "labels": {"group-id": "lp"}}]},
+            "failsafe": {"mode": "static", "ttl": f"{LEASE_TTL}s", "rbps": "200M", "wbps": "50M", "devices": [DISK]},
+        }))
+        writer = Proc("writer", [sys.executable, "-c", "from writer.cli import main; main()", "--config", str(tmp / "writer.yaml")],
+                      tmp / "writer.log")
+
+        (tmp / "slo.yaml").write_text(yaml.safe_dump({
+            "interval": f"{INTERVAL}s",
+            "lease_ttl": f"{LEASE_TTL}s",
+            "prometheus": {"url": f"http://127.0.0.1:{prom_port}", "timeout": "400ms", "retries": 1},
+            "writers": {"static": [f"http://127.0.0.1:{writer_port}"], "token_file": str(tmp / "token"), "timeout": "500ms"},
+            "failsafe": {"after": 1, "level": FAILSAFE_LEVEL},
+            "slos": [{
+                "name": "gnn-p95", "metric": "gnn_request_latency_seconds", "labels": {"job": "hp-gnn"},
+                "window": "3s", "target": "100ms",
+                "policy": {"kind": "aimd", "increase": 0.3, "decrease": 0.5},
+                "throttle": {"selector": {"group-id": "lp"}, "devices": [DISK], "rbps": {"min": "10M", "max": "max"}},
+            }],
+        }))
+        faketime_file = None
+        env = dict(os.environ)
+        if FAKETIME_LIB.exists():
+            faketime_file = tmp / "faketime"
+            faketime_file.write_text("+0\n")
+            env.update(LD_PRELOAD=str(FAKETIME_LIB), FAKETIME_TIMESTAMP_FILE=str(faketime_file), FAKETIME_NO_CACHE="1",
+                       FAKETIME_DONT_FAKE_MONOTONIC="1")
+        decision_log = tmp / "decisions.jsonl"
+        controller = Proc("controller", [
+            sys.executable, "-c", "from controller.cli import main; main()", "--config", str(tmp / "slo.yaml"),
+            "--decision-log", str(decision_log),
+        ], tmp / "controller.log", env=env, fresh_args=lambda: ["--metrics-listen", f"127.0.0.1:{free_port()}"])
+        procs = [controller, writer, prometheus]  # stopped in this order
+
+        r = Rig(h, cgroup, tmp, token, prometheus, writer, controller, f"http://127.0.0.1:{writer_port}",
+                f"http://127.0.0.1:{prom_port}", decision_log, faketime_file, target)
+        monitor = threading.Thread(target=_monitor, args=(r, stop), daemon=True)
         prometheus.start()
         r.wait_prometheus()
         writer.start()
@@ -326,16 +335,18 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         yield r
     finally:
         stop.set()
-        for p in (controller, writer, prometheus):
+        for p in procs:
             p.stop()
-        if faketime_file is not None:
+        if r is not None and r.faketime_file is not None:
             # libfaketime's shared memory and semaphore, named for the process that made them: a process
             # that exits removes its own, one killed with SIGKILL leaves them in /dev/shm.
-            for pid in controller.pids:
+            for pid in r.controller.pids:
                 for leftover in (f"faketime_shm_{pid}", f"sem.faketime_sem_{pid}"):
                     Path("/dev/shm", leftover).unlink(missing_ok=True)
-        target.close()
-        r.http.close()
+        if target is not None:
+            target.close()
+        if r is not None:
+            r.http.close()
         remove_group(h, f"{top}/lp")
         remove_group(h, top)
         assert not (h.root / top).exists()
