@@ -37,6 +37,7 @@ import httpx
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.config import RateRange
 from controller.targets import rate_at
@@ -369,6 +370,19 @@ def _fresh_scrape(rig: Rig) -> bool:
         return False
 
 
+def _reconcile_rounds(rig: Rig) -> float:
+    """Periodic reconcile rounds the writer has finished (its ``drcio_reconciles_total{result="ok"}``)."""
+    try:
+        text = rig.http.get(f"{rig.writer_url}/metrics", timeout=1).text
+    except httpx.HTTPError:
+        return 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "drcio_reconciles_total" and sample.labels.get("result") == "ok":
+                return sample.value
+    return 0.0
+
+
 def _report() -> None:
     if not RESULTS:
         return
@@ -475,15 +489,40 @@ def test_the_writer_killed_then_restarted_keeps_the_limits_in_force(rig: Rig) ->
     finally:
         rig.target.failing = False  # the loop would now open LP up, but nobody can write
     time.sleep(INTERVAL)
-    rig.writer.start()
-    rig.wait_writer()
-    started = time.monotonic()
-    status = rig.http.get(f"{rig.writer_url}/status", headers={"Authorization": f"Bearer {rig.token}"}).json()
-    first_push = status["lease"]["pushed"]
-    if not first_push:
-        assert rig.rbps_in_force() == before  # never lifted on start: read and held until a push says otherwise
-    rig.wait_until(lambda: rig.healthy_since(started) is not None, 15, "recovery after the writer restart")
-    recovered = (rig.healthy_since(started) or 0.0) - started
+    # Hold the controller for the whole restart, so no push can reach the new writer before the check:
+    # whatever the limit is then is the writer's own start-up doing (with the controller running, a push
+    # landing before the check used to skip it, and one landing during it to race it).
+    rig.controller.signal(signal.SIGSTOP)
+    try:
+        held = rig.rbps_in_force()
+        assert held == before, f"precondition: the killed writer's limit {before} is still in the file, found {held}"
+        restarting = time.monotonic()
+        rig.writer.start()
+        rig.wait_writer()
+        # The start-up round runs before the server answers; wait for a periodic round after it too.
+        rig.wait_until(lambda: _reconcile_rounds(rig) >= 1, 5, "a periodic reconcile round of the restarted writer")
+        in_force = rig.rbps_in_force()
+        checked = time.monotonic()
+        # Read after the limit: still no push and the lease not yet run out means every round until then held.
+        status = rig.http.get(f"{rig.writer_url}/status", headers={"Authorization": f"Bearer {rig.token}"}, timeout=2).json()
+    finally:
+        rig.controller.signal(signal.SIGCONT)
+    resumed = time.monotonic()
+    assert status["mode"] == "awaiting_first_push" and not status["lease"]["pushed"], (
+        f"the check ran outside the restarted writer's hold (a push, or its {LEASE_TTL} s start-up lease ran out): "
+        f"mode {status['mode']}, lease {status['lease']}"
+    )
+    # Never lifted on start: read and held until a push says otherwise.
+    assert in_force == held, f"the restarted writer changed the limit before any push: {held} -> {in_force}"
+    changed = [s for s in rig.samples if restarting <= s.at <= checked and s.rbps != held]
+    assert not changed, f"the limit left {held} while the writer restarted, before any push: {changed[:3]}"
+    [lp] = status["lp_workloads"]
+    assert lp["io_max_in_force"] is not None and lp["io_max_in_force"][DISK]["rbps"] == held, (
+        f"the restarted writer does not report the limit it holds: {lp['io_max_in_force']}"
+    )
+    # The fault clears when the controller may push again.
+    rig.wait_until(lambda: rig.healthy_since(resumed) is not None, 15, "recovery after the writer restart")
+    recovered = (rig.healthy_since(resumed) or 0.0) - resumed
     RESULTS.append({"fault": "writer SIGKILL, restarted", "failsafe_after": None, "looser_samples": 0,
                     "recovered_after": round(recovered, 3)})
     _nothing_crashed(rig)
