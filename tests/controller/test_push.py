@@ -31,6 +31,15 @@ def test_a_push_reaches_the_writer_with_the_bearer_token(push_recorder: PushReco
     assert push_recorder.headers[0]["Authorization"] == "Bearer s3cret"
 
 
+def _answer(handler: BaseHTTPRequestHandler, node: str) -> None:
+    """A writer's 200 answer to a push that matched nothing on ``node``."""
+    answer = json.dumps({"node": node, "generation": 1, "results": []}).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(answer)))
+    handler.end_headers()
+    handler.wfile.write(answer)
+
+
 def test_a_dead_and_a_hanging_writer_do_not_stop_the_healthy_one(dead_writer: str) -> None:
     # Overlap is proven, not timed: the hanging writer waits (bounded, well inside the pusher's
     # deadline) for the healthy writer to receive its push. That only happens if the pushes are
@@ -55,11 +64,7 @@ def test_a_dead_and_a_hanging_writer_do_not_stop_the_healthy_one(dead_writer: st
         def do_PUT(self) -> None:  # noqa: N802
             healthy_bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             healthy_received.set()
-            answer = b'{"node": "healthy", "generation": 1, "results": []}'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            _answer(self, "healthy")
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -177,11 +182,7 @@ def test_no_more_than_max_in_flight_pushes_are_outstanding_at_once() -> None:
                 # pusher let one go - is counted before they leave (at once when it does).
                 changed.wait_for(lambda: state["now"] > 2, timeout=0.2)
                 state["now"] -= 1
-            answer = b'{"node": "slow", "generation": 1, "results": []}'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            _answer(self, "slow")
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -8,7 +8,7 @@ are removed in ``finally`` blocks.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.writer.conftest import TOKEN, serving
 from tests.writer.kernel_support import LIMIT, MiB, hierarchy_or_skip, make_data_file, read_rate
-from writer.api import TargetsPush
+from writer.api import Devices, TargetsPush
 from writer.cgroups import Hierarchy, KernelError, Limits, apply_io_max, to_v1_weight, weight_file
 from writer.devices import active_scheduler, resolve_devices
 from writer.groups import create_group, remove_group
@@ -58,20 +58,26 @@ def _read_inside(k: KernelSetup, nbytes: int) -> float:
     return read_rate(k.hierarchy, k.group, k.data, nbytes)
 
 
-def test_a_pushed_read_limit_throttles_a_direct_io_reader_and_lifting_it_frees_it(kernel: KernelSetup) -> None:
-    registry = CollectorRegistry()
-    reconciler = Reconciler(
-        hierarchy=kernel.hierarchy,
+def _reconciler(k: KernelSetup, registry: CollectorRegistry,
+                resolve: Callable[[Devices], list[str]] = resolve_devices) -> Reconciler:
+    """The writer's reconciler over the test's LP cgroup (one workload, ``group-id: lp``)."""
+    return Reconciler(
+        hierarchy=k.hierarchy,
         discovery=LocalDiscovery(
-            [LocalEntry(name="lp-reader", path=kernel.group, labels={"group-id": "lp"})], hierarchy_root=kernel.hierarchy.root
+            [LocalEntry(name="lp-reader", path=k.group, labels={"group-id": "lp"})], hierarchy_root=k.hierarchy.root
         ),
         lease=Lease(initial_ttl_seconds=300),
         failsafe=Failsafe("hold"),
-        resolve_devices=resolve_devices,
+        resolve_devices=resolve,
         scheduler_of=partial(active_scheduler),
         registry=registry,
         node="this-node",
     )
+
+
+def test_a_pushed_read_limit_throttles_a_direct_io_reader_and_lifting_it_frees_it(kernel: KernelSetup) -> None:
+    registry = CollectorRegistry()
+    reconciler = _reconciler(kernel, registry)
     state = ServerState(reconciler=reconciler, registry=registry, token=TOKEN)
     auth = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -120,18 +126,7 @@ def test_a_real_kernel_refusal_is_reported_with_its_errno_and_counted(kernel: Ke
     assert info.value.errno_name == "ENODEV"
 
     registry = CollectorRegistry()
-    reconciler = Reconciler(
-        hierarchy=kernel.hierarchy,
-        discovery=LocalDiscovery(
-            [LocalEntry(name="lp-reader", path=kernel.group, labels={"group-id": "lp"})], hierarchy_root=kernel.hierarchy.root
-        ),
-        lease=Lease(initial_ttl_seconds=300),
-        failsafe=Failsafe("hold"),
-        resolve_devices=lambda spec: ["1:3"],  # the disk that went away after it was resolved
-        scheduler_of=partial(active_scheduler),
-        registry=registry,
-        node="this-node",
-    )
+    reconciler = _reconciler(kernel, registry, lambda spec: ["1:3"])  # the disk that went away after it was resolved
     group = {"name": "lp", "selector": {"group-id": "lp"}, "devices": "auto", "io_max": {"rbps": LIMIT}}
     [res] = reconciler.push(TargetsPush.model_validate({"generation": 1, "lease_ttl_seconds": 300, "groups": [group]})).results
     assert res.outcome == "error" and res.detail.endswith(": ENODEV (No such device)"), res
