@@ -1,6 +1,7 @@
 """Fixtures for the controller's integration tests: a latency exporter the test
-drives from a known distribution, a real Prometheus scraping it, and a small
-HTTP endpoint that records pushes (for the writer's side see tests/writer)."""
+drives from a known distribution, a real Prometheus scraping it, and the real
+writer app on loopback recording what it was pushed (the writer's own tests are
+in tests/writer)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from starlette.datastructures import Headers
 
 from experiments.prometheus_server import PrometheusServer, ScrapeTarget, free_port
+from tests.writer.conftest import FakeTree, WriterUnderTest, make_tree, make_writer, serving
+from writer.server import build_app
 
 #: 5 ms buckets up to 250 ms: the resolution the sensor's P95 is checked against.
 BUCKET_WIDTH = 0.005
@@ -155,6 +160,102 @@ def scraped_jobs(*, latency: Sequence[str] = (), failing: Sequence[str] = ()) ->
 
 def exponential_inverse_cdf(mean: float) -> Callable[[float], float]:
     return lambda p: -mean * math.log(1.0 - p)
+
+
+# -- the real writer on loopback, with a record of what the controller sent it -----------------
+
+#: The bearer token the recorded writer is built with (the controller tests' token files say the same).
+PUSH_TOKEN = "s3cret"
+#: The LP cgroup of the recorded writer's fake tree; its workload carries ``group-id: lp``, what the tests' SLOs select.
+LP_CGROUP = "drcio-demo/lp"
+HP_CGROUP = "drcio-demo/hp"
+
+
+class Recording:
+    """ASGI wrapper: records each ``PUT``'s headers and JSON body, then hands the request on unchanged.
+
+    The body is read whole here (it is small: the writer refuses more than 64 KiB)
+    and replayed to the app as one message, so the app sees what the client sent.
+    """
+
+    def __init__(self, app: Any, bodies: list[Any], headers: list[Headers]) -> None:
+        self.app = app
+        self.bodies = bodies
+        self.headers = headers
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "PUT":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away before sending it all
+                await self.app(scope, receive, send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        raw = b"".join(chunks)
+        self.headers.append(Headers(scope=scope))
+        try:
+            self.bodies.append(json.loads(raw))
+        except ValueError:
+            self.bodies.append(raw)
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+@dataclass
+class RecordedWriter:
+    """The real writer app (``build_app`` over a real Reconciler) on a loopback port, over a fake cgroup v2 tree.
+
+    The tree has an LP cgroup (workload ``lp-batch``, labels ``group-id: lp``) and an
+    HP one (``hp-gnn``, ``group-id: hp``); the writer's token is :data:`PUSH_TOKEN`.
+    ``bodies`` and ``headers`` hold every ``PUT`` it received, recorded before the app
+    answered it; the answers, and what lands in the tree, are the writer's own.
+    """
+
+    url: str
+    bodies: list[Any]
+    headers: list[Headers]
+    writer: WriterUnderTest
+
+    @property
+    def tree(self) -> FakeTree:
+        return self.writer.tree
+
+    def lp_io_max(self) -> str:
+        """What the writer wrote to the LP cgroup's ``io.max`` (``""`` as the kernel shows a fresh cgroup)."""
+        return self.tree.read(LP_CGROUP, "io.max")
+
+    def pushes(self, result: str) -> float | None:
+        """The writer's own count of pushes with ``result`` (accepted, replay, stale, unauthorized, ...)."""
+        return self.writer.metric("drcio_pushes_total", {"result": result})
+
+
+@pytest.fixture
+def recorded_writer(tmp_path: Path) -> Iterator[RecordedWriter]:
+    """A fresh real writer per test (so generations start over), served by uvicorn on loopback."""
+    root = tmp_path / "recorded-writer"  # its own directory: a test may make other fake trees in tmp_path
+    root.mkdir()
+    tree = make_tree(root, 2)
+    tree.group(LP_CGROUP)
+    tree.group(HP_CGROUP)
+    writer = make_writer(tree, token=PUSH_TOKEN)
+    bodies: list[Any] = []
+    headers: list[Headers] = []
+    with serving(Recording(build_app(writer.state), bodies, headers)) as url:
+        writer.url = url
+        yield RecordedWriter(url=url, bodies=bodies, headers=headers, writer=writer)
 
 
 # -- a push recorder: real HTTP, records bodies, answers like a writer -------------------------

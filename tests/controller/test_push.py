@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from controller.push import DryRunPusher, HttpPusher, KubernetesWriterDirectory, StaticWriters
-from tests.controller.conftest import PushRecorder, serving_handler
+from tests.controller.conftest import HP_CGROUP, LP_CGROUP, PUSH_TOKEN, RecordedWriter, serving_handler
 from writer.api import GroupTarget, IoMax, TargetsPush
 
 
@@ -22,13 +22,27 @@ def body(generation: int = 1) -> TargetsPush:
     )
 
 
-def test_a_push_reaches_the_writer_with_the_bearer_token(push_recorder: PushRecorder) -> None:
-    (result,) = HttpPusher(token="s3cret", timeout_seconds=2).push([push_recorder.url], body(7))
-    assert result.outcome == "ok" and result.status_code == 200 and result.node == "recorder"
-    assert [r.outcome for r in result.results] == ["applied"]
-    assert push_recorder.bodies[0]["generation"] == 7
-    assert push_recorder.bodies[0]["groups"][0]["io_max"]["rbps"] == 10 * 1024**2
-    assert push_recorder.headers[0]["Authorization"] == "Bearer s3cret"
+def test_a_push_reaches_the_writer_with_the_bearer_token(recorded_writer: RecordedWriter) -> None:
+    with HttpPusher(token=PUSH_TOKEN, timeout_seconds=2) as pusher:
+        (result,) = pusher.push([recorded_writer.url], body(7))
+    assert result.outcome == "ok" and result.status_code == 200 and result.node == "node-a"
+    lp = str(recorded_writer.tree.root / LP_CGROUP)
+    assert [(r.group, r.cgroup, r.outcome) for r in result.results] == [("lp", lp, "applied")]
+    assert recorded_writer.bodies[0]["generation"] == 7
+    assert recorded_writer.bodies[0]["groups"][0]["io_max"]["rbps"] == 10 * 1024**2
+    assert recorded_writer.headers[0]["Authorization"] == f"Bearer {PUSH_TOKEN}"
+    # The limit landed on the LP cgroup (the push's devices default to auto: the fake tree's one disk).
+    assert recorded_writer.lp_io_max() == "254:0 rbps=10485760 wbps=max riops=max wiops=max\n"
+    assert recorded_writer.tree.read(HP_CGROUP, "io.max") == ""
+
+
+def test_a_push_with_the_wrong_token_is_refused_and_writes_nothing(recorded_writer: RecordedWriter) -> None:
+    before = recorded_writer.tree.snapshot()
+    with HttpPusher(token="not-" + PUSH_TOKEN, timeout_seconds=2) as pusher:
+        (result,) = pusher.push([recorded_writer.url], body(7))
+    assert result.outcome == "unauthorized" and result.status_code == 401 and result.results == ()
+    assert recorded_writer.tree.snapshot() == before
+    assert recorded_writer.pushes("unauthorized") == 1 and recorded_writer.pushes("accepted") == 0
 
 
 def _answer(handler: BaseHTTPRequestHandler, node: str) -> None:
@@ -82,11 +96,13 @@ def test_a_dead_and_a_hanging_writer_do_not_stop_the_healthy_one(dead_writer: st
     assert overlapped == [True], "the healthy push arrived only after the hanging one was given up: not concurrent"
 
 
-def test_the_dry_run_pusher_sends_nothing(push_recorder: PushRecorder) -> None:
+def test_the_dry_run_pusher_sends_nothing(recorded_writer: RecordedWriter) -> None:
+    before = recorded_writer.tree.snapshot()
     pusher = DryRunPusher()
-    (result,) = pusher.push([push_recorder.url], body())
+    (result,) = pusher.push([recorded_writer.url], body())
     assert result.outcome == "dry_run"
-    assert push_recorder.bodies == [] and len(pusher.bodies) == 1
+    assert recorded_writer.bodies == [] and len(pusher.bodies) == 1
+    assert recorded_writer.tree.snapshot() == before and recorded_writer.lp_io_max() == ""
 
 
 def test_static_writers_are_listed_as_given() -> None:
@@ -202,11 +218,12 @@ def test_no_more_than_max_in_flight_pushes_are_outstanding_at_once() -> None:
     assert state["peak"] == 2
 
 
-def test_the_pusher_takes_its_tls_setting_as_an_argument(push_recorder: PushRecorder) -> None:
+def test_the_pusher_takes_its_tls_setting_as_an_argument(recorded_writer: RecordedWriter) -> None:
     ctx = ssl.create_default_context()
-    with HttpPusher(token=None, timeout_seconds=2, verify=ctx) as pusher:
-        (result,) = pusher.push([push_recorder.url], body())  # plain http: the context is unused, and harmless
+    with HttpPusher(token=PUSH_TOKEN, timeout_seconds=2, verify=ctx) as pusher:
+        (result,) = pusher.push([recorded_writer.url], body())  # plain http: the context is unused, and harmless
     assert pusher.verify is ctx and result.outcome == "ok"
+    assert recorded_writer.lp_io_max() == "254:0 rbps=10485760 wbps=max riops=max wiops=max\n"
 
 
 def test_kubernetes_writers_are_named_by_their_node_for_sharding() -> None:
@@ -217,15 +234,17 @@ def test_kubernetes_writers_are_named_by_their_node_for_sharding() -> None:
     assert d.node_of("http://10.9.9.9:9100") == "10.9.9.9:9100"
 
 
-def test_garbage_collection_is_back_on_after_a_push_and_stays_off_if_it_was(push_recorder: PushRecorder) -> None:
+def test_garbage_collection_is_back_on_after_a_push_and_stays_off_if_it_was(recorded_writer: RecordedWriter) -> None:
     import gc
 
-    with HttpPusher(token=None, timeout_seconds=2) as pusher:
-        pusher.push([push_recorder.url], body(1))
+    with HttpPusher(token=PUSH_TOKEN, timeout_seconds=2) as pusher:
+        (first,) = pusher.push([recorded_writer.url], body(1))
         assert gc.isenabled()
         gc.disable()
         try:
-            pusher.push([push_recorder.url], body(2))
+            (second,) = pusher.push([recorded_writer.url], body(2))
             assert not gc.isenabled()
         finally:
             gc.enable()
+    assert [first.outcome, second.outcome] == ["ok", "ok"]  # both pushes went through, with gc on and off
+    assert recorded_writer.pushes("accepted") == 2
