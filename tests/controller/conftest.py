@@ -233,9 +233,18 @@ class RecordedWriter:
     def tree(self) -> FakeTree:
         return self.writer.tree
 
+    def lp_io_max_lines(self) -> list[str]:
+        """Every line the writer wrote to the LP cgroup's ``io.max``, oldest first.
+
+        The writer appends a whole line per device (as to the kernel's file); the fake
+        file keeps them all, where the kernel would keep the last one per device.
+        """
+        return self.tree.read(LP_CGROUP, "io.max").splitlines()
+
     def lp_io_max(self) -> str:
-        """What the writer wrote to the LP cgroup's ``io.max`` (``""`` as the kernel shows a fresh cgroup)."""
-        return self.tree.read(LP_CGROUP, "io.max")
+        """The LP cgroup's limit in force on the fake tree's one disk: the last line written, ``""`` before any."""
+        lines = self.lp_io_max_lines()
+        return lines[-1] if lines else ""
 
     def pushes(self, result: str) -> float | None:
         """The writer's own count of pushes with ``result`` (accepted, replay, stale, unauthorized, ...)."""

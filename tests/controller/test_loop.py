@@ -16,7 +16,7 @@ from controller.sensor import PrometheusSensor, Reading
 from experiments.prometheus_server import free_port
 from policies import FailSafe, Observation, SensorStatus
 from policies.registry import build_policy, parse_params
-from tests.controller.conftest import LatencyExporter, PushRecorder, exponential_inverse_cdf
+from tests.controller.conftest import PUSH_TOKEN, LatencyExporter, RecordedWriter, exponential_inverse_cdf
 
 
 def config(prom_url: str, writers: list[str], **overrides: Any) -> ControllerConfig:
@@ -49,7 +49,7 @@ def controller(cfg: ControllerConfig, *, initial_level: float, metrics: Controll
     return Controller(
         cfg,
         sensor=PrometheusSensor(cfg.prometheus),
-        pusher=HttpPusher(token="t", timeout_seconds=0.5),
+        pusher=HttpPusher(token=PUSH_TOKEN, timeout_seconds=0.5),
         writers=StaticWriters(cfg.writers.static or []),
         policies={slo.name: policy},
         metrics=metrics,
@@ -67,23 +67,29 @@ def step_until(c: Controller, status: str, limit: float = 20.0) -> dict[str, Any
 
 @pytest.mark.prometheus
 def test_loop_holds_then_fails_safe_while_prometheus_is_down_and_recovers_when_it_returns(
-    latency_exporter: LatencyExporter, prometheus_for: Any, push_recorder: PushRecorder
+    latency_exporter: LatencyExporter, prometheus_for: Any, recorded_writer: RecordedWriter
 ) -> None:
     port = free_port()
     prom = prometheus_for(latency_exporter, port=port, start=False)  # down at start
     metrics = ControllerMetrics()
-    c = controller(config(f"http://127.0.0.1:{port}", [push_recorder.url]), initial_level=0.9, metrics=metrics)
+    c = controller(config(f"http://127.0.0.1:{port}", [recorded_writer.url]), initial_level=0.9, metrics=metrics)
 
-    levels = [c.step(time.time()).records[0] for _ in range(4)]
+    ticks = [c.step(time.time()) for _ in range(4)]
+    levels = [t.records[0] for t in ticks]
     assert [r["status"] for r in levels] == ["sensor_error"] * 4
     assert [r["level"] for r in levels] == [0.9, 0.9, 0.2, 0.2]  # hold for `after` ticks, then fail-safe
     assert [r["failsafe"] for r in levels] == [False, False, True, True]
     assert metrics.registry.get_sample_value(
         "drcio_controller_sensor_errors_total", {"slo": "gnn-p95", "reason": "unreachable"}
     ) == 4
-    # Every tick still pushed (the writers' lease is renewed with the fail-safe decision).
-    assert len(push_recorder.bodies) == 4
-    assert push_recorder.bodies[-1]["groups"][0]["level"] == 0.2
+    # Every tick still pushed (the writers' lease is renewed with the fail-safe decision), and the
+    # writer took each one: the fail-safe limit is the one in force on the LP cgroup.
+    assert [p.outcome for t in ticks for p in t.pushes] == ["ok"] * 4
+    assert len(recorded_writer.bodies) == 4
+    failsafe = recorded_writer.bodies[-1]["groups"][0]
+    assert failsafe["level"] == 0.2
+    assert failsafe["io_max"]["rbps"] < recorded_writer.bodies[0]["groups"][0]["io_max"]["rbps"]  # tighter than at 0.9
+    assert recorded_writer.lp_io_max() == f"254:0 rbps={failsafe['io_max']['rbps']} wbps=max riops=max wiops=max"
 
     latency_exporter.drive(exponential_inverse_cdf(0.010))  # P95 ~30 ms, well under the 100 ms target
     prom.start()
@@ -100,8 +106,12 @@ def test_loop_holds_then_fails_safe_while_prometheus_is_down_and_recovers_when_i
     assert metrics.registry.get_sample_value("drcio_controller_observed_latency_seconds", {"slo": "gnn-p95"}) is None
     prom.start()
     assert step_until(c, "ok")["status"] == "ok"
-    gens = [b["generation"] for b in push_recorder.bodies]
+    gens = [b["generation"] for b in recorded_writer.bodies]
     assert gens == sorted(gens) and len(set(gens)) == len(gens)
+    # ... as the writer saw them: every push a new generation, none refused as stale.
+    assert recorded_writer.pushes("accepted") == len(gens) and recorded_writer.pushes("stale") == 0
+    last = recorded_writer.bodies[-1]["groups"][0]
+    assert recorded_writer.lp_io_max() == f"254:0 rbps={last['io_max']['rbps']} wbps=max riops=max wiops=max"
 
 
 class ScriptedSensor:
@@ -133,12 +143,16 @@ class FakeClock:
         self.now += seconds
 
 
-def test_the_schedule_is_drift_free_and_a_failed_tick_does_not_stop_the_loop(push_recorder: PushRecorder) -> None:
-    cfg = config("http://127.0.0.1:1", [push_recorder.url])
+def test_the_schedule_is_drift_free_and_a_failed_tick_does_not_stop_the_loop(
+    recorded_writer: RecordedWriter, request: pytest.FixtureRequest
+) -> None:
+    cfg = config("http://127.0.0.1:1", [recorded_writer.url])
     ok = Reading(SensorStatus.OK, 0.05)
     sensor = ScriptedSensor([ok, RuntimeError("boom"), ok, ok])
     clock = FakeClock()
-    c = Controller(cfg, sensor=sensor, pusher=HttpPusher(token=None, timeout_seconds=1), writers=StaticWriters([push_recorder.url]))
+    pusher = HttpPusher(token=PUSH_TOKEN, timeout_seconds=1)
+    request.addfinalizer(pusher.close)
+    c = Controller(cfg, sensor=sensor, pusher=pusher, writers=StaticWriters([recorded_writer.url]))
     original_step = c.step
 
     def slow_step(now: float) -> Any:
@@ -150,11 +164,12 @@ def test_the_schedule_is_drift_free_and_a_failed_tick_does_not_stop_the_loop(pus
     assert ticks == 4
     starts = [t - 1.7e9 for t in sensor.times]
     assert starts == pytest.approx([1000.0, 1001.0, 1002.0, 1003.0])  # anchored, not 1.3 s apart
-    assert len(push_recorder.bodies) == 3  # the tick whose sensor raised pushed nothing; the others did
+    assert len(recorded_writer.bodies) == 3  # the tick whose sensor raised pushed nothing; the others did
+    assert recorded_writer.pushes("accepted") == 3
 
 
-def test_an_overrunning_tick_skips_slots_instead_of_bunching(push_recorder: PushRecorder) -> None:
-    cfg = config("http://127.0.0.1:1", [push_recorder.url])
+def test_an_overrunning_tick_skips_slots_instead_of_bunching() -> None:
+    cfg = config("http://127.0.0.1:1", [])
     sensor = ScriptedSensor([Reading(SensorStatus.OK, 0.05)])
     clock = FakeClock()
     c = Controller(cfg, sensor=sensor, pusher=HttpPusher(token=None, timeout_seconds=1), writers=StaticWriters([]))

@@ -32,7 +32,7 @@ def test_a_push_reaches_the_writer_with_the_bearer_token(recorded_writer: Record
     assert recorded_writer.bodies[0]["groups"][0]["io_max"]["rbps"] == 10 * 1024**2
     assert recorded_writer.headers[0]["Authorization"] == f"Bearer {PUSH_TOKEN}"
     # The limit landed on the LP cgroup (the push's devices default to auto: the fake tree's one disk).
-    assert recorded_writer.lp_io_max() == "254:0 rbps=10485760 wbps=max riops=max wiops=max\n"
+    assert recorded_writer.lp_io_max_lines() == ["254:0 rbps=10485760 wbps=max riops=max wiops=max"]
     assert recorded_writer.tree.read(HP_CGROUP, "io.max") == ""
 
 
@@ -223,7 +223,7 @@ def test_the_pusher_takes_its_tls_setting_as_an_argument(recorded_writer: Record
     with HttpPusher(token=PUSH_TOKEN, timeout_seconds=2, verify=ctx) as pusher:
         (result,) = pusher.push([recorded_writer.url], body())  # plain http: the context is unused, and harmless
     assert pusher.verify is ctx and result.outcome == "ok"
-    assert recorded_writer.lp_io_max() == "254:0 rbps=10485760 wbps=max riops=max wiops=max\n"
+    assert recorded_writer.lp_io_max() == "254:0 rbps=10485760 wbps=max riops=max wiops=max"
 
 
 def test_kubernetes_writers_are_named_by_their_node_for_sharding() -> None:
