@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from tests.controller.conftest import PushRecorder
+from tests.controller.conftest import LP_CGROUP, RecordedWriter
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "slo.yaml"
@@ -55,31 +55,40 @@ def test_once_dry_run_on_the_design_example_prints_one_record_per_slo_and_exits_
     assert rec["dry_run"] is True and "push" not in rec
 
 
-def test_once_without_dry_run_pushes_and_adds_the_push_results(tmp_path: Path, push_recorder: PushRecorder) -> None:
-    proc = run("--config", str(write_config(tmp_path, push_recorder.url)), "--once")
+def test_once_without_dry_run_pushes_and_adds_the_push_results(tmp_path: Path, recorded_writer: RecordedWriter) -> None:
+    proc = run("--config", str(write_config(tmp_path, recorded_writer.url)), "--once")
     assert proc.returncode == 0, proc.stderr
     rec = json.loads(proc.stdout)
-    assert rec["push"][0]["outcome"] == "ok" and rec["push"][0]["writer"] == push_recorder.url
-    assert len(push_recorder.bodies) == 1
-    assert push_recorder.headers[0]["Authorization"] == "Bearer s3cret"  # from token_file
+    (push,) = rec["push"]
+    assert push["outcome"] == "ok" and push["writer"] == recorded_writer.url and push["node"] == "node-a"
+    assert [(c["group"], c["outcome"]) for c in push["cgroups"]] == [("lp", "applied")]
+    assert len(recorded_writer.bodies) == 1
+    assert recorded_writer.headers[0]["Authorization"] == "Bearer s3cret"  # from token_file
+    # The targets the record shows are the ones in force on the LP cgroup of the writer's tree.
+    io_max = rec["targets"]["lp"]["io_max"]
+    in_force = " ".join(f"{k}={'max' if io_max[k] is None else io_max[k]}" for k in ("rbps", "wbps", "riops", "wiops"))
+    assert recorded_writer.lp_io_max() == f"254:0 {in_force}"
+    assert recorded_writer.tree.read(LP_CGROUP, "io.weight").splitlines()[-1] == f"default {rec['targets']['lp']['io_weight']}"
 
 
-def test_mode_dry_run_in_the_file_pushes_nothing(tmp_path: Path, push_recorder: PushRecorder) -> None:
-    proc = run("--config", str(write_config(tmp_path, push_recorder.url, mode="dry-run")), "--once")
+def test_mode_dry_run_in_the_file_pushes_nothing(tmp_path: Path, recorded_writer: RecordedWriter) -> None:
+    before = recorded_writer.tree.snapshot()
+    proc = run("--config", str(write_config(tmp_path, recorded_writer.url, mode="dry-run")), "--once")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["dry_run"] is True
-    assert push_recorder.bodies == []
+    assert recorded_writer.bodies == []
+    assert recorded_writer.tree.snapshot() == before and recorded_writer.lp_io_max() == ""
 
 
-def test_a_malformed_slo_file_exits_2_with_the_reason_and_pushes_nothing(tmp_path: Path, push_recorder: PushRecorder) -> None:
-    path = write_config(tmp_path, push_recorder.url)
+def test_a_malformed_slo_file_exits_2_with_the_reason_and_pushes_nothing(tmp_path: Path, recorded_writer: RecordedWriter) -> None:
+    path = write_config(tmp_path, recorded_writer.url)
     raw = yaml.safe_load(path.read_text())
     raw["slos"][0]["target"] = "fast"
     path.write_text(yaml.safe_dump(raw))
     proc = run("--config", str(path), "--once")
     assert proc.returncode == 2
     assert f"{path}: slos[0] (gnn-p95) -> target:" in proc.stderr
-    assert proc.stdout == "" and push_recorder.bodies == []
+    assert proc.stdout == "" and recorded_writer.bodies == []
 
 
 def test_broken_yaml_exits_2(tmp_path: Path) -> None:
@@ -89,12 +98,12 @@ def test_broken_yaml_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "not valid YAML" in proc.stderr
 
 
-def test_an_unreadable_token_file_exits_2(tmp_path: Path, push_recorder: PushRecorder) -> None:
-    path = write_config(tmp_path, push_recorder.url)
+def test_an_unreadable_token_file_exits_2(tmp_path: Path, recorded_writer: RecordedWriter) -> None:
+    path = write_config(tmp_path, recorded_writer.url)
     (tmp_path / "token").unlink()
     proc = run("--config", str(path), "--once")
     assert proc.returncode == 2 and "token_file" in proc.stderr
-    assert push_recorder.bodies == []
+    assert recorded_writer.bodies == []
 
 
 def test_bad_arguments_exit_2() -> None:
@@ -109,27 +118,33 @@ def test_help_documents_every_option() -> None:
         assert option in proc.stdout
 
 
-def test_the_decision_log_keeps_the_same_record_as_once_prints(tmp_path: Path, push_recorder: PushRecorder) -> None:
+def test_the_decision_log_keeps_the_same_record_as_once_prints(tmp_path: Path, recorded_writer: RecordedWriter) -> None:
     log = tmp_path / "decisions.jsonl"
-    proc = run("--config", str(write_config(tmp_path, push_recorder.url)), "--once", "--decision-log", str(log))
+    proc = run("--config", str(write_config(tmp_path, recorded_writer.url)), "--once", "--decision-log", str(log))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(log.read_text()) == json.loads(proc.stdout)
+    assert json.loads(proc.stdout)["push"][0]["outcome"] == "ok"  # the record holds the writer's real answer
 
 
-def test_two_sharded_replicas_push_each_writer_exactly_once(tmp_path: Path, push_recorder: PushRecorder, dead_writer: str) -> None:
+def test_two_sharded_replicas_push_each_writer_exactly_once(
+    tmp_path: Path, recorded_writer: RecordedWriter, dead_writer: str
+) -> None:
     # Two writers, two replicas: whichever replica owns a writer pushes to it, the other leaves it alone.
-    path = write_config(tmp_path, push_recorder.url)
+    path = write_config(tmp_path, recorded_writer.url)
     raw = yaml.safe_load(path.read_text())
-    raw["writers"]["static"] = [push_recorder.url, dead_writer]
+    raw["writers"]["static"] = [recorded_writer.url, dead_writer]
     path.write_text(yaml.safe_dump(raw))
     pushed: dict[str, int] = {}
+    outcomes: dict[str, str] = {}
     for k in range(2):
         proc = run("--config", str(path), "--once", "--shards", "2", "--shard-index", str(k))
         assert proc.returncode == 0, proc.stderr
         for p in json.loads(proc.stdout)["push"]:
             pushed[p["writer"]] = pushed.get(p["writer"], 0) + 1
-    assert pushed == {push_recorder.url: 1, dead_writer: 1}
-    assert len(push_recorder.bodies) == 1
+            outcomes[p["writer"]] = p["outcome"]
+    assert pushed == {recorded_writer.url: 1, dead_writer: 1}
+    assert outcomes == {recorded_writer.url: "ok", dead_writer: "unreachable"}
+    assert len(recorded_writer.bodies) == 1 and recorded_writer.pushes("accepted") == 1
 
 
 def test_a_shard_index_outside_the_replicas_exits_2() -> None:
