@@ -23,7 +23,7 @@ import uvicorn
 from controller.config import TlsClientConfig
 from controller.push import HttpPusher, read_token
 from controller.tls import ReloadingPusher, client_context, tls_files
-from tests.controller.conftest import PushRecorder, push_recorder  # noqa: F401 (fixture)
+from tests.controller.conftest import RecordedWriter, recorded_writer  # noqa: F401 (fixture)
 from tests.tls_certs import Ca, Leaf, make_ca
 from tests.writer.conftest import FakeTree, fake_v2, make_writer, push_body  # noqa: F401 (fixture)
 from writer.api import TargetsPush
@@ -128,7 +128,7 @@ def test_a_rotated_writer_certificate_is_served_from_the_next_connection_without
 
 
 def test_a_rotated_token_file_is_honoured_by_the_writer_and_the_controller(
-    fake_v2: FakeTree, pki: tuple[Ca, Ca], tmp_path: Path, push_recorder: PushRecorder
+    fake_v2: FakeTree, pki: tuple[Ca, Ca], tmp_path: Path, recorded_writer: RecordedWriter
 ) -> None:
     one, _ = pki
     leaf = one.issue("writer")
@@ -143,17 +143,21 @@ def test_a_rotated_token_file_is_honoured_by_the_writer_and_the_controller(
         assert _push(url, verify, token=TOKEN, generation=2) == "unauthorized"
         assert _push(url, verify, token="rotated-token", generation=3) == "ok"
 
-    # The controller side: the pusher is rebuilt with the new token when the file changes.
+    # The controller side: the pusher is rebuilt with the new token when the file changes. It pushes
+    # (plain HTTP) to a real writer that follows the same file, so each token must be the one in force.
+    recorded_writer.writer.state.token_source = TokenFile(token_file, read_token(token_file) or "")
+
     def build() -> HttpPusher:
         return HttpPusher(token=read_token(token_file), timeout_seconds=2.0)
 
-    pusher = ReloadingPusher(build, [token_file])
-    body = TargetsPush.model_validate(push_body(1))
-    pusher.push([push_recorder.url], body)
-    tmp.write_text("third-token\n")
-    os.replace(tmp, token_file)
-    pusher.push([push_recorder.url], body)
-    assert [h["Authorization"] for h in push_recorder.headers] == ["Bearer rotated-token", "Bearer third-token"]
+    with closing(ReloadingPusher(build, [token_file])) as pusher:
+        [first] = pusher.push([recorded_writer.url], TargetsPush.model_validate(push_body(1)))
+        tmp.write_text("third-token\n")
+        os.replace(tmp, token_file)
+        [second] = pusher.push([recorded_writer.url], TargetsPush.model_validate(push_body(2)))
+    assert [h["Authorization"] for h in recorded_writer.headers] == ["Bearer rotated-token", "Bearer third-token"]
+    assert [first.outcome, second.outcome] == ["ok", "ok"]
+    assert recorded_writer.pushes("accepted") == 2 and recorded_writer.pushes("unauthorized") == 0
     assert pusher.reloads == 1
 
 
