@@ -267,51 +267,6 @@ def recorded_writer(tmp_path: Path) -> Iterator[RecordedWriter]:
         yield RecordedWriter(url=url, bodies=bodies, headers=headers, writer=writer)
 
 
-# -- a push recorder: real HTTP, records bodies, answers like a writer -------------------------
-
-
-@dataclass
-class PushRecorder:
-    url: str
-    bodies: list[dict[str, Any]]
-    headers: list[dict[str, str]]
-
-
-@pytest.fixture
-def push_recorder() -> Iterator[PushRecorder]:
-    """A loopback HTTP server that accepts ``PUT /v1/targets`` and answers a valid PushResponse."""
-    bodies: list[dict[str, Any]] = []
-    headers: list[dict[str, str]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_PUT(self) -> None:  # noqa: N802 (http.server's naming)
-            length = int(self.headers.get("Content-Length", "0"))
-            body = json.loads(self.rfile.read(length))
-            bodies.append(body)
-            headers.append(dict(self.headers.items()))
-            answer = json.dumps(
-                {
-                    "node": "recorder",
-                    "generation": body["generation"],
-                    "results": [
-                        {"group": g["name"], "cgroup": f"/fake/{g['name']}", "outcome": "applied", "detail": ""}
-                        for g in body["groups"]
-                    ],
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    with serving_handler(Handler) as port:
-        yield PushRecorder(url=f"http://127.0.0.1:{port}", bodies=bodies, headers=headers)
-
-
 @contextmanager
 def serving_handler(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
     """Serve an ``http.server`` handler on a free loopback port in a thread; yield the port."""
