@@ -67,12 +67,14 @@ def step_until(c: Controller, status: str, limit: float = 20.0) -> dict[str, Any
 
 @pytest.mark.prometheus
 def test_loop_holds_then_fails_safe_while_prometheus_is_down_and_recovers_when_it_returns(
-    latency_exporter: LatencyExporter, prometheus_for: Any, recorded_writer: RecordedWriter
+    latency_exporter: LatencyExporter, prometheus_for: Any, recorded_writer: RecordedWriter,
+    request: pytest.FixtureRequest,
 ) -> None:
     port = free_port()
     prom = prometheus_for(latency_exporter, port=port, start=False)  # down at start
     metrics = ControllerMetrics()
     c = controller(config(f"http://127.0.0.1:{port}", [recorded_writer.url]), initial_level=0.9, metrics=metrics)
+    request.addfinalizer(c.pusher.close)
 
     ticks = [c.step(time.time()) for _ in range(4)]
     levels = [t.records[0] for t in ticks]
