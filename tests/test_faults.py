@@ -27,7 +27,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -336,22 +337,33 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         yield r
     finally:
         stop.set()
-        for p in procs:
-            p.stop()
-        if r is not None and r.faketime_file is not None:
-            # libfaketime's shared memory and semaphore, named for the process that made them: a process
-            # that exits removes its own, one killed with SIGKILL leaves them in /dev/shm.
-            for pid in r.controller.pids:
-                for leftover in (f"faketime_shm_{pid}", f"sem.faketime_sem_{pid}"):
-                    Path("/dev/shm", leftover).unlink(missing_ok=True)
-        if target is not None:
-            target.close()
-        if r is not None:
-            r.http.close()
-        remove_group(h, f"{top}/lp")
-        remove_group(h, top)
-        assert not (h.root / top).exists()
-        _report()
+        # Every step runs even if one before it raises (ExitStack re-raises the first error at the end);
+        # the callbacks run last-registered first, so they are registered in reverse.
+        with ExitStack() as cleanup:
+            cleanup.callback(_report)
+            cleanup.callback(lambda: _assert_removed(h.root / top))
+            cleanup.callback(remove_group, h, top)
+            cleanup.callback(remove_group, h, f"{top}/lp")
+            if r is not None:
+                cleanup.callback(r.http.close)
+                if r.faketime_file is not None:
+                    cleanup.callback(_remove_faketime_leftovers, r.controller.pids)
+            if target is not None:
+                cleanup.callback(target.close)
+            for p in reversed(procs):
+                cleanup.callback(p.stop)
+
+
+def _assert_removed(path: Path) -> None:
+    assert not path.exists(), f"{path} is still there"
+
+
+def _remove_faketime_leftovers(pids: Iterable[int]) -> None:
+    """libfaketime's shared memory and semaphore, named for the process that made them: a process
+    that exits removes its own, one killed with SIGKILL leaves them in /dev/shm."""
+    for pid in pids:
+        for leftover in (f"faketime_shm_{pid}", f"sem.faketime_sem_{pid}"):
+            Path("/dev/shm", leftover).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- measuring one fault

@@ -148,7 +148,8 @@ def scraped_jobs(*, latency: Sequence[str] = (), failing: Sequence[str] = ()) ->
         exporters = {job: stack.enter_context(serving_latency_exporter()) for job in latency}
         targets = {job: stack.enter_context(serving_failing_target()) for job in failing}
         server = PrometheusServer(
-            targets=[ScrapeTarget(job=job, address=t.address) for job, t in [*exporters.items(), *targets.items()]],
+            targets=[*(ScrapeTarget(job=job, address=e.address) for job, e in exporters.items()),
+                     *(ScrapeTarget(job=job, address=t.address) for job, t in targets.items())],
             scrape_interval_seconds=SCRAPE_INTERVAL,
         )
         stack.callback(server.stop)

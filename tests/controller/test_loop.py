@@ -74,6 +74,7 @@ def test_loop_holds_then_fails_safe_while_prometheus_is_down_and_recovers_when_i
     prom = prometheus_for(latency_exporter, port=port, start=False)  # down at start
     metrics = ControllerMetrics()
     c = controller(config(f"http://127.0.0.1:{port}", [recorded_writer.url]), initial_level=0.9, metrics=metrics)
+    assert isinstance(c.pusher, HttpPusher)
     request.addfinalizer(c.pusher.close)
 
     ticks = [c.step(time.time()) for _ in range(4)]
