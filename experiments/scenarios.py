@@ -341,10 +341,14 @@ def run_plan(plan: Sequence[ScenarioSpec], backend: Backend, config: RunConfig, 
 
             found = bisect_oracle(probe, tolerance=config.oracle_tolerance, max_probes=config.oracle_max_probes)
             progress.message(f"oracle: {found.describe()}")
-            (out / "oracle.json").write_text(json.dumps({**asdict(found), "scenario": spec.name,
+            # Strict JSON: an unbounded uncertainty (no level met, or none missed) is null, not Infinity.
+            found_record = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                            for k, v in asdict(found).items()}
+            (out / "oracle.json").write_text(json.dumps({**found_record, "scenario": spec.name,
                                                          "tolerance": config.oracle_tolerance,
                                                          "max_probes": config.oracle_max_probes,
-                                                         "meets": f"attainment >= {ORACLE_ATTAINMENT:g}"}, indent=2))
+                                                         "meets": f"attainment >= {ORACLE_ATTAINMENT:g}"},
+                                                        indent=2, allow_nan=False))
         if not config.report_each_scenario and results:
             summary = write_report(out, results, target or TargetChoice(math.nan, "not yet known"),
                                    run_info=config.run_info)

@@ -62,6 +62,18 @@ def test_scenario_all_writes_the_files_the_local_backend_writes(tmp_path: Path) 
     assert any(p.suffix == ".png" for p in out.iterdir())
 
 
+def test_an_oracle_that_finds_no_level_writes_strict_json(tmp_path: Path) -> None:
+    # 0.1 ms is under the HP service's own floor: even level 0 misses, so the uncertainty is unbounded.
+    _run(tmp_path / "out", "--scenario", "oracle", "--target", "0.1ms", "--oracle-probes", "2")
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    oracle = json.loads((tmp_path / "out" / "oracle.json").read_text(), parse_constant=refuse)
+    assert oracle["level"] is None and oracle["uncertainty"] is None
+    assert [p["meets"] for p in oracle["probes"]] == [False, False]
+
+
 def test_the_sims_quantile_is_the_reports_quantile() -> None:
     rng = np.random.default_rng(3)
     edges = np.geomspace(1e-4, 10, 71)
