@@ -234,10 +234,15 @@ def pieces(schedule: Schedule) -> tuple[list[float], list[float], list[bool]]:
 
 
 def run_pieces(schedule: Schedule, levels: Sequence[float], base: dict[str, Any], target_ms: float,
-               backend: SimBackend, seed: int, until: float | None = None) -> SimResult:
-    """Play ``schedule`` (its first ``until`` seconds) with the clairvoyant's piece levels set at each piece's start."""
+               backend: SimBackend, seed: int, until: float | None = None, lag: float = 0.0) -> SimResult:
+    """Play ``schedule`` (its first ``until`` seconds) with the clairvoyant's piece levels set at each piece's start.
+
+    ``lag`` > 0 sets each level (but the first) that many seconds after its piece starts: the reference
+    learns of every change late, as a loop must (``control_quality_held_out.py --lags``).
+    """
     slo = _slo("pid", base, target_ms, backend)  # a loop whose policy object PieceLevels replaces
     starts, _, _ = pieces(schedule)
+    starts = [start + lag if i else start for i, start in enumerate(starts)]
     played = schedule if until is None else schedule.until(until)
     return simulate(played, SimConfig(seed=seed), slo=slo,
                     policies={slo["slos"][0]["name"]: PieceLevels(starts, list(levels))})

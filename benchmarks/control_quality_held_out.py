@@ -1,6 +1,7 @@
 """The control-quality figures on noise nothing was fitted to: what knowing the load is worth, and what knowing the noise is.
 
     python benchmarks/control_quality_held_out.py RESULTS.json --output FILE.json [--seeds 4-13] [--margins 0,0.02,...]
+        [--lags 0,1,2]
 
 ``benchmarks/control_quality.py`` measures everything on the seeds it fits
 its references on (``seeds`` in its records): the oracle static (one level
@@ -18,6 +19,18 @@ seeds are refused):
   margin of 0.04 in level is about 24 % of bandwidth in the template's
   geometric range): the margin at which it meets the SLO on unseen noise is
   the one a loop that knew every load change in advance would still need;
+* the same, each piece's level set ``lag`` seconds after the piece starts
+  (the first piece's at once): a reference that learns every change late,
+  as a loop must (its sensor shows a change a tick later at the earliest),
+  and then knows the best level for the new load at once. Pieces the
+  bisection left fully open (LP idle all through them, so nothing to
+  protect and nothing to gain) keep the level before them (the first ones
+  the first level that binds): a late reference that opened up while LP was
+  idle would meet LP's return unthrottled, and no loop need do that. A loop can do
+  better than that only by anticipating a change, and worse by having to
+  find the new level; the margin it needs to meet the SLO says what a loop
+  that learns the load after ``lag`` seconds could move at best with a
+  uniform margin;
 * the loops (PID, AIMD, knee) with their defaults.
 
 Per scenario and row it prints the attainment after settling (mean over the
@@ -57,11 +70,12 @@ def _seeds(text: str) -> list[int]:
 
 
 def _row(scenario: str, policy: str, margin: float | None, cells: list[dict[str, Any]],
-         oracle_bytes: float) -> dict[str, Any]:
+         oracle_bytes: float, lag: float | None = None) -> dict[str, Any]:
     return {
         "scenario": scenario,
         "policy": policy,
         "margin": margin,
+        "lag_seconds": lag,
         "dynamic": scenario in DYNAMIC_SCHEDULES,
         "slo_attainment": float(np.mean([c["slo_attainment"] for c in cells])),
         "worst_seed_attainment": float(min(c["slo_attainment"] for c in cells)),
@@ -69,8 +83,21 @@ def _row(scenario: str, policy: str, margin: float | None, cells: list[dict[str,
     }
 
 
+def held_where_open(levels: list[float]) -> list[float]:
+    """Pieces at level 1 (LP idle through them) keep the level before them; leading ones the first that binds."""
+    binding = [level for level in levels if level < 1.0]
+    held, last = [], binding[0] if binding else 1.0
+    for level in levels:
+        last = level if level < 1.0 else last
+        held.append(last)
+    return held
+
+
 def _label(row: dict[str, Any]) -> str:
-    return row["policy"] if row["margin"] is None else f"{row['policy']}-{row['margin']:.2f}"
+    if row["margin"] is None:
+        return str(row["policy"])
+    late = f"-late{row['lag_seconds']:g}s" if row.get("lag_seconds") else ""
+    return f"{row['policy']}-{row['margin']:.2f}{late}"
 
 
 def against_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -80,7 +107,8 @@ def against_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = [r for r in rows if _label(r) == label]
         worst = min(mine, key=lambda r: r["slo_attainment"])
         low = min((r for r in mine if r["dynamic"]), key=lambda r: r["lp_fraction_of_oracle"])
-        out.append({"label": label, "policy": mine[0]["policy"], "worst_attainment": worst["slo_attainment"],
+        out.append({"label": label, "policy": mine[0]["policy"], "lag_seconds": mine[0]["lag_seconds"],
+                    "worst_attainment": worst["slo_attainment"],
                     "worst_scenario": worst["scenario"],
                     "steady_lp": next(r["lp_fraction_of_oracle"] for r in mine if r["scenario"] == "steady"),
                     "lowest_dynamic_lp": low["lp_fraction_of_oracle"], "lowest_dynamic_scenario": low["scenario"]})
@@ -93,17 +121,21 @@ def plot(summary: list[dict[str, Any]], path: Path, seeds: list[int]) -> None:
     fig = Figure(figsize=(11, 4.8), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     keys = {"steady": "steady_lp", "dynamic": "lowest_dynamic_lp"}
-    clair = [s for s in summary if s["policy"] == "clairvoyant"]
+    lags = sorted({s["lag_seconds"] for s in summary if s["policy"] == "clairvoyant"})
     for ax, (which, bar, label) in zip(axes, cq.TRADE_PANELS):
         key = keys[which]
-        ax.plot([100 * s[key] for s in clair], [100 * s["worst_attainment"] for s in clair], "-*", color="tab:green",
-                ms=9, label="clairvoyant, pieces lowered by a margin")
+        for lag, colour in zip(lags, ("tab:green", "tab:olive", "tab:orange", "tab:red", "tab:purple")):
+            clair = [s for s in summary if s["policy"] == "clairvoyant" and s["lag_seconds"] == lag]
+            ax.plot([100 * s[key] for s in clair], [100 * s["worst_attainment"] for s in clair], "-*", color=colour,
+                    ms=9, label="clairvoyant, pieces lowered by a margin" + (f", set {lag:g} s late" if lag else ""))
         for s in summary:
             point = (100 * s[key], 100 * s["worst_attainment"])
             if s["policy"] != "clairvoyant":
                 ax.scatter(*point, color="tab:gray" if s["policy"] == "oracle" else "tab:blue", s=30)
-            ax.annotate(s["label"].replace("clairvoyant-", "") if s["policy"] == "clairvoyant" else s["label"],
-                        point, fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(s["label"], point, fontsize=7, xytext=(3, 3), textcoords="offset points")
+            elif not s["lag_seconds"]:  # the margins once, on the reference set at once (the late ones lie beside it)
+                ax.annotate(s["label"].replace("clairvoyant-", ""), point, fontsize=7, xytext=(3, -9),
+                            textcoords="offset points")
         cq.target_region(ax, bar, label)
     axes[0].set_ylabel("worst scenario's SLO attainment after settling (%)")
     axes[0].legend(fontsize=8, loc="lower left")
@@ -122,6 +154,9 @@ def main() -> int:
     parser.add_argument("--margins", type=lambda t: [float(v) for v in t.split(",")],
                         default=[0.0, 0.02, 0.04, 0.06, 0.08],
                         help="levels to lower every clairvoyant piece by (default 0,0.02,0.04,0.06,0.08)")
+    parser.add_argument("--lags", type=lambda t: [float(v) for v in t.split(",")], default=[0.0, 1.0, 2.0],
+                        help="seconds after a piece starts that its level is set, one clairvoyant row per lag and "
+                             "margin (default 0,1,2; 0 = at once)")
     args = parser.parse_args()
     records = json.loads(args.results.read_text())
     if overlap := sorted({seed for r in records for seed in r["seeds"]} & set(args.seeds)):
@@ -145,24 +180,27 @@ def main() -> int:
         oracle = measure("oracle", level if level is not None else 0.0)
         oracle_bytes = float(np.mean([c["lp_bytes"] for c in oracle]))
         rows.append(_row(name, "oracle", None, oracle, oracle_bytes))
-        for margin in args.margins:
-            lowered = [max(0.0, p - margin) for p in ref["clairvoyant"]["piece_levels"]]
-            cells = [cq.cell_metrics(cq.run_pieces(schedule, lowered, base, target_ms, backend, seed), schedule, target_ms)
-                     for seed in args.seeds]
-            rows.append(_row(name, "clairvoyant", margin, cells, oracle_bytes))
+        for lag in args.lags:
+            for margin in args.margins:
+                levels = ref["clairvoyant"]["piece_levels"]
+                lowered = [max(0.0, p - margin) for p in (held_where_open(levels) if lag else levels)]
+                cells = [cq.cell_metrics(cq.run_pieces(schedule, lowered, base, target_ms, backend, seed, lag=lag),
+                                         schedule, target_ms)
+                         for seed in args.seeds]
+                rows.append(_row(name, "clairvoyant", margin, cells, oracle_bytes, lag))
         for loop in cq.LOOPS:
             rows.append(_row(name, loop, None, measure(loop), oracle_bytes))
     for row in rows:
         row.update(seeds=args.seeds, target_ms=target_ms)
-    print(f"{'scenario':<11} {'policy':<18} {'attain':>7} {'worst':>7} {'LP/orc':>7}")
+    print(f"{'scenario':<11} {'policy':<24} {'attain':>7} {'worst':>7} {'LP/orc':>7}")
     for r in rows:
-        print(f"{r['scenario']:<11} {_label(r):<18} {100 * r['slo_attainment']:6.1f}% "
+        print(f"{r['scenario']:<11} {_label(r):<24} {100 * r['slo_attainment']:6.1f}% "
               f"{100 * r['worst_seed_attainment']:6.1f}% {100 * r['lp_fraction_of_oracle']:6.0f}%")
     summary = against_targets(rows)
     print("\nagainst the issue's targets (attainment >= 99 % in every scenario, LP >= 90 % in steady, "
           ">= 120 % in every dynamic schedule):")
     for s in summary:
-        print(f"  {s['label']:<18} worst attainment {100 * s['worst_attainment']:5.1f} % ({s['worst_scenario']}), "
+        print(f"  {s['label']:<24} worst attainment {100 * s['worst_attainment']:5.1f} % ({s['worst_scenario']}), "
               f"steady LP {100 * s['steady_lp']:4.0f} %, lowest dynamic LP {100 * s['lowest_dynamic_lp']:4.0f} % "
               f"({s['lowest_dynamic_scenario']})")
     args.output.parent.mkdir(parents=True, exist_ok=True)
