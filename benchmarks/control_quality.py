@@ -241,6 +241,7 @@ def run_pieces(schedule: Schedule, levels: Sequence[float], base: dict[str, Any]
     learns of every change late, as a loop must (``control_quality_held_out.py --lags``).
     """
     slo = _slo("pid", base, target_ms, backend)  # a loop whose policy object PieceLevels replaces
+    assert slo is not None
     starts, _, _ = pieces(schedule)
     starts = [start + lag if i else start for i, start in enumerate(starts)]
     played = schedule if until is None else schedule.until(until)

@@ -18,7 +18,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from kubernetes.client import ApiException, V1Lease
+from kubernetes.client import ApiException, V1Lease, V1LeaseSpec, V1ObjectMeta
+
+
+def meta_of(lease: V1Lease) -> V1ObjectMeta:
+    assert lease.metadata is not None, "a Lease without metadata"
+    return lease.metadata
+
+
+def spec_of(lease: V1Lease) -> V1LeaseSpec:
+    assert lease.spec is not None, "a Lease without spec"
+    return lease.spec
 
 
 class FakeLeaseApi:
@@ -43,12 +53,12 @@ class FakeLeaseApi:
 
     def create_namespaced_lease(self, namespace: str, body: V1Lease) -> V1Lease:
         self._maybe_fail("create")
-        key = (namespace, body.metadata.name)
+        key = (namespace, str(meta_of(body).name))
         if key in self.leases:
             raise ApiException(status=409, reason="AlreadyExists")
         stored = copy.deepcopy(body)
         self._version += 1
-        stored.metadata.resource_version = str(self._version)
+        meta_of(stored).resource_version = str(self._version)
         self.leases[key] = stored
         return copy.deepcopy(stored)
 
@@ -57,14 +67,14 @@ class FakeLeaseApi:
         key = (namespace, name)
         if key not in self.leases:
             raise ApiException(status=404, reason="Not Found")
-        if body.metadata.resource_version != self.leases[key].metadata.resource_version:
+        if meta_of(body).resource_version != meta_of(self.leases[key]).resource_version:
             raise ApiException(status=409, reason="Conflict")
         stored = copy.deepcopy(body)
         self._version += 1
-        stored.metadata.resource_version = str(self._version)
+        meta_of(stored).resource_version = str(self._version)
         self.leases[key] = stored
         return copy.deepcopy(stored)
 
     def holder(self, name: str = "drcio-controller", namespace: str = "drcio-system") -> Any:
         lease = self.leases.get((namespace, name))
-        return lease.spec.holder_identity if lease is not None else None
+        return spec_of(lease).holder_identity if lease is not None else None

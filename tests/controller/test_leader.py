@@ -9,7 +9,7 @@ import pytest
 
 from controller.leader import GENERATION_ANNOTATION, ElectionConfig, LeaderElector, LeaderGatedPusher
 from controller.push import PushResult
-from tests.controller.fake_lease_api import FakeLeaseApi
+from tests.controller.fake_lease_api import FakeLeaseApi, meta_of, spec_of
 from writer.api import TargetsPush
 
 DURATION, DEADLINE, RETRY = 15.0, 10.0, 2.0
@@ -64,7 +64,7 @@ def test_the_first_replica_creates_the_lease_and_leads(api: FakeLeaseApi) -> Non
     assert a.tick() is True
     assert api.holder() == "a" and a.elector.is_leader()
     lease = api.leases[("drcio-system", "drcio-controller")]
-    assert lease.spec.lease_duration_seconds == 15 and lease.spec.lease_transitions == 0
+    assert spec_of(lease).lease_duration_seconds == 15 and spec_of(lease).lease_transitions == 0
 
 
 def test_exactly_one_of_two_replicas_leads_and_the_other_waits(api: FakeLeaseApi) -> None:
@@ -91,7 +91,7 @@ def test_a_standby_takes_over_within_the_lease_duration_plus_one_retry_after_the
     assert took_over_at - last_renewal <= DURATION + RETRY
     assert took_over_at - last_renewal >= DURATION  # and never before the lease ran out
     assert api.holder() == "b"
-    assert api.leases[("drcio-system", "drcio-controller")].spec.lease_transitions == 1
+    assert spec_of(api.leases[("drcio-system", "drcio-controller")]).lease_transitions == 1
 
 
 def test_a_live_leader_is_never_displaced_even_when_the_standby_clock_is_ahead(api: FakeLeaseApi) -> None:
@@ -133,7 +133,7 @@ def test_generations_stay_monotonic_across_leaders_despite_a_slow_wall_clock(api
     a, b = Replica(api, "a", clock), Replica(api, "b", clock)
     a.generation = 1_800_000_000_000  # ms of a's wall clock
     run_rounds(clock, [a, b], 10)
-    assert api.leases[("drcio-system", "drcio-controller")].metadata.annotations[GENERATION_ANNOTATION] == str(a.generation)
+    assert (meta_of(api.leases[("drcio-system", "drcio-controller")]).annotations or {})[GENERATION_ANNOTATION] == str(a.generation)
     a.generation += int(DEADLINE * 1000)  # a pushed for up to renew_deadline after its last renewal
     last_of_a = a.generation
     b.generation = 1_799_999_000_000  # b's clock runs 1000 s behind
@@ -148,7 +148,7 @@ def test_a_conflicting_write_loses_the_round_instead_of_overwriting(api: FakeLea
     a.tick()
     stale = api.read_namespaced_lease("drcio-controller", "drcio-system")
     a.tick()  # a renews: the stored resourceVersion moves on
-    stale.spec.holder_identity = "b"
+    spec_of(stale).holder_identity = "b"
     with pytest.raises(Exception) as err:
         api.replace_namespaced_lease("drcio-controller", "drcio-system", stale)
     assert getattr(err.value, "status", None) == 409

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import pytest
 
 from experiments.oracle import Probe, bisect_oracle, bisect_pieces
 
 
-def _plant(knee_level: float):  # LP grows geometrically with the level (as the SLO's range does)
+def _plant(knee_level: float) -> Callable[[float], Probe]:  # LP grows geometrically with the level (as the SLO's range does)
     def probe(level: float) -> Probe:
         return Probe(level, 10e6 * 200 ** level, level <= knee_level)
     return probe
@@ -33,11 +34,12 @@ def test_no_limit_needed_is_exact_and_no_level_meeting_the_slo_says_so() -> None
     assert "no fixed level meets the SLO" in hopeless.describe()
 
 
-def _pieces_plant(caps: list[float], spill: float = 0.0):
+def _pieces_plant(caps: list[float], spill: float = 0.0,
+                  ) -> tuple[Callable[[Sequence[float], int], bool], list[tuple[list[float], int]]]:
     """Piece i meets while its level is at most caps[i], less ``spill`` times the level before it."""
     calls: list[tuple[list[float], int]] = []
 
-    def meets(levels, i: int) -> bool:
+    def meets(levels: Sequence[float], i: int) -> bool:
         calls.append((list(levels), i))
         return levels[i] <= caps[i] - spill * (levels[i - 1] if i > 0 else 0.0)
     return meets, calls

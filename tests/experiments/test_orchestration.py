@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -284,7 +285,7 @@ def test_static_weight_asks_for_bfq() -> None:
 WIRING = SloWiring("http://127.0.0.1:19090", "http://127.0.0.1:19100", Path("/tmp/token"), "hp-gnn", ["254:0"])
 
 
-def _doc(kind: str, level: float | None = None) -> dict[str, object]:
+def _doc(kind: str, level: float | None = None) -> dict[str, Any]:
     base, _ = load_base_slo(None)
     spec = ScenarioSpec(kind, kind, 10, 1, lp=True, controlled=True, level=level)  # type: ignore[arg-type]
     doc = slo_document(spec, base, target_ms=12.5, wiring=WIRING)
@@ -294,7 +295,7 @@ def _doc(kind: str, level: float | None = None) -> dict[str, object]:
 
 def test_a_sweep_step_is_a_static_level_over_the_same_throttle_range_as_drcio() -> None:
     drcio, sweep = _doc("drcio"), _doc("sweep", 3 / 7)
-    d_slo, s_slo = drcio["slos"][0], sweep["slos"][0]  # type: ignore[index]
+    d_slo, s_slo = drcio["slos"][0], sweep["slos"][0]
     assert s_slo["throttle"] == d_slo["throttle"]
     assert s_slo["policy"] == {"kind": "static", "level": pytest.approx(3 / 7)}
     assert d_slo["policy"]["kind"] in ("pid", "aimd")
@@ -302,14 +303,14 @@ def test_a_sweep_step_is_a_static_level_over_the_same_throttle_range_as_drcio() 
 
 
 def test_static_max_is_a_fixed_200m_read_50m_write_limit() -> None:
-    (slo,) = _doc("static-max")["slos"]  # type: ignore[misc]
+    (slo,) = _doc("static-max")["slos"]
     assert slo["policy"] == {"kind": "static", "level": 1.0}
     assert slo["throttle"]["rbps"] == {"min": "200M", "max": "200M"}
     assert slo["throttle"]["wbps"] == {"min": "50M", "max": "50M"}
 
 
 def test_static_weight_sets_a_low_lp_weight_and_no_limit() -> None:
-    (lp,) = _doc("static-weight")["slos"]  # type: ignore[misc]
+    (lp,) = _doc("static-weight")["slos"]
     assert lp["throttle"]["weight"] == {"min": 10, "max": 10}
     assert not {"rbps", "wbps", "riops", "wiops"} & set(lp["throttle"])
 

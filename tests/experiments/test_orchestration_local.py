@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -207,7 +208,7 @@ def test_the_readme_command_runs_all_scenarios_to_the_end(tmp_path: Path, work_r
     assert "## SLO target" in (out / "report.md").read_text()
 
 
-def _lp_phases(raw: Path) -> list[dict[str, object]]:
+def _lp_phases(raw: Path) -> list[dict[str, Any]]:
     """The LP job's bytes per schedule phase, from its own ``stopped`` line."""
     for line in (raw / "logs" / "lp-batch.out").read_text().splitlines():
         record = json.loads(line)
@@ -248,9 +249,9 @@ def test_a_short_dynamic_run_plays_the_schedule_then_the_oracle_over_the_same_sc
     for name in runs:  # drcio and every probe played the whole schedule, each workload from its own file
         raw = out / "raw" / name
         assert load_schedule(str(raw / "schedule.yaml")).duration_seconds == pytest.approx(7.0)
-        read, write, idle = (p["bytes"] for p in _lp_phases(raw))  # type: ignore[misc]
-        assert read["read"] > 0 and read["write"] == 0  # type: ignore[index]
-        assert write["write"] > 0 and write["read"] == 0  # type: ignore[index]
+        read, write, idle = (p["bytes"] for p in _lp_phases(raw))
+        assert read["read"] > 0 and read["write"] == 0
+        assert write["write"] > 0 and write["read"] == 0
         assert idle == {"read": 0, "write": 0}
         client = pd.read_csv(raw / "client.csv")
         at, lag = client["scheduled_s"], client["sent_s"] - client["scheduled_s"]

@@ -55,7 +55,7 @@ def test_registry_round_trips_the_slo_file_examples(section: dict[str, object], 
     assert parse_params(params.kind, dataclasses.asdict(params)) == params
     policy = build_policy(params, failsafe=FailSafe(after=0, level=0.25), initial_level=0.6)
     assert type(policy) is policy_type
-    assert policy.level == 0.6  # type: ignore[attr-defined]
+    assert policy.level == 0.6
 
 
 def test_registry_builds_policies_with_the_failsafe_it_is_given() -> None:

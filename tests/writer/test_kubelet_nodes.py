@@ -50,7 +50,7 @@ def test_kubelets_cgroup_root_is_honoured(tmp_path: Path, cgroup_root: str, driv
     assert detect_driver(tmp_path, cgroup_root=cgroup_root) == driver
     assert kubelet_tree_problem(tmp_path, cgroup_root=cgroup_root) is None
     assert kubelet_tree_problem(tmp_path) is not None  # with the default root there is no kubepods here
-    assert pod_cgroup_dir(tmp_path, POD_UID, "burstable", driver, cgroup_root=cgroup_root) == tmp_path / expected  # type: ignore[arg-type]
+    assert pod_cgroup_dir(tmp_path, POD_UID, "burstable", driver, cgroup_root=cgroup_root) == tmp_path / expected
 
 
 def test_container_cgroups_of_every_runtime_are_recognised(tmp_path: Path) -> None:
@@ -143,6 +143,12 @@ def _push(w: Any, generation: int = 1, **group: Any) -> Any:
     return w.reconciler.push(TargetsPush.model_validate(push_body(generation, **group)))
 
 
+def _findings(w: Any) -> list[str]:
+    findings = w.reconciler.status()["findings"]
+    assert isinstance(findings, list)
+    return findings
+
+
 def test_a_push_matching_no_workload_is_answered_reported_and_counted(fake_v2: FakeTree) -> None:
     fake_v2.group("drcio-demo/lp")
     w = make_writer(fake_v2)
@@ -151,7 +157,7 @@ def test_a_push_matching_no_workload_is_answered_reported_and_counted(fake_v2: F
     assert [(r.group, r.outcome) for r in answer.results] == [("unassigned", "unchanged")]
     assert answer.unmatched_groups == ["lp"]
     assert "group 'lp' matched no LP workload on this node; nothing was written for it" in answer.warnings
-    assert "group 'lp' matched no LP workload on this node; nothing was written for it" in w.reconciler.status()["findings"]
+    assert "group 'lp' matched no LP workload on this node; nothing was written for it" in _findings(w)
     assert w.metric("drcio_push_group_unmatched", {"group": "lp"}) == 1.0
     answer = _push(w, 2)
     assert answer.unmatched_groups == [] and answer.warnings == []
@@ -162,7 +168,7 @@ def test_a_node_without_lp_workloads_says_so(fake_v2: FakeTree) -> None:
     w = make_writer(fake_v2)  # neither configured cgroup exists
     answer = _push(w)
     assert "no LP workload found on this node" in answer.warnings
-    assert "no LP workload found on this node" in w.reconciler.status()["findings"]
+    assert "no LP workload found on this node" in _findings(w)
     assert w.metric("drc_io_low_priority_pods") == 0.0
 
 
@@ -174,7 +180,7 @@ def test_the_weight_mechanism_per_device_and_the_competition_level_are_shown(fak
     (fake_v2.root / "io.cost.qos").write_text("254:0 enable=1 ctrl=auto\n")
     w = make_writer(fake_v2, entries=[{"name": "lp-batch", "path": layout.pod, "labels": {"group-id": "lp"}}])
     _push(w, io_weight=50)
-    status = w.reconciler.status()
+    status: dict[str, Any] = w.reconciler.status()
     assert status["weight_mechanisms"] == {"254:0": "iocost"}
     [lp] = status["lp_workloads"]
     assert lp["weight_competes_among"] == {"parent": "kubepods.slice/kubepods-burstable.slice", "siblings": 1}

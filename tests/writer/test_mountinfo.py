@@ -36,5 +36,5 @@ def test_both_readers_undo_the_same_escapes(tmp_path: Path) -> None:
     sysfs = FakeSysfs(tmp_path / "sys")
     sysfs.add_disk("vda", "254:0")
     sysfs.add_partition("vda", "vda1", "254:1")
-    devices = [MountRef(mount="/mnt/a\\b/data")]
+    devices: list[str | MountRef] = [MountRef(mount="/mnt/a\\b/data")]
     assert resolve_devices(devices, proc_root=tmp_path / "proc", sys_root=tmp_path / "sys") == ["254:0"]
