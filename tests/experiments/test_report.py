@@ -179,6 +179,26 @@ def test_write_report_writes_summary_plots_and_states_the_target(tmp_path: Path)
     assert "drcio LP throughput = 90.0% of the oracle's (sweep-1" in report
 
 
+def test_a_dynamic_run_without_an_oracle_says_why_its_bytes_are_not_compared(tmp_path: Path) -> None:
+    dynamic = _result("dynamic-hp-steps", "dynamic", 4.0, lp_bps=50 * MIB, level=0.3)
+    probes = [_result(f"oracle-{n}", "probe", p95, lp_bps=lp * MIB, level=level)
+              for n, (p95, lp, level) in enumerate([(20.0, 900.0, 1.0), (8.0, 10.0, 0.0)], start=1)]
+    for probe, level in zip(probes, (1.0, 0.0)):
+        probe.level = level
+    write_report(tmp_path, [dynamic, *probes], TargetChoice(5.0, "given"))
+    checks = (tmp_path / "report.md").read_text().split("## Against the acceptance figures")[1].split("##")[0]
+    assert "dynamic-hp-steps: drcio met the target in 100.0% of intervals" in checks
+    assert ("dynamic-hp-steps: no fixed level met the target (the lowest tried, oracle-2 at level 0 with LP at 10.0 "
+            "MiB/s, met it in 0.0% of intervals) over the same schedule") in checks
+    assert "not measured in this run" in checks and "NOT met" not in checks
+
+
+def test_a_steady_run_without_an_oracle_names_the_lowest_fixed_level(tmp_path: Path) -> None:
+    write_report(tmp_path, _frontier(), TargetChoice(1.0, "given"))  # even sweep-0 (level 0) misses 1 ms
+    assert ("no fixed level met the target (the lowest tried, sweep-0 at level 0 with LP at 10.0 MiB/s, met it in "
+            "0.0% of intervals), so there is no oracle to compare drcio with") in (tmp_path / "report.md").read_text()
+
+
 def test_write_report_with_only_a_baseline_skips_plots_without_data(tmp_path: Path) -> None:
     write_report(tmp_path, _frontier()[:1], TargetChoice(5.0, "given"))
     assert (tmp_path / "latency.png").exists()
