@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -181,10 +182,8 @@ def test_write_report_writes_summary_plots_and_states_the_target(tmp_path: Path)
 
 def test_a_dynamic_run_without_an_oracle_says_why_its_bytes_are_not_compared(tmp_path: Path) -> None:
     dynamic = _result("dynamic-hp-steps", "dynamic", 4.0, lp_bps=50 * MIB, level=0.3)
-    probes = [_result(f"oracle-{n}", "probe", p95, lp_bps=lp * MIB, level=level)
+    probes = [dataclasses.replace(_result(f"oracle-{n}", "probe", p95, lp_bps=lp * MIB, level=level), level=level)
               for n, (p95, lp, level) in enumerate([(20.0, 900.0, 1.0), (8.0, 10.0, 0.0)], start=1)]
-    for probe, level in zip(probes, (1.0, 0.0)):
-        probe.level = level
     write_report(tmp_path, [dynamic, *probes], TargetChoice(5.0, "given"))
     checks = (tmp_path / "report.md").read_text().split("## Against the acceptance figures")[1].split("##")[0]
     assert "dynamic-hp-steps: drcio met the target in 100.0% of intervals" in checks
