@@ -31,7 +31,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from experiments.backends import BACKENDS
 from experiments.export import ExportError, SeriesQueries, export_range, write_export
 from experiments.model import BackendUnavailable, ScenarioSpec, SloWiring
-from experiments.report import write_report
+from experiments.report import HOST_DRIFT_FACTOR, write_report
 from experiments.schedules import Schedule
 from experiments.scenarios import (
     SCENARIO_CHOICES,
@@ -190,7 +190,9 @@ def _default_output() -> Path:
                    "closed-loop controller. dynamic: drcio over a --schedule of load phases, then the oracle "
                    "bisected over the same schedule (every probe replays the whole schedule; see --oracle-probes "
                    "for what that costs on the local backend). all: baseline, contention, static-max, sweep, "
-                   "oracle, drcio.")
+                   "oracle, drcio. all and dynamic runs that start with a baseline end with a second one "
+                   f"(baseline-end): the report warns when HP alone moved by more than {HOST_DRIFT_FACTOR:g}x "
+                   "during the run.")
 @click.option("--duration", type=click.FloatRange(min=1), default=40.0, show_default=True,
               help="Seconds of each scenario's measured run (HP load on), warm-up included.")
 @click.option("--load-level", type=click.Choice(["low", "medium", "high"]), default="medium", show_default=True,

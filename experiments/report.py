@@ -45,6 +45,7 @@ from experiments.convergence import SETTLE_BAND, step_table
 __all__ = [
     "SUMMARY_COLUMNS",
     "SKIPPED_INTERVALS",
+    "HOST_DRIFT_FACTOR",
     "MIB",
     "ScenarioResult",
     "TargetChoice",
@@ -459,14 +460,40 @@ def _row(summary: pd.DataFrame, scenario: str) -> pd.Series | None:
 BUSY_BASELINE_IO_PRESSURE_PCT = 20.0
 
 
+#: HP alone before and after a run (``all`` and ``dynamic`` end with a second baseline): P95s further apart than
+#: this factor mean the host itself changed during the run. Two buckets of the HP histogram (edges x1.18 apart)
+#: are x1.39; on the dev VM HP alone drifted 2-4x within 20 minutes (README, local dynamic runs).
+HOST_DRIFT_FACTOR = 1.5
+
+
+def _host_drift(summary: pd.DataFrame) -> tuple[float, float, float] | None:
+    """HP alone's P95 in the first and the last baseline of the run (ms), and their ratio; None without two."""
+    alone = summary[summary["kind"] == "baseline"]
+    if len(alone) < 2:
+        return None
+    first, last = float(alone.iloc[0]["p95_ms"]), float(alone.iloc[-1]["p95_ms"])
+    if not (first > 0 and last > 0):
+        return None
+    return first, last, last / first
+
+
 def _host_warnings(summary: pd.DataFrame) -> list[str]:
+    out: list[str] = []
     base = _row(summary, "baseline")
-    if base is None or not float(base["io_pressure_pct"]) > BUSY_BASELINE_IO_PRESSURE_PCT:
-        return []
-    return [f"**Warning: the host was busy.** During the baseline (HP alone) some task waited for the disk "
-            f"{float(base['io_pressure_pct']):.0f} % of the time (PSI; HP alone is normally well under "
-            f"{BUSY_BASELINE_IO_PRESSURE_PCT:.0f} %): another workload shared the disk, so the baseline, the "
-            "target derived from it and every comparison here are unreliable. Rerun on a quiet host."]
+    if base is not None and float(base["io_pressure_pct"]) > BUSY_BASELINE_IO_PRESSURE_PCT:
+        out.append(f"**Warning: the host was busy.** During the baseline (HP alone) some task waited for the disk "
+                   f"{float(base['io_pressure_pct']):.0f} % of the time (PSI; HP alone is normally well under "
+                   f"{BUSY_BASELINE_IO_PRESSURE_PCT:.0f} %): another workload shared the disk, so the baseline, the "
+                   "target derived from it and every comparison here are unreliable. Rerun on a quiet host.")
+    drift = _host_drift(summary)
+    if drift is not None and not 1 / HOST_DRIFT_FACTOR <= drift[2] <= HOST_DRIFT_FACTOR:
+        first, last, ratio = drift
+        out.append(f"**Warning: the host changed during the run.** HP alone had a P95 of {first:.2f} ms at the "
+                   f"start and {last:.2f} ms at the end ({ratio:.2f}x; within {HOST_DRIFT_FACTOR:g}x is taken as "
+                   "the same host): scenarios run at different times met different hosts, so the comparisons "
+                   "between them (drcio against the fixed limits and the oracle) are unreliable. Rerun, and "
+                   "compare runs made on a steady host.")
+    return out
 
 
 def _without_oracle(summary: pd.DataFrame) -> str:
@@ -480,6 +507,12 @@ def _without_oracle(summary: pd.DataFrame) -> str:
 def _checks(summary: pd.DataFrame) -> list[str]:
     """The issue's three acceptance figures, computed, with the threshold beside each."""
     out: list[str] = []
+    if (drift := _host_drift(summary)) is not None:
+        first, last, ratio = drift
+        steady = 1 / HOST_DRIFT_FACTOR <= ratio <= HOST_DRIFT_FACTOR
+        out.append(f"- HP alone at the start and the end of the run: P95 {first:.2f} ms, then {last:.2f} ms "
+                   f"({ratio:.2f}x; wanted within {HOST_DRIFT_FACTOR:g}x, so that scenarios run at different times "
+                   f"compare like with like): {'met' if steady else 'NOT met'}")
     base, cont = _row(summary, "baseline"), _row(summary, "contention")
     drcio, oracle = _row(summary, "drcio"), _row(summary, "oracle")
     if base is not None and cont is not None:
@@ -566,7 +599,7 @@ def write_report(
         "loaded the host during the run.", ""]
     warnings = _host_warnings(summary)
     if warnings:
-        lines[2:2] = [*warnings, ""]
+        lines[2:2] = [line for warning in warnings for line in (warning, "")]
     checks = _checks(summary)
     if checks:
         lines += ["## Against the acceptance figures", "", *checks, ""]

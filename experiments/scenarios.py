@@ -56,6 +56,7 @@ __all__ = [
     "ProgressSink",
     "SloError",
     "plan_scenarios",
+    "CLOSING_BASELINE",
     "load_base_slo",
     "slo_document",
     "slo_target_text",
@@ -67,6 +68,8 @@ __all__ = [
 
 SCENARIO_CHOICES = ("baseline", "contention", "static-max", "static-weight", "sweep", "oracle", "drcio", "dynamic", "all")
 _ALL: tuple[Kind, ...] = ("baseline", "contention", "static-max", "sweep", "oracle", "drcio")
+#: The second baseline that ends ``all`` and ``dynamic`` runs (see :func:`plan_scenarios`).
+CLOSING_BASELINE = "baseline-end"
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,9 @@ class PlanConfig:
     """Durations and the sweep's shape.
 
     duration_seconds: each main scenario's measured run. Default 40 s: with a
-        5 s warm-up that leaves 35 one-second intervals per scenario, and
-        ``all`` (13 scenarios) ends in about 8 minutes.
+        5 s warm-up that leaves 35 one-second intervals per scenario; ``all``
+        (13 scenarios, the oracle's probes and the closing baseline) took
+        about 14 minutes on the dev VM.
     warmup_seconds: excluded from every figure. Default 5 s = the export and
         SLO window, so the first counted interval sees only this scenario.
     sweep_levels: fixed levels from floor (0) to ceiling (1), equally spaced
@@ -114,7 +118,12 @@ class PlanConfig:
 
 
 def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = False) -> list[ScenarioSpec]:
-    """The scenarios ``--scenario choice`` runs, in order. ``need_baseline`` prepends a baseline if missing."""
+    """The scenarios ``--scenario choice`` runs, in order. ``need_baseline`` prepends a baseline if missing.
+
+    ``all`` and ``dynamic`` runs that start with a baseline end with a second
+    one (:data:`CLOSING_BASELINE`, HP alone for the same duration): the report
+    compares the two to tell whether the host itself changed during the run.
+    """
     if choice not in SCENARIO_CHOICES:
         raise ValueError(f"unknown scenario {choice!r} (choose from {', '.join(SCENARIO_CHOICES)})")
     kinds: list[Kind] = list(_ALL) if choice == "all" else [choice]  # type: ignore[list-item]
@@ -151,6 +160,10 @@ def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = Fal
             specs.append(ScenarioSpec("oracle", kind, length, w, lp=True, controlled=True, schedule=config.schedule))
         else:
             specs.append(ScenarioSpec(kind, kind, d, w, lp=True, controlled=True))
+    if choice in ("all", "dynamic") and specs[0].kind == "baseline":
+        # HP alone once more at the end: the report compares it with the first baseline, since a run this long
+        # outlasts the host's own drift (HP alone measured 2-4x apart within 20 minutes on the dev VM).
+        specs.append(ScenarioSpec(CLOSING_BASELINE, "baseline", d, w, lp=False, controlled=False))
     return specs
 
 

@@ -24,6 +24,7 @@ from experiments.model import BackendUnavailable
 from experiments.cli import _run_command
 from experiments.model import ScenarioSpec, SloWiring
 from experiments.scenarios import PlanConfig, plan_scenarios
+from experiments.schedules import load_schedule
 from experiments.slo import load_base_slo, slo_document, validate_slo
 from writer.cgroups import Hierarchy, SetupError
 from tests.experiments.processes import alive
@@ -263,13 +264,21 @@ def test_a_non_empty_output_dir_that_is_not_a_run_is_left_alone(tmp_path: Path) 
 def test_all_runs_baseline_contention_static_max_an_8_level_sweep_the_bisected_oracle_and_drcio() -> None:
     plan = plan_scenarios("all", PlanConfig(duration_seconds=40))
     assert [s.name for s in plan] == ["baseline", "contention", "static-max",
-                                      *[f"sweep-{i}" for i in range(8)], "oracle", "drcio"]
+                                      *[f"sweep-{i}" for i in range(8)], "oracle", "drcio", "baseline-end"]
     assert [s.duration_seconds for s in plan if s.kind == "oracle"] == [20.0]
     levels = [s.level for s in plan if s.kind == "sweep"]
     assert levels == pytest.approx([i / 7 for i in range(8)])
     assert {s.duration_seconds for s in plan if s.kind == "sweep"} == {20.0}
-    assert [s.name for s in plan if not s.controlled] == ["baseline", "contention"]
-    assert [s.name for s in plan if not s.lp] == ["baseline"]
+    assert [s.name for s in plan if not s.controlled] == ["baseline", "contention", "baseline-end"]
+    assert [s.name for s in plan if not s.lp] == ["baseline", "baseline-end"]
+    assert plan[0].duration_seconds == plan[-1].duration_seconds == 40.0 and plan[-1].kind == "baseline"
+
+
+def test_a_dynamic_run_with_a_baseline_ends_with_hp_alone_again_and_one_without_does_not() -> None:
+    schedule = load_schedule("hp-steps")
+    with_baseline = plan_scenarios("dynamic", PlanConfig(schedule=schedule), need_baseline=True)
+    assert [s.name for s in with_baseline] == ["baseline", "dynamic-hp-steps", "oracle", "baseline-end"]
+    assert [s.name for s in plan_scenarios("dynamic", PlanConfig(schedule=schedule))] == ["dynamic-hp-steps", "oracle"]
 
 
 def test_an_automatic_target_puts_a_baseline_first() -> None:

@@ -212,4 +212,34 @@ def test_report_warns_when_the_baseline_ran_on_a_busy_disk(tmp_path: Path) -> No
     assert "the host was busy" in (tmp_path / "report.md").read_text()
     results[0].notes = {"io_pressure_pct": "5.4"}
     write_report(tmp_path, results, TargetChoice(5.0, "given"))
-    assert "the host was busy" not in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "the host was busy" not in report
+    # One baseline only: nothing to say of drift.
+    assert "HP alone at the start and the end" not in report and "the host changed" not in report
+
+
+def _hp_alone_line(report: str) -> str:
+    (line,) = [x for x in report.splitlines() if x.startswith("- HP alone at the start and the end of the run")]
+    return line
+
+
+@pytest.mark.parametrize(("end", "drifted"), [
+    pytest.param({0.002: 100.0}, False, id="same-host"),
+    pytest.param({0.005: 100.0}, True, id="slower-at-the-end"),
+    pytest.param({0.001: 100.0}, True, id="faster-at-the-end"),
+])
+def test_the_closing_baseline_says_whether_hp_alone_moved_during_the_run(
+    tmp_path: Path, end: dict[float, float], drifted: bool
+) -> None:
+    results = [*_frontier(), _result("baseline-end", "baseline", 1.5, observations=end)]
+    summary = write_report(tmp_path, results, TargetChoice(5.0, "given"))
+    first, last = summary.loc[summary["kind"] == "baseline", "p95_ms"]
+    assert (not 1 / 1.5 <= last / first <= 1.5) is drifted  # the histograms: 1.95 ms, then 1.95 / 4.85 / 0.95 ms
+    report = (tmp_path / "report.md").read_text()
+    line = _hp_alone_line(report)
+    assert f"P95 {first:.2f} ms, then {last:.2f} ms ({last / first:.2f}x" in line
+    assert line.endswith(": NOT met" if drifted else ": met")
+    assert ("the host changed during the run" in report) is drifted
+    # The first baseline stays the one the contention check compares with.
+    contention = float(summary.loc[summary["scenario"] == "contention", "p95_ms"].iloc[0])
+    assert f"contention P95 / baseline P95 = {contention / first:.1f}x" in report
