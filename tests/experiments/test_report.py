@@ -237,7 +237,7 @@ def test_the_closing_baseline_says_whether_hp_alone_moved_during_the_run(
     assert (not 1 / 1.5 <= last / first <= 1.5) is drifted  # the histograms: 1.95 ms, then 1.95 / 4.85 / 0.95 ms
     report = (tmp_path / "report.md").read_text()
     line = _hp_alone_line(report)
-    assert f"P95 {first:.2f} ms, then {last:.2f} ms ({last / first:.2f}x" in line
+    assert f"P95 {first:.2f} ms, then {last:.2f} ms ({last / first:.3f}x" in line
     assert line.endswith(": NOT met" if drifted else ": met")
     assert ("the host changed during the run" in report) is drifted
     # The first baseline stays the one the contention check compares with.
