@@ -517,9 +517,11 @@ def _report_only(output: Path | None, console: Console) -> int:
     if not results or target is None:
         console.print(f"[red]{output} holds no finished scenario with a known target; nothing to report[/red]")
         return 2
-    planned = [s["name"] for s in json.loads((output / "run.json").read_text()).get("plan", [])]
-    done = {r.name for r in results}
-    write_report(output, results, target, run_info=info, pending=[n for n in planned if n not in done])
+    planned = json.loads((output / "run.json").read_text()).get("plan", [])
+    # The oracle's probes are results of their own (oracle-N); its bisection ended when it wrote oracle.json.
+    done = {r.name for r in results} | {s["name"] for s in planned if s.get("kind") == "oracle"
+                                        and (output / "oracle.json").exists()}
+    write_report(output, results, target, run_info=info, pending=[s["name"] for s in planned if s["name"] not in done])
     console.print(f"wrote {output / 'report.md'} and {output / 'summary.csv'}")
     return 0
 

@@ -69,6 +69,11 @@ def test_dynamic_on_the_sim_runs_the_schedule_and_bisects_its_oracle(tmp_path: P
     assert "dynamic-lp-step: drcio moved" in report and "bisection: oracle-" in report
     # The environment facts say the load follows the schedule, not the steady preset's 200 requests/s.
     assert "the rate of the schedule lp-step in scenarios that follow it" in report
+    # --report-only rebuilds it with nothing missing: the oracle ran as probes (oracle-N) and its bisection
+    # ended with oracle.json, so it is not "planned but not run".
+    assert "## Not run" not in report
+    assert CliRunner().invoke(_run_command, ["--report-only", "--output", str(out)]).exit_code == 0
+    assert "## Not run" not in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("name", [*BUILTIN_SCHEDULES], ids=str)
