@@ -312,8 +312,21 @@ def summarize(results: Sequence[ScenarioResult], target: TargetChoice) -> pd.Dat
 # --------------------------------------------------------------------------- plots
 
 
-def _new_figure(rows: int, cols: int = 1, *, width: float = 10.0, row_height: float = 2.6) -> Figure:
-    return Figure(figsize=(width, max(3.0, row_height * rows)), layout="constrained")
+#: Margins of every plot, in inches: room for the y tick labels and label (left), a title (top), the x tick
+#: labels and label (bottom) and, between stacked axes, the next one's title. Fixed rather than
+#: matplotlib's constrained layout, which took about half of a report's plotting time.
+_MARGIN_IN = {"left": 0.85, "right": 0.2, "top": 0.4, "bottom": 0.55, "gap": 0.45}
+
+
+def _new_axes(rows: int, *, width: float = 10.0, row_height: float = 2.6) -> tuple[Figure, list[Axes]]:
+    """A figure with ``rows`` axes stacked, sharing x."""
+    height = max(3.0, row_height * rows)
+    fig = Figure(figsize=(width, height))
+    m = _MARGIN_IN
+    axes_height = (height - m["top"] - m["bottom"] - (rows - 1) * m["gap"]) / rows
+    fig.subplots_adjust(left=m["left"] / width, right=1 - m["right"] / width, top=1 - m["top"] / height,
+                        bottom=m["bottom"] / height, hspace=m["gap"] / axes_height)
+    return fig, list(fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0])
 
 
 def _log_axis(ax: Axes, which: str, scale: str = "log", **kwargs: float) -> None:
@@ -345,8 +358,7 @@ def _plot_latency_axes(ax: Axes, result: ScenarioResult, target_ms: float) -> No
 def _latency_figure(results: Sequence[ScenarioResult], target_ms: float, path: Path) -> Path | None:
     if not results:
         return None
-    fig = _new_figure(len(results))
-    axes = fig.subplots(len(results), 1, sharex=True, squeeze=False)[:, 0]
+    fig, axes = _new_axes(len(results))
     for ax, result in zip(axes, results):
         _plot_latency_axes(ax, result, target_ms)
     axes[0].legend(loc="upper right", fontsize=8, ncol=5)
@@ -359,8 +371,7 @@ def _throttle_figure(results: Sequence[ScenarioResult], path: Path) -> Path | No
     controlled = [r for r in results if r.series["throttle_level"].notna().any() and r.kind != "sweep"]
     if not controlled:
         return None
-    fig = _new_figure(2)
-    ax_level, ax_limit = fig.subplots(2, 1, sharex=True)
+    fig, (ax_level, ax_limit) = _new_axes(2)
     for r in controlled:
         s = r.series
         ax_level.step(s["elapsed_seconds"], s["throttle_level"], where="post", label=r.name)
@@ -385,8 +396,7 @@ def _lp_figure(results: Sequence[ScenarioResult], path: Path) -> Path | None:
     with_lp = [r for r in results if r.lp and r.kind != "sweep"]
     if not with_lp:
         return None
-    fig = _new_figure(1, row_height=4.0)
-    ax = fig.subplots()
+    fig, (ax,) = _new_axes(1, row_height=4.0)
     for r in with_lp:
         ax.plot(r.series["elapsed_seconds"], r.series["lp_bytes_per_second"] / MIB, label=r.name)
     _log_axis(ax, "y", "symlog", linthresh=1.0)
@@ -403,8 +413,7 @@ def _frontier_figure(summary: pd.DataFrame, target_ms: float, path: Path) -> Pat
     sweep = summary[summary["kind"] == "sweep"].sort_values("lp_mbps")
     if sweep.empty:
         return None
-    fig = _new_figure(1, row_height=5.0, width=8.0)
-    ax = fig.subplots()
+    fig, (ax,) = _new_axes(1, row_height=5.0, width=8.0)
     ax.plot(sweep["lp_mbps"], sweep["p95_ms"], "o-", color="tab:blue", label="fixed limits (sweep)")
     for _, row in sweep.iterrows():
         ax.annotate(f"{row['level']:.2f}", (row["lp_mbps"], row["p95_ms"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
