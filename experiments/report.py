@@ -526,10 +526,9 @@ def _host_warnings(summary: pd.DataFrame) -> list[str]:
     if drift is not None and not drift.steady:
         out.append(f"**Warning: the host changed during the run.** HP alone had a P95 of {drift.first_ms:.2f} ms at "
                    f"the start and {drift.last_ms:.2f} ms at the end ({drift.ratio:.3f}x; within "
-                   f"{HOST_DRIFT_FACTOR:g}x is taken as "
-                   "the same host): scenarios run at different times met different hosts, so the comparisons "
-                   "between them (drcio against the fixed limits and the oracle) are unreliable. Rerun, and "
-                   "compare runs made on a steady host.")
+                   f"{HOST_DRIFT_FACTOR:g}x is taken as the same host): scenarios run at different times met "
+                   "different hosts, so the comparisons between them (drcio against the fixed limits and the "
+                   "oracle) are unreliable. Rerun, and compare runs made on a steady host.")
     return out
 
 
@@ -542,7 +541,7 @@ def _without_oracle(summary: pd.DataFrame) -> str:
 
 
 def _checks(summary: pd.DataFrame) -> list[str]:
-    """The issue's three acceptance figures, computed, with the threshold beside each."""
+    """The acceptance figures (and whether the host held still), computed, with the threshold beside each."""
     out: list[str] = []
     if (drift := _host_drift(summary)) is not None:
         out.append(f"- HP alone at the start and the end of the run: P95 {drift.first_ms:.2f} ms, then "
