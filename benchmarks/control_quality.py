@@ -84,15 +84,20 @@ MIB = 2**20
 WARMUP_SECONDS = 5.0
 SETTLE_CAP = 10
 ORACLE_ATTAINMENT = 0.99
-POLICIES = ("pid", "aimd", "knee", "static-max", "static-weight", "none", "oracle", "clairvoyant")
+POLICIES = ("pid", "aimd", "knee", "pid-gated", "static-max", "static-weight", "none", "oracle", "clairvoyant")
 PIECE_SECONDS = 10.0
-LOOPS = ("pid", "aimd", "knee")
+LOOPS = ("pid", "aimd", "knee", "pid-gated")
+#: The PID with the LP gate (``PidParams.gate_utilisation``): the template's gains, aiming at 73 % of the
+#: target, holding while HP is quiet.
+PID_GATED: dict[str, Any] = {"kind": "pid", "kp": 0.5, "ki": 0.1, "kd": 0.0, "setpoint": 0.27, "no_data_rate": 0.0,
+                             "gate_utilisation": 0.9, "gate_above": 0.45, "gate_rise": 0.05}
 #: Policy sections of the loops; ``pid`` None = the template's. ``--variants`` adds the other entries,
 #: the candidates the documented defaults were chosen from.
 LOOP_POLICIES: dict[str, dict[str, Any] | None] = {
     "pid": None,
     "aimd": {"kind": "aimd"},
     "knee": {"kind": "knee"},
+    "pid-gated": PID_GATED,
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "pid-sp0.1": {"kind": "pid", "setpoint": 0.1},

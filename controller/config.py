@@ -332,6 +332,20 @@ class SloConfig(BaseModel):
             raise ValueError("give exactly one of 'metric' (with labels/quantile/window) or 'query' (raw PromQL)")
         return self
 
+    @model_validator(mode="after")
+    def _gate_has_bandwidth(self) -> SloConfig:
+        if self.uses_lp_utilisation and self.throttle.rbps is None and self.throttle.wbps is None:
+            raise ValueError(
+                "policy: the gate (gate_utilisation > 0) measures LP's bandwidth against its io.max; "
+                "give throttle.rbps or throttle.wbps"
+            )
+        return self
+
+    @property
+    def uses_lp_utilisation(self) -> bool:
+        """Whether the policy needs LP's use of its limit measured (``PidParams.gate_utilisation`` > 0)."""
+        return bool(getattr(self.policy.parsed(), "uses_lp_utilisation", False))
+
 
 class ControllerConfig(BaseModel):
     """The whole SLO file."""

@@ -129,6 +129,11 @@ class Controller:
                 if reading.request_rate is not None and math.isfinite(reading.request_rate) and reading.request_rate >= 0
                 else None
             ),
+            lp_utilisation=(
+                reading.lp_utilisation
+                if reading.lp_utilisation is not None and math.isfinite(reading.lp_utilisation) and reading.lp_utilisation >= 0
+                else None
+            ),
         )
         return reading, obs
 
@@ -218,6 +223,10 @@ class Controller:
         }
         if reading.clipped:
             rec["clipped"] = True
+        if st.slo.uses_lp_utilisation:
+            rec["lp_utilisation"] = reading.lp_utilisation
+            if reading.lp_utilisation_error is not None:
+                rec["lp_utilisation_error"] = reading.lp_utilisation_error
         if not self.dry_run:
             rec["push"] = push_records
         else:

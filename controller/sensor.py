@@ -17,6 +17,13 @@ series and a finite, non-negative value. Everything else is classified:
   what is missing. drcio must never open LP up because it has gone blind:
   an absent series looks exactly like "no traffic" to a careless reader.
 
+For an SLO whose policy gates on LP's use of its limit
+(``SloConfig.uses_lp_utilisation``: the PID's ``gate_utilisation``), an OK
+reading also carries ``lp_utilisation`` (:func:`lp_utilisation_query`, from the
+writers' own metrics). It never changes the status: an empty answer (no LP
+bandwidth limited, writers not scraped) is None, which the gate treats as "not
+bound", and a failed query is None with ``lp_utilisation_error`` saying why.
+
 ``prometheus-api-client`` by default waits forever and retries for seconds;
 here every query gets the configured deadline and a small retry policy that
 only retries connection failures and 502/503/504, so a tick never overruns.
@@ -24,6 +31,7 @@ only retries connection failures and 502/503/504, so a tick never overruns.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -39,8 +47,11 @@ from controller.config import PrometheusConfig, SloConfig
 from controller.errors import SensorError
 from controller.tls import prometheus_auth, prometheus_session
 from policies import SensorStatus
+from writer.api import LP_IO_MAX_METRIC, LP_READ_BYTES_METRIC, LP_WRITE_BYTES_METRIC
 
-__all__ = ["Reading", "Sensor", "PrometheusSensor", "quantile_query", "rate_query", "CLIPPED_FACTOR"]
+__all__ = [
+    "Reading", "Sensor", "PrometheusSensor", "quantile_query", "rate_query", "lp_utilisation_query", "CLIPPED_FACTOR",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +71,9 @@ class Reading:
     error: str | None = None
     reason: str | None = None
     clipped: bool = False
+    #: LP's use of its limit over the window (see ``policies.Observation.lp_utilisation``); None if not asked or unknown.
+    lp_utilisation: float | None = None
+    lp_utilisation_error: str | None = None
 
 
 class Sensor(Protocol):
@@ -94,6 +108,24 @@ def rate_query(slo: SloConfig) -> str | None:
     if slo.query is not None:
         return slo.rate_query
     return f"sum(rate({slo.metric}_count{{{_matchers(slo.labels)}}}[{_window(slo.window_seconds)}]))"
+
+
+def lp_utilisation_query(slo: SloConfig) -> str:
+    """The PromQL whose value is LP's highest use of its ``io.max`` bandwidth over the SLO's window.
+
+    Per LP cgroup of the SLO's group (the writers' per-workload, per-device
+    metrics), per direction: bytes/s moved over the window divided by the
+    limit's mean over the window; the maximum over all of them. Directions
+    without a limit have no limit series and drop out of the division.
+    """
+    window = _window(slo.window_seconds)
+    group = _matchers({"group": slo.throttle.group_name})
+    parts = [
+        f'label_replace(rate({metric}_total{{{group}}}[{window}]), "direction", "{direction}", "", "")'
+        f' / avg_over_time({LP_IO_MAX_METRIC}{{{group},direction="{direction}"}}[{window}])'
+        for direction, metric in (("read", LP_READ_BYTES_METRIC), ("write", LP_WRITE_BYTES_METRIC))
+    ]
+    return f"max({' or '.join(parts)})"
 
 
 def _make_client(cfg: PrometheusConfig) -> PrometheusConnect:
@@ -229,8 +261,25 @@ class PrometheusSensor:
                 SensorStatus.SENSOR_ERROR, None, error=f"negative latency {value} from {slo.name}'s query", reason="bad_answer"
             )
         if value == math.inf:
-            return Reading(SensorStatus.OK, slo.target_seconds * CLIPPED_FACTOR, request_rate=rate, clipped=True)
-        return Reading(SensorStatus.OK, value, request_rate=rate)
+            return self._with_lp_utilisation(
+                slo, at, Reading(SensorStatus.OK, slo.target_seconds * CLIPPED_FACTOR, request_rate=rate, clipped=True)
+            )
+        return self._with_lp_utilisation(slo, at, Reading(SensorStatus.OK, value, request_rate=rate))
+
+    def _with_lp_utilisation(self, slo: SloConfig, at: float, reading: Reading) -> Reading:
+        """``reading`` with LP's use of its limit, when the SLO's policy asks for it."""
+        if not slo.uses_lp_utilisation:
+            return reading
+        query = lp_utilisation_query(slo)
+        try:
+            used = self._single_value(query, at)
+        except SensorError as e:
+            return dataclasses.replace(reading, lp_utilisation_error=str(e))
+        if used is None:
+            return reading
+        if not (math.isfinite(used) and used >= 0):
+            return dataclasses.replace(reading, lp_utilisation_error=f"{query!r} returned {used}, not a ratio >= 0")
+        return dataclasses.replace(reading, lp_utilisation=used)
 
 
 def _errno(e: BaseException) -> str:

@@ -179,6 +179,8 @@ class Node:
     requests: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     _next_scrape: float = 0.0
     _scrape_times: list[float] = field(default_factory=list)
+    #: The io.max in force (read, write; None = max) at each scrape: the writer's limit gauge, as scraped.
+    limit_scrapes: list[tuple[float | None, float | None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._edges = np.array(BUCKETS_SECONDS)
@@ -222,6 +224,7 @@ class Node:
             self._scrape_times.append(self._next_scrape)
             self.scrapes.append((self._next_scrape, np.cumsum(self._buckets), self._requests_total,
                                  self._lp_read_total, self._lp_write_total))
+            self.limit_scrapes.append((self.rbps_limit, self.wbps_limit))
             self._next_scrape = round(self._next_scrape + self.scrape_interval_seconds, 9)
 
     def window(self, at: float, window_seconds: float) -> tuple[np.ndarray, float, float, float] | None:
@@ -237,6 +240,28 @@ class Node:
         (t0, b0, n0, r0, w0), (t1, b1, n1, r1, w1) = self.scrapes[first], self.scrapes[last]
         span = t1 - t0
         return b1 - b0, (n1 - n0) / span, (r1 - r0) / span, (w1 - w0) / span
+
+    def lp_utilisation(self, at: float, window_seconds: float) -> float | None:
+        """LP's use of its io.max over the scrapes in (at - w, at], as the sensor's ``lp_utilisation_query`` reads it.
+
+        Per direction with a limit scraped in the window: LP bytes/s (the
+        counters' increase, as ``rate()``) over the mean of the limit samples
+        (``avg_over_time``); the larger of the two. None with fewer than two
+        scrapes or no limit in the window.
+        """
+        times = self._scrape_times
+        first = bisect.bisect_right(times, at - window_seconds + 1e-9)
+        last = bisect.bisect_right(times, at + 1e-9) - 1
+        if last - first < 1:
+            return None
+        (t0, _, _, r0, w0), (t1, _, _, r1, w1) = self.scrapes[first], self.scrapes[last]
+        moved = ((r1 - r0) / (t1 - t0), (w1 - w0) / (t1 - t0))
+        ratios = []
+        for direction in (0, 1):
+            limits = [v for s in self.limit_scrapes[first:last + 1] if (v := s[direction]) is not None]
+            if limits:
+                ratios.append(moved[direction] / (sum(limits) / len(limits)))
+        return max(ratios) if ratios else None
 
     @property
     def edges(self) -> np.ndarray:

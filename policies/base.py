@@ -77,6 +77,12 @@ class Observation:
     may use it to tell whether what it learned still applies (a knee learned
     under heavy HP traffic is too tight once the traffic drops); none may
     need it.
+    ``lp_utilisation`` is how much of its limit LP used over the same window:
+    LP's bytes/s against the ``io.max`` in force, the highest ratio over the
+    SLO's LP cgroups, devices and directions (about 1: LP is bound by its
+    limit and would move more; near 0: idle). Measured from the writers' own
+    metrics when the SLO's policy asks for it (the PID's gate), else None; None
+    too when nothing is limited or nothing was measured.
     """
 
     status: SensorStatus
@@ -84,6 +90,7 @@ class Observation:
     target_seconds: float
     dt_seconds: float
     request_rate_per_second: float | None = None
+    lp_utilisation: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.target_seconds) and self.target_seconds > 0):
@@ -98,6 +105,9 @@ class Observation:
         rate = self.request_rate_per_second
         if rate is not None and not (math.isfinite(rate) and rate >= 0):
             raise ValueError(f"request_rate_per_second must be finite and >= 0 or None, got {rate!r}")
+        used = self.lp_utilisation
+        if used is not None and not (math.isfinite(used) and used >= 0):
+            raise ValueError(f"lp_utilisation must be finite and >= 0 or None, got {used!r}")
 
     @property
     def slack(self) -> float:

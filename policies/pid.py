@@ -40,6 +40,20 @@ What this adds around ``simple_pid.PID``, and why:
   ramps the level up at ``no_data_rate`` per second. SENSOR_ERROR holds, then
   falls back, via :class:`policies.base.FailSafeTracker`. The PID itself never
   sees these steps, so it is never fed NaN or a made-up latency.
+* **Open only where LP needs it (the gate; off unless** ``gate_utilisation``
+  **> 0).** The latency cannot tell "LP is idle" from "LP is held by its
+  limit": both read as headroom, and a loop that opens while LP is idle, or
+  between bursts, meets LP's return unthrottled. With the gate on, above
+  ``gate_above`` the level rises only while LP uses at least
+  ``gate_utilisation`` of the limit in force
+  (:attr:`policies.base.Observation.lp_utilisation`, measured from the
+  writers' metrics) and HP's request rate has not risen by more than
+  ``gate_rise`` within the last ``gate_rise_seconds`` (a rising HP load moves
+  the knee down: no time to open). Otherwise the level holds (the PID is
+  switched off and takes over bumplessly, as after no data); below
+  ``gate_above`` the PID opens as usual, up to ``gate_above``. Cutting is
+  never gated. A missing measurement counts as "not bound", so a blind gate
+  holds. ``no_data_rate`` growth stops at ``gate_above`` too.
 * **No clock.** ``dt`` comes from the observation; ``sample_time=None`` and a
   constant ``time_fn`` mean ``simple-pid`` never consults the wall clock.
 """
@@ -90,6 +104,18 @@ class PidParams:
     no_data_rate: level per second added while there is no HP traffic, in
         [0, 1]. Default 0.01: from fully throttled to free in 100 s, the same
         pace as AIMD's default +0.05 per 5 s tick. 0 holds instead.
+    gate_utilisation: LP's use of its limit (``Observation.lp_utilisation``)
+        needed before the level may rise above ``gate_above``, in [0, 1].
+        Default 0: no gate. 0.9 is what ``benchmarks/control_quality.py``
+        measures (LP under io.max moves 99 % of the limit in the fitted sweep).
+    gate_above: the level up to which the gated PID opens without evidence
+        that LP needs more, in [0, 1]. Default 0.45: the knee policy's
+        unloaded ceiling, about the classic fixed limit in the template's range.
+    gate_rise: with the gate on, an HP request rate more than this fraction
+        above the rate ``gate_rise_seconds`` ago holds the level too, >= 0.
+        Default 0.05; 0 ignores the rate.
+    gate_rise_seconds: how far back ``gate_rise`` compares, > 0. Default 5 s
+        (the template's window).
     """
 
     kind: ClassVar[str] = "pid"
@@ -101,6 +127,10 @@ class PidParams:
     deadband: float = 0.05
     violation_gain: float = 2.0
     no_data_rate: float = 0.01
+    gate_utilisation: float = 0.0
+    gate_above: float = 0.45
+    gate_rise: float = 0.05
+    gate_rise_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         problems = [
@@ -111,11 +141,20 @@ class PidParams:
             range_problem("deadband", self.deadband, ge=0, lt=1),
             range_problem("violation_gain", self.violation_gain, ge=1),
             range_problem("no_data_rate", self.no_data_rate, ge=0, le=1),
+            range_problem("gate_utilisation", self.gate_utilisation, ge=0, le=1),
+            range_problem("gate_above", self.gate_above, ge=0, le=1),
+            range_problem("gate_rise", self.gate_rise, ge=0),
+            range_problem("gate_rise_seconds", self.gate_rise_seconds, gt=0),
         ]
         gains_ok = all(p is None for p in problems[:2])
         if gains_ok and self.kp == 0 and self.ki == 0:
             problems.append("at least one of kp, ki must be > 0 (otherwise the level never moves)")
         raise_problems("pid policy", problems)
+
+    @property
+    def uses_lp_utilisation(self) -> bool:
+        """Whether the controller must measure ``Observation.lp_utilisation`` for this policy (the gate is on)."""
+        return self.gate_utilisation > 0
 
 
 class PidPolicy:
@@ -128,6 +167,9 @@ class PidPolicy:
         self._pid = self._new_pid()
         self._level = self._initial_level
         self._terms: dict[str, float] = {}
+        self._gated = False
+        self._clock = 0.0
+        self._rates: list[tuple[float, float]] = []  # (time, HP request rate) within gate_rise_seconds
         self.reset()
 
     def _new_pid(self) -> PID:
@@ -174,10 +216,16 @@ class PidPolicy:
         self._pid.reset()
         self._failsafe.on_success()
         self._level = self._initial_level
+        self._gated = False
+        self._clock = 0.0
+        self._rates = []
         self._set_terms(p=0.0, i=self._level, d=0.0, error=0.0)
 
     def step(self, observation: Observation) -> float:
         """One control step; returns the new level in [0, 1]."""
+        self._clock += observation.dt_seconds
+        self._note_rate(observation.request_rate_per_second)
+        self._gated = False
         if observation.status is SensorStatus.SENSOR_ERROR:
             self._to_manual()
             self._level = self._failsafe.on_failure(self._level)
@@ -193,11 +241,47 @@ class PidPolicy:
             # Nothing to protect: grow gently, outside the PID so that its
             # integral and derivative memory are not fed an invented latency.
             self._to_manual()
-            self._level = clamp_level(self._level + self.params.no_data_rate * observation.dt_seconds)
+            grown = clamp_level(self._level + self.params.no_data_rate * observation.dt_seconds)
+            if self.params.uses_lp_utilisation and grown > max(self._level, self.params.gate_above):
+                grown, self._gated = max(self._level, self.params.gate_above), True
+            self._level = grown
             self._set_terms(p=0.0, i=self._level, d=0.0, error=0.0)
             return self._level
 
-        return self._step_pid(observation)
+        if not self._gate_closed(observation):
+            return self._step_pid(observation)
+        self._gated = True
+        if self._level >= self.params.gate_above:
+            # Hold: the PID is off and takes over bumplessly once the gate opens (or the error turns).
+            self._to_manual()
+            self._set_terms(p=0.0, i=self._level, d=0.0, error=self._shape_error(observation.slack - self.params.setpoint))
+            return self._level
+        level = self._step_pid(observation)
+        if level > self.params.gate_above:
+            # Free up to gate_above only; off from there, so the integral cannot wind up past it.
+            self._level = self.params.gate_above
+            self._to_manual()
+            self._set_terms(p=0.0, i=self._level, d=0.0, error=self._terms["error"])
+        return self._level
+
+    def _note_rate(self, rate: float | None) -> None:
+        horizon = self._clock - self.params.gate_rise_seconds - 1e-9
+        self._rates = [(t, r) for t, r in self._rates if t >= horizon]
+        if rate is not None:
+            self._rates.append((self._clock, rate))
+
+    def _gate_closed(self, observation: Observation) -> bool:
+        """With the gate on: the PID wants to open, but LP is not bound by its limit or HP's rate is rising."""
+        p = self.params
+        if not p.uses_lp_utilisation or observation.slack - p.setpoint <= p.deadband:
+            return False
+        used = observation.lp_utilisation
+        if used is None or used < p.gate_utilisation:
+            return True
+        if p.gate_rise > 0 and len(self._rates) > 1:
+            (_, then), (_, now) = self._rates[0], self._rates[-1]
+            return now > then * (1.0 + p.gate_rise)
+        return False
 
     def _step_pid(self, observation: Observation) -> float:
         if not self._pid.auto_mode:
@@ -236,4 +320,5 @@ class PidPolicy:
             "error": float(error),
             "sensor_failures": float(self._failsafe.failures),
             "failsafe_engaged": 1.0 if self._failsafe.engaged else 0.0,
+            "gated": 1.0 if self._gated else 0.0,
         }

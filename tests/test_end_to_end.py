@@ -21,9 +21,13 @@ import httpx
 import pytest
 import yaml
 
-from experiments.prometheus_server import free_port
+from controller.config import PrometheusConfig, SloConfig
+from controller.push import HttpPusher
+from controller.sensor import PrometheusSensor
+from experiments.prometheus_server import PrometheusServer, ScrapeTarget, free_port
 from tests.controller.conftest import (  # noqa: F401 (fixtures shared with the controller tests)
     BUCKET_WIDTH,
+    SCRAPE_INTERVAL,
     LatencyExporter,
     exponential_inverse_cdf,
     latency_exporter,
@@ -31,7 +35,8 @@ from tests.controller.conftest import (  # noqa: F401 (fixtures shared with the 
 )
 from writer.cgroups import Hierarchy, WriterError, detect_hierarchy
 from writer.devices import DeviceError, resolve_devices
-from writer.groups import create_group, remove_group
+from writer.api import GroupTarget, IoMax, TargetsPush
+from writer.groups import create_group, move_pid, remove_group
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.kernel]
 
@@ -184,3 +189,81 @@ def test_a_measured_violation_becomes_a_limit_in_the_lp_cgroup(
 def cgroup_file_lines(h: Hierarchy, cgroup: Path, direction: str) -> list[str]:
     name = f"blkio.throttle.{direction}_bps_device" if h.version == 1 else "io.max"
     return (cgroup / name).read_text().splitlines()
+
+
+#: An LP process: waits for a line on stdin, then reads ``path`` with O_DIRECT in 1 MiB blocks, over and over,
+#: for at most ``seconds`` (bounded even if the test dies).
+_DIRECT_READER = """
+import sys, time
+from pathlib import Path
+from experiments.workloads.direct_io import aligned_buffer, open_direct, pread_exact
+path, seconds = Path(sys.argv[1]), float(sys.argv[2])
+size, buf = path.stat().st_size, aligned_buffer(1 << 20)
+fd = open_direct(path)
+sys.stdin.readline()
+end, offset = time.monotonic() + seconds, 0
+while time.monotonic() < end:
+    pread_exact(fd, buf, offset)
+    offset = (offset + len(buf)) % size
+"""
+
+
+def _gated_slo(prom_url: str, *, gate: bool) -> SloConfig:
+    policy: dict[str, Any] = {"kind": "pid", **({"gate_utilisation": 0.9} if gate else {})}
+    return SloConfig.model_validate({
+        "name": "gnn-p95", "metric": "gnn_request_latency_seconds", "labels": {"job": "hp-gnn"}, "window": "4s",
+        "target": "100ms", "policy": policy,
+        "throttle": {"selector": {"group-id": "lp"}, "devices": [DISK], "rbps": {"min": "10M", "max": "max"}},
+    })
+
+
+def test_the_sensor_reads_how_much_of_its_limit_lp_uses_from_the_writers_metrics(
+    tmp_path: Path,
+    latency_exporter: LatencyExporter,
+    writer_url: str,
+    token_file: Path,
+    lp_cgroup: tuple[Hierarchy, str, Path],
+) -> None:
+    """The PID's gate input, all real: the writer's cgroup counters and limit, scraped, divided by PromQL."""
+    h, rel, _ = lp_cgroup
+    latency_exporter.drive(exponential_inverse_cdf(0.010))  # HP well under its target: OK readings
+    prom = PrometheusServer(
+        targets=[ScrapeTarget("hp-gnn", latency_exporter.address),
+                 ScrapeTarget("drcio-writer", writer_url.removeprefix("http://"))],
+        scrape_interval_seconds=SCRAPE_INTERVAL, port=free_port(),
+    )
+    data = tmp_path / "lp.data"
+    data.write_bytes(os.urandom(64 * M))
+    os.sync()
+    reader = subprocess.Popen([sys.executable, "-c", _DIRECT_READER, str(data), "40"], stdin=subprocess.PIPE, text=True)
+    prom.start()
+    try:
+        limit = 16 * M
+        with HttpPusher(token=token_file.read_text().strip(), timeout_seconds=5) as pusher:
+            body = TargetsPush(generation=int(time.time() * 1000), lease_ttl_seconds=600, groups=[
+                GroupTarget(name="lp", selector={"group-id": "lp"}, devices=[DISK], io_max=IoMax(rbps=limit))])
+            [pushed] = pusher.push([writer_url], body)
+        assert pushed.outcome == "ok", pushed
+        move_pid(h, rel, reader.pid)
+        assert reader.stdin is not None
+        reader.stdin.write("go\n")
+        reader.stdin.flush()
+        sensor = PrometheusSensor(PrometheusConfig.model_validate({"url": prom.url, "timeout": "2s"}))
+        gated, plain = _gated_slo(prom.url, gate=True), _gated_slo(prom.url, gate=False)
+        prom.wait_for_samples('rate(drcio_io_read_bytes_total{group="lp"}[4s]) > 0')
+        time.sleep(5)  # a full 4 s window of LP reading as fast as its limit lets it
+
+        bound = sensor.read(gated, time.time())
+        assert bound.status.value == "ok", bound
+        assert bound.lp_utilisation is not None and 0.8 <= bound.lp_utilisation <= 1.2, bound
+        assert sensor.read(plain, time.time()).lp_utilisation is None  # only asked for a gated policy
+
+        reader.kill()
+        reader.wait(timeout=10)
+        time.sleep(5)  # the window holds only idle LP now
+        idle = sensor.read(gated, time.time())
+        assert idle.status.value == "ok" and idle.lp_utilisation is not None and idle.lp_utilisation < 0.05, idle
+    finally:
+        reader.kill()
+        reader.wait(timeout=10)
+        prom.stop()

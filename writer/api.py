@@ -37,6 +37,9 @@ __all__ = [
     "CgroupResult",
     "PushResponse",
     "ErrorResponse",
+    "LP_READ_BYTES_METRIC",
+    "LP_WRITE_BYTES_METRIC",
+    "LP_IO_MAX_METRIC",
     "WEIGHT_MIN",
     "WEIGHT_MAX",
     "parse_size",
@@ -50,6 +53,13 @@ MAX_BODY_BYTES = 64 * 1024
 #: More LP groups than this in one push is a bug, not a configuration.
 MAX_GROUPS = 64
 #: cgroup v2 ``io.weight`` range; v1 writers map it onto their own range.
+#: The writer's metrics the controller reads back (``PidParams.gate_utilisation``): per LP cgroup
+#: (labels ``group``, ``workload``, ``device``), the bytes it moved (counters, exposed with
+#: ``_total``) and the ``io.max`` bandwidth in force (label ``direction``: read / write; absent = max).
+LP_READ_BYTES_METRIC = "drcio_io_read_bytes"
+LP_WRITE_BYTES_METRIC = "drcio_io_write_bytes"
+LP_IO_MAX_METRIC = "drcio_io_max_bytes_per_second"
+
 WEIGHT_MIN = 1
 WEIGHT_MAX = 10_000
 #: Largest bandwidth or IOPS value accepted (the kernel takes u64; 2**62 is "more than any disk").

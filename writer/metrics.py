@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from writer.api import LP_IO_MAX_METRIC, LP_READ_BYTES_METRIC, LP_WRITE_BYTES_METRIC
 from writer.cgroups import Limits
 
 __all__ = ["CgroupReading", "Reading", "WriterMetrics", "PUSH_RESULTS"]
@@ -149,7 +150,7 @@ def _families(r: Reading) -> Iterator[Metric]:
     labels = ["group", "workload"]
     weight = GaugeMetricFamily("drcio_io_weight", "Default I/O weight in force (the file's own scale)", labels=labels)
     bps = GaugeMetricFamily(
-        "drcio_io_max_bytes_per_second",
+        LP_IO_MAX_METRIC,
         "Bandwidth limit in force per device and direction (absent = max)",
         labels=[*labels, "device", "direction"],
     )
@@ -158,10 +159,10 @@ def _families(r: Reading) -> Iterator[Metric]:
         labels=[*labels, "device", "direction"],
     )
     read_bytes = CounterMetricFamily(
-        "drcio_io_read_bytes", "Bytes read by the workload's cgroup, per device", labels=[*labels, "device"]
+        LP_READ_BYTES_METRIC, "Bytes read by the workload's cgroup, per device", labels=[*labels, "device"]
     )
     write_bytes = CounterMetricFamily(
-        "drcio_io_write_bytes", "Bytes written by the workload's cgroup, per device", labels=[*labels, "device"]
+        LP_WRITE_BYTES_METRIC, "Bytes written by the workload's cgroup, per device", labels=[*labels, "device"]
     )
     for c in r.cgroups:
         base = [c.group, c.workload]

@@ -126,9 +126,18 @@ class SimSensor:
         value = histogram_quantile(slo.quantile, buckets, self.nodes[0].edges)
         if math.isnan(value):
             return Reading(SensorStatus.NO_DATA, None, request_rate=rate, error="no HP latency samples in the window")
+        used = self._lp_utilisation(slo, at)
         if value == math.inf:
-            return Reading(SensorStatus.OK, slo.target_seconds * CLIPPED_FACTOR, request_rate=rate, clipped=True)
-        return Reading(SensorStatus.OK, value, request_rate=rate)
+            return Reading(SensorStatus.OK, slo.target_seconds * CLIPPED_FACTOR, request_rate=rate, clipped=True,
+                           lp_utilisation=used)
+        return Reading(SensorStatus.OK, value, request_rate=rate, lp_utilisation=used)
+
+    def _lp_utilisation(self, slo: SloConfig, at: float) -> float | None:
+        """The highest LP use of its limit over the nodes, when the SLO's policy asks for it (as the real sensor)."""
+        if not slo.uses_lp_utilisation:
+            return None
+        found = [u for u in (n.lp_utilisation(at, slo.window_seconds) for n in self.nodes) if u is not None]
+        return max(found) if found else None
 
 
 def writer_url(index: int) -> str:

@@ -111,11 +111,14 @@ def test_a_raw_query_replaces_metric_labels_quantile_and_window() -> None:
         (lambda r: r.update(surprise=1), "surprise", "Extra inputs are not permitted"),
         (lambda r: r.update(writers={}), "writers", "exactly one of 'static'"),
         (lambda r: r["slos"].append(dict(r["slos"][0])), "(top level)", "unique"),
+        (lambda r: r["slos"][0].update(policy={"kind": "pid", "gate_utilisation": 0.9},
+                                       throttle={"selector": {"group-id": "lp"}, "riops": {"min": 100, "max": "max"}}),
+         "slos[0] (gnn-p95)", "give throttle.rbps or throttle.wbps"),
     ],
     ids=[
         "duration-without-unit", "quantile-range", "unknown-policy-param", "unknown-policy-kind", "path-like-selector",
         "partition-name-as-device", "range-inverted", "bucket-suffix", "metric-and-query", "interval-too-short",
-        "bad-mode", "unknown-top-level-field", "no-writers", "duplicate-slo-names",
+        "bad-mode", "unknown-top-level-field", "no-writers", "duplicate-slo-names", "gate-without-bandwidth",
     ],
 )
 def test_errors_name_the_file_the_slo_and_the_field(mutate: Any, where: str, what: str) -> None:

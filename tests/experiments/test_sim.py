@@ -5,6 +5,7 @@ real policies pass."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -14,12 +15,14 @@ import pytest
 from click.testing import CliRunner
 
 from controller.config import parse_config
+from controller.decision_log import DecisionLog
 from controller.loop import build_policies
 from experiments.backends.sim import SimBackend, SimConfig, simulate, steady_schedule
 from experiments.cli import _run_command
 from experiments.export import HISTOGRAM_COLUMNS, SERIES_COLUMNS
 from experiments.model import ScenarioSpec
 from experiments.plant import histogram_quantile as plant_quantile
+from experiments.schedules import PLANT_SCHEDULES
 from experiments.report import SUMMARY_COLUMNS, histogram_quantile as report_quantile
 from experiments.slo import load_base_slo, slo_document
 from policies import Observation, Policy
@@ -165,3 +168,23 @@ def test_two_nodes_get_every_push_and_share_the_hp_load(tmp_path: Path) -> None:
     assert sorted(p["node"] for p in first["push"]) == ["sim-node-0", "sim-node-1"]
     series = pd.read_csv(tmp_path / "two" / "drcio.csv")
     assert series["hp_request_rate"].iloc[10:].mean() == pytest.approx(200, rel=0.15)  # the service's rate, summed
+
+
+def test_the_sim_measures_lp_use_of_its_limit_as_the_sensor_does_and_the_gate_holds_while_lp_is_idle() -> None:
+    """lp-step: LP idle for 30 s, then at full demand. The gated PID opens freely only up to gate_above."""
+    base, _ = load_base_slo(None)
+    base["slos"][0]["policy"] = {"kind": "pid", "kp": 0.5, "ki": 0.1, "kd": 0.0, "setpoint": 0.27, "no_data_rate": 0.0,
+                                 "gate_utilisation": 0.9, "gate_above": 0.45}
+    backend = SimBackend(SimConfig(base_slo=base))
+    doc = slo_document(ScenarioSpec("drcio", "drcio", 90, 5, lp=True, controlled=True), base, target_ms=10.0,
+                       wiring=backend.wiring())
+    stream = io.StringIO()
+    simulate(PLANT_SCHEDULES["lp-step"], SimConfig(seed=1), slo=doc, decision_log=DecisionLog(stream=stream))
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    idle = [r for r in records if 10 <= r["time"] - records[0]["time"] < 30]
+    busy = [r for r in records if r["time"] - records[0]["time"] >= 40]
+    assert all(r["lp_utilisation"] == 0.0 for r in idle)  # limited, moving nothing
+    assert all(r["level"] <= 0.45 for r in idle)  # headroom all along, but no reason to open past gate_above
+    assert any(r["terms"]["gated"] == 1.0 for r in idle)
+    assert sorted(r["lp_utilisation"] for r in busy)[len(busy) // 2] > 0.9  # mostly bound by its limit
+    assert max(r["level"] for r in busy) > 0.45  # and then it opens past gate_above

@@ -73,3 +73,10 @@ def test_raise_problems_lists_every_problem_and_keeps_them_apart() -> None:
 def test_observation_refuses_a_request_rate_that_is_not_a_rate(rate: float) -> None:
     with pytest.raises(ValueError):
         Observation(SensorStatus.OK, 0.05, 0.1, 5.0, request_rate_per_second=rate)
+
+
+@pytest.mark.parametrize("used", [pytest.param(-0.1, id="negative"), pytest.param(math.nan, id="nan"),
+                                  pytest.param(math.inf, id="inf")])
+def test_observation_refuses_an_lp_utilisation_that_is_not_a_ratio(used: float) -> None:
+    with pytest.raises(ValueError, match="lp_utilisation"):
+        Observation(SensorStatus.OK, 0.05, 0.1, 5.0, lp_utilisation=used)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from simple_pid import PID
 
-from policies import FailSafe, PidParams, PidPolicy, PolicyConfigError
+from policies import FailSafe, Observation, PidParams, PidPolicy, PolicyConfigError, SensorStatus
 from tests.policies.plant import DT_SECONDS, TARGET_SECONDS, LinearPlant, no_data, ok, run, sensor_error
 
 YAML = PidParams(kp=0.5, ki=0.1, kd=0.0)  # the SLO file's example, as is
@@ -233,6 +233,10 @@ def test_pid_defaults_are_the_documented_ones() -> None:
         "deadband": 0.05,
         "violation_gain": 2.0,
         "no_data_rate": 0.01,
+        "gate_utilisation": 0.0,
+        "gate_above": 0.45,
+        "gate_rise": 0.05,
+        "gate_rise_seconds": 5.0,
     }
 
 
@@ -249,6 +253,10 @@ def test_pid_defaults_are_the_documented_ones() -> None:
         pytest.param({"violation_gain": 0.5}, "violation_gain must be >= 1", id="soft-violation-gain"),
         pytest.param({"no_data_rate": 2}, "no_data_rate must be in [0, 1]", id="fast-no-data-rate"),
         pytest.param({"kp": 0, "ki": 0}, "at least one of kp, ki must be > 0", id="no-gain"),
+        pytest.param({"gate_utilisation": 1.5}, "gate_utilisation must be in [0, 1]", id="gate-over-one"),
+        pytest.param({"gate_above": -0.1}, "gate_above must be in [0, 1]", id="negative-gate-above"),
+        pytest.param({"gate_rise": -0.05}, "gate_rise must be >= 0", id="negative-gate-rise"),
+        pytest.param({"gate_rise_seconds": 0}, "gate_rise_seconds must be > 0", id="zero-gate-rise-seconds"),
     ],
 )
 def test_pid_params_refuse_bad_values_naming_field_and_range(kwargs: dict[str, object], message: str) -> None:
@@ -302,3 +310,87 @@ def test_simple_pid_is_pinned_below_its_next_major_version_since_the_policy_touc
     major = int(importlib.metadata.version("simple-pid").split(".")[0])
     assert importlib.metadata.version("simple-pid") in req.specifier
     assert f"{major + 1}.0" not in req.specifier
+
+
+# --- the gate: open above gate_above only while LP is bound by its limit ------------------
+
+GATED = PidParams(kp=0.5, ki=0.1, kd=0.0, setpoint=0.2, no_data_rate=0.0, gate_utilisation=0.9, gate_above=0.45)
+STEP = 1.0  # the benchmark's tick; the gate's HP-rate window is 5 s
+
+
+def gated_ok(slack: float, used: float | None, rate: float | None = 200.0) -> Observation:
+    return Observation(SensorStatus.OK, latency_at_slack(slack), TARGET_SECONDS, STEP, request_rate_per_second=rate,
+                       lp_utilisation=used)
+
+
+def test_gated_pid_holds_above_gate_above_while_lp_does_not_use_its_limit() -> None:
+    policy = PidPolicy(GATED, initial_level=0.6)
+    levels = [policy.step(gated_ok(0.7, used)) for used in (0.1, 0.5, 0.89, None)]
+    assert levels == [0.6] * 4  # headroom, but LP idle / wanting less / blind: no reason to open
+    assert policy.terms["gated"] == 1.0
+
+
+def test_gated_pid_opens_while_lp_is_bound_by_its_limit() -> None:
+    policy = PidPolicy(GATED, initial_level=0.6)
+    levels = [policy.step(gated_ok(0.7, 0.95)) for _ in range(5)]
+    assert levels == sorted(levels) and levels[-1] > 0.7
+    assert policy.terms["gated"] == 0.0
+
+
+def test_gated_pid_opens_freely_up_to_gate_above_and_no_further() -> None:
+    policy = PidPolicy(GATED, initial_level=0.2)
+    levels = [policy.step(gated_ok(0.7, 0.0)) for _ in range(20)]
+    assert levels[0] > 0.2  # below gate_above the PID opens as it would without the gate
+    assert max(levels) == 0.45 and levels[-1] == 0.45
+
+
+def test_gated_pid_holds_while_hp_traffic_rises_even_with_lp_bound() -> None:
+    policy = PidPolicy(GATED, initial_level=0.6)
+    rising = [policy.step(gated_ok(0.7, 0.95, rate=200.0 * 1.03**k)) for k in range(8)]
+    # +3 % a second: more than gate_rise (5 %) above the rate of up to 5 s before from the third tick on
+    assert rising[1] > 0.6 and rising[2:] == [rising[1]] * 6
+    steady = [policy.step(gated_ok(0.7, 0.95, rate=200.0 * 1.03**7)) for _ in range(8)]
+    # it opens again once no rate of the last 5 s is more than 5 % below the current one (the fourth tick)
+    assert steady[:3] == [rising[1]] * 3 and steady[3] > rising[1]
+
+
+def test_gated_pid_cuts_on_a_violation_whatever_lp_uses() -> None:
+    for used in (None, 0.0, 1.0):
+        policy = PidPolicy(GATED, initial_level=0.6)
+        assert policy.step(gated_ok(-0.5, used)) < 0.3
+
+
+def test_gated_pid_no_data_growth_stops_at_gate_above() -> None:
+    policy = PidPolicy(dataclasses.replace(GATED, no_data_rate=0.05), initial_level=0.3)
+    levels = [policy.step(no_data(dt=STEP)) for _ in range(10)]
+    assert levels[0] == pytest.approx(0.35) and levels[-1] == 0.45
+    high = PidPolicy(dataclasses.replace(GATED, no_data_rate=0.05), initial_level=0.6)
+    assert [high.step(no_data(dt=STEP)) for _ in range(3)] == [0.6] * 3
+
+
+def test_without_the_gate_lp_utilisation_changes_nothing() -> None:
+    plain = PidParams(kp=0.5, ki=0.1, kd=0.0, setpoint=0.2)
+    assert not plain.uses_lp_utilisation and GATED.uses_lp_utilisation
+    runs = []
+    for used in (None, 0.0, 1.0):
+        policy = PidPolicy(plain, initial_level=0.6)
+        runs.append([policy.step(gated_ok(s, used)) for s in (0.7, 0.7, -0.2, 0.5, 0.1)])
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_gated_pid_does_not_open_up_while_lp_is_idle_so_lp_returns_under_a_limit() -> None:
+    """The issue's hazard: headroom while LP is idle must not become an open limit when LP returns."""
+    results = {}
+    for name, params in (("plain", dataclasses.replace(GATED, gate_utilisation=0.0)), ("gated", GATED)):
+        plant = moderate_plant()
+        policy = PidPolicy(params, initial_level=0.5)
+        for _ in range(30):  # LP busy: settle under its limit
+            policy.step(gated_ok(1 - plant.latency() / TARGET_SECONDS, 1.0))
+            plant.apply(policy.level)
+        plant.lp_load = False  # LP idle for a minute: it uses nothing of its limit
+        for _ in range(60):
+            plant.apply(policy.step(gated_ok(1 - plant.latency() / TARGET_SECONDS, 0.0)))
+        plant.lp_load = True
+        results[name] = plant.latency()
+    assert results["plain"] > TARGET_SECONDS  # the ungated PID opened LP fully while it was idle
+    assert results["gated"] <= TARGET_SECONDS
