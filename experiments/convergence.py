@@ -14,7 +14,8 @@ its start). Counted in intervals = rows.
   of the segment (intervals without a P95 do not count against it).
 * **Reaction** to a violation: from its onset (an interval over the target
   after one within it) to the first interval with a tighter limit in force
-  (a lower level); -1 when no tighter limit came.
+  than the one before the onset (a lower level; 0 when the loop cut on the
+  onset's own tick); -1 when no tighter limit came.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def reactions(series: pd.DataFrame, target_ms: float, *, from_seconds: float = 0
     out = []
     for i in range(len(s)):
         if over[i] and (i == 0 or not over[i - 1]):
-            later = np.flatnonzero(level[i:] < level[i] - 1e-6)
+            before = level[i - 1] if i > 0 else level[i]  # the limit the violation happened under
+            later = np.flatnonzero(level[i:] < before - 1e-6)
             out.append((float(s["elapsed_seconds"].iloc[i]), int(later[0]) if len(later) else -1))
     return out
 

@@ -23,6 +23,13 @@ def test_a_violation_reaction_is_the_intervals_to_a_tighter_limit_or_minus_one()
     assert reactions(s, 10.0) == [(1.0, 2), (5.0, -1)]
 
 
+def test_a_cut_on_the_onsets_own_tick_is_a_reaction_of_zero_not_no_reaction() -> None:
+    # HP returns from a quiet spell: the first reading is a violation and the loop cuts at once (0.6 -> 0.03);
+    # the level never goes lower than that, which is no reason to call it "never reacted".
+    s = _series([5, 5, 13, 12, 11, 9], [0.6, 0.6, 0.03, 0.04, 0.16, 0.2])
+    assert reactions(s, 10.0) == [(2.0, 0)]
+
+
 def test_the_step_table_has_one_row_per_step_with_its_worst_reaction() -> None:
     s = _series([8, 12, 9, 8, 8, 12, 12, 9], [0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.3, 0.3])
     table = step_table(s, [(0, 4, "start"), (4, 8, "lp-step")], 10.0)
