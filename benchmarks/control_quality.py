@@ -11,6 +11,9 @@ see ``experiments/schedules.py``) and each policy:
 * ``pid``: the template's PID (``experiments/templates/slo.yaml``);
 * ``aimd``: AIMD with the policy's defaults;
 * ``knee``: the frontier-learning policy (``policies/knee.py``), defaults;
+* ``pid-gated``: the PID with its gate (``PidParams.gate_utilisation``: above
+  ``gate_above`` it opens only while LP uses its limit and HP's rate is not
+  rising), setpoint 0.27, holding while HP is quiet (:data:`PID_GATED`);
 * ``static-max``: LP io.max fixed at read 200M / write 50M;
 * ``static-weight``: LP io.weight 10 only. The sim does not model io.weight
   (see ``experiments/plant.py``): it runs as no limit, which is roughly what
@@ -110,6 +113,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "knee-load0.3": {"kind": "knee", "load_margin": 0.3},
     "knee-probe0": {"kind": "knee", "probe_margin": 0.0},
     "knee-ceil0.48": {"kind": "knee", "unloaded_ceiling": 0.48},
+    "pid-gated-sp0.25": {**PID_GATED, "setpoint": 0.25},
+    "pid-gated-sp0.3": {**PID_GATED, "setpoint": 0.3},
+    "pid-gated-norise": {**PID_GATED, "gate_rise": 0.0},
+    "pid-gated-u0.8": {**PID_GATED, "gate_utilisation": 0.8},
 }
 STATICS = ("static-max", "static-weight", "none", "oracle")
 
