@@ -122,18 +122,10 @@ class Controller:
             latency_seconds=reading.latency_seconds,
             target_seconds=st.slo.target_seconds,
             dt_seconds=dt,
-            # Only a usable rate reaches the policy: an infinite or negative one from a
+            # Only usable values reach the policy: an infinite or negative one from a
             # malformed answer must not turn into an exception that stops the tick.
-            request_rate_per_second=(
-                reading.request_rate
-                if reading.request_rate is not None and math.isfinite(reading.request_rate) and reading.request_rate >= 0
-                else None
-            ),
-            lp_utilisation=(
-                reading.lp_utilisation
-                if reading.lp_utilisation is not None and math.isfinite(reading.lp_utilisation) and reading.lp_utilisation >= 0
-                else None
-            ),
+            request_rate_per_second=_usable(reading.request_rate),
+            lp_utilisation=_usable(reading.lp_utilisation),
         )
         return reading, obs
 
@@ -241,6 +233,11 @@ class Controller:
         else:
             # Absent, not zero: a dashboard must not draw "0 s latency" while blind.
             _remove_series(m.observed, name)
+        used = _usable(reading.lp_utilisation)
+        if used is not None:
+            m.lp_utilisation.labels(slo=name).set(used)
+        else:
+            _remove_series(m.lp_utilisation, name)
         if reading.status is SensorStatus.SENSOR_ERROR:
             m.sensor_errors.labels(slo=name, reason=reading.reason or "unknown").inc()
         m.slo_level.labels(slo=name).set(st.level)
@@ -312,3 +309,8 @@ def _remove_series(metric: Any, *labels: str) -> None:
         metric.remove(*labels)
     except KeyError:
         pass
+
+
+def _usable(value: float | None) -> float | None:
+    """``value`` if it is finite and >= 0, else None."""
+    return value if value is not None and math.isfinite(value) and value >= 0 else None

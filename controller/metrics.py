@@ -42,6 +42,11 @@ class ControllerMetrics:
             "drcio_controller_observed_latency_seconds", "Last measured HP latency quantile per SLO", ["slo"], registry=r
         )
         self.target = Gauge("drcio_controller_target_latency_seconds", "Latency target per SLO", ["slo"], registry=r)
+        self.lp_utilisation = Gauge(
+            "drcio_controller_lp_utilisation",
+            "LP's use of its io.max over the SLO's window, the PID gate's input (absent when not measured)",
+            ["slo"], registry=r,
+        )
         self.slo_level = Gauge("drcio_controller_slo_level", "Level chosen by the SLO's policy (0..1)", ["slo"], registry=r)
         self.level = Gauge("drcio_controller_level", "LP allowance level in force per group (0..1)", ["group"], registry=r)
         self.term = Gauge("drcio_controller_policy_term", "Policy internal terms", ["slo", "term"], registry=r)

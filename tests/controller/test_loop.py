@@ -292,3 +292,19 @@ def test_a_rate_that_is_infinite_or_negative_reaches_the_policy_as_none_and_the_
     for k in range(2):
         c.step(1.7e9 + k)
     assert [o.request_rate_per_second for o in policy.seen] == [None, None]
+
+
+def test_the_policy_sees_lp_utilisation_and_the_metric_is_absent_when_none_was_measured() -> None:
+    cfg = config("http://127.0.0.1:1", [])
+    policy = RecordingPolicy()
+    sensor = ScriptedSensor([Reading(SensorStatus.OK, 0.05, lp_utilisation=0.97),
+                             Reading(SensorStatus.OK, 0.05, lp_utilisation=float("nan")),
+                             Reading(SensorStatus.OK, 0.05)])
+    c = Controller(cfg, sensor=sensor, pusher=HttpPusher(token=None, timeout_seconds=1), writers=StaticWriters([]),
+                   policies={cfg.slos[0].name: policy})
+    gauge = []
+    for k in range(3):
+        c.step(1.7e9 + k)
+        gauge.append(c.metrics.registry.get_sample_value("drcio_controller_lp_utilisation", {"slo": cfg.slos[0].name}))
+    assert [o.lp_utilisation for o in policy.seen] == [0.97, None, None]  # NaN from a malformed answer: None
+    assert gauge == [0.97, None, None]
