@@ -11,9 +11,9 @@ see ``experiments/schedules.py``) and each policy:
 * ``pid``: the template's PID (``experiments/templates/slo.yaml``);
 * ``aimd``: AIMD with the policy's defaults;
 * ``knee``: the frontier-learning policy (``policies/knee.py``), defaults;
-* ``pid-gated``: the PID with its gate (``PidParams.gate_utilisation``: above
-  ``gate_above`` it opens only while LP uses its limit and HP's rate is not
-  rising), setpoint 0.27, holding while HP is quiet (:data:`PID_GATED`);
+* ``pid-gated``: the PID with its gate (``PidParams.gate_utilisation``: it
+  opens only while LP uses its limit and HP's rate is not rising), setpoint
+  0.27, holding while HP is quiet (:data:`PID_GATED`);
 * ``static-max``: LP io.max fixed at read 200M / write 50M;
 * ``static-weight``: LP io.weight 10 only. The sim does not model io.weight
   (see ``experiments/plant.py``): it runs as no limit, which is roughly what
@@ -91,9 +91,9 @@ POLICIES = ("pid", "aimd", "knee", "pid-gated", "static-max", "static-weight", "
 PIECE_SECONDS = 10.0
 LOOPS = ("pid", "aimd", "knee", "pid-gated")
 #: The PID with the LP gate (``PidParams.gate_utilisation``): the template's gains, aiming at 73 % of the
-#: target, holding while HP is quiet.
+#: target, holding while HP is quiet, every rise gated (``gate_above`` 0, the default).
 PID_GATED: dict[str, Any] = {"kind": "pid", "kp": 0.5, "ki": 0.1, "kd": 0.0, "setpoint": 0.27, "no_data_rate": 0.0,
-                             "gate_utilisation": 0.9, "gate_above": 0.45, "gate_rise": 0.05}
+                             "gate_utilisation": 0.9, "gate_rise": 0.05}
 #: Policy sections of the loops; ``pid`` None = the template's. ``--variants`` adds the other entries,
 #: the candidates the documented defaults were chosen from.
 LOOP_POLICIES: dict[str, dict[str, Any] | None] = {
@@ -117,6 +117,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pid-gated-sp0.3": {**PID_GATED, "setpoint": 0.3},
     "pid-gated-norise": {**PID_GATED, "gate_rise": 0.0},
     "pid-gated-u0.8": {**PID_GATED, "gate_utilisation": 0.8},
+    "pid-gated-free0.45": {**PID_GATED, "gate_above": 0.45},
 }
 STATICS = ("static-max", "static-weight", "none", "oracle")
 

@@ -38,7 +38,9 @@ scrapes the cumulative counts every ``scrape_interval_seconds``;
 :meth:`Node.window` returns the increase between the oldest and newest
 scrape inside a trailing window, which is what ``histogram_quantile(q,
 rate(..[w]))`` sees, so the controller reads the P95 with the real bucket
-resolution and lag.
+resolution and lag. Each scrape also records LP's byte counters and the
+``io.max`` in force (the writer's limit gauge), so :meth:`Node.lp_utilisation`
+reads LP's use of its limit as the sensor's PromQL does.
 
 Not measured, assumed (so nobody reads more into the sim): how the knee moves
 with HP's request rate (only 200 requests/s was measured; the model scales

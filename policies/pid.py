@@ -51,9 +51,10 @@ What this adds around ``simple_pid.PID``, and why:
   ``gate_rise`` within the last ``gate_rise_seconds`` (a rising HP load moves
   the knee down: no time to open). Otherwise the level holds (the PID is
   switched off and takes over bumplessly, as after no data); below
-  ``gate_above`` the PID opens as usual, up to ``gate_above``. Cutting is
-  never gated. A missing measurement counts as "not bound", so a blind gate
-  holds. ``no_data_rate`` growth stops at ``gate_above`` too.
+  ``gate_above`` (default 0: nowhere) the PID opens as usual, up to
+  ``gate_above``. Cutting is never gated. A missing measurement counts as
+  "not bound", so a blind gate holds. ``no_data_rate`` growth stops at
+  ``gate_above`` too.
 * **No clock.** ``dt`` comes from the observation; ``sample_time=None`` and a
   constant ``time_fn`` mean ``simple-pid`` never consults the wall clock.
 """
@@ -109,8 +110,10 @@ class PidParams:
         Default 0: no gate. 0.9 is what ``benchmarks/control_quality.py``
         measures (LP under io.max moves 99 % of the limit in the fitted sweep).
     gate_above: the level up to which the gated PID opens without evidence
-        that LP needs more, in [0, 1]. Default 0.45: the knee policy's
-        unloaded ceiling, about the classic fixed limit in the template's range.
+        that LP needs more, in [0, 1]. Default 0: none, every rise needs the
+        evidence (a level known safe for any LP load on the node, if there is
+        one, is what to set here; 0.45 was one in the simulator, not on the
+        real host, where LP bursts let in at 0.45 violated the SLO).
     gate_rise: with the gate on, an HP request rate more than this fraction
         above the rate ``gate_rise_seconds`` ago holds the level too, >= 0.
         Default 0.05; 0 ignores the rate.
@@ -128,7 +131,7 @@ class PidParams:
     violation_gain: float = 2.0
     no_data_rate: float = 0.01
     gate_utilisation: float = 0.0
-    gate_above: float = 0.45
+    gate_above: float = 0.0
     gate_rise: float = 0.05
     gate_rise_seconds: float = 5.0
 

@@ -234,7 +234,7 @@ def test_pid_defaults_are_the_documented_ones() -> None:
         "violation_gain": 2.0,
         "no_data_rate": 0.01,
         "gate_utilisation": 0.0,
-        "gate_above": 0.45,
+        "gate_above": 0.0,
         "gate_rise": 0.05,
         "gate_rise_seconds": 5.0,
     }
@@ -335,6 +335,11 @@ def test_gated_pid_opens_while_lp_is_bound_by_its_limit() -> None:
     levels = [policy.step(gated_ok(0.7, 0.95)) for _ in range(5)]
     assert levels == sorted(levels) and levels[-1] > 0.7
     assert policy.terms["gated"] == 0.0
+
+
+def test_by_default_the_gated_pid_does_not_open_at_all_without_lp_using_its_limit() -> None:
+    policy = PidPolicy(dataclasses.replace(GATED, gate_above=PidParams().gate_above), initial_level=0.2)
+    assert [policy.step(gated_ok(0.7, 0.0)) for _ in range(10)] == [0.2] * 10
 
 
 def test_gated_pid_opens_freely_up_to_gate_above_and_no_further() -> None:
