@@ -229,16 +229,22 @@ class Node:
             self.limit_scrapes.append((self.rbps_limit, self.wbps_limit))
             self._next_scrape = round(self._next_scrape + self.scrape_interval_seconds, 9)
 
+    def _window_scrapes(self, at: float, window_seconds: float) -> tuple[int, int] | None:
+        """Indices of the first and last scrape in (at - w, at]; None with fewer than two."""
+        times = self._scrape_times
+        first = bisect.bisect_right(times, at - window_seconds + 1e-9)
+        last = bisect.bisect_right(times, at + 1e-9) - 1
+        return None if last - first < 1 else (first, last)
+
     def window(self, at: float, window_seconds: float) -> tuple[np.ndarray, float, float, float] | None:
         """Increase of (cumulative buckets, requests/s, LP read B/s, LP write B/s) over the scrapes in (at - w, at].
 
         None with fewer than two scrapes in the window (Prometheus' rate() is empty then).
         """
-        times = self._scrape_times
-        first = bisect.bisect_right(times, at - window_seconds + 1e-9)
-        last = bisect.bisect_right(times, at + 1e-9) - 1
-        if last - first < 1:
+        span_idx = self._window_scrapes(at, window_seconds)
+        if span_idx is None:
             return None
+        first, last = span_idx
         (t0, b0, n0, r0, w0), (t1, b1, n1, r1, w1) = self.scrapes[first], self.scrapes[last]
         span = t1 - t0
         return b1 - b0, (n1 - n0) / span, (r1 - r0) / span, (w1 - w0) / span
@@ -251,11 +257,10 @@ class Node:
         (``avg_over_time``); the larger of the two. None with fewer than two
         scrapes or no limit in the window.
         """
-        times = self._scrape_times
-        first = bisect.bisect_right(times, at - window_seconds + 1e-9)
-        last = bisect.bisect_right(times, at + 1e-9) - 1
-        if last - first < 1:
+        span_idx = self._window_scrapes(at, window_seconds)
+        if span_idx is None:
             return None
+        first, last = span_idx
         (t0, _, _, r0, w0), (t1, _, _, r1, w1) = self.scrapes[first], self.scrapes[last]
         moved = ((r1 - r0) / (t1 - t0), (w1 - w0) / (t1 - t0))
         ratios = []

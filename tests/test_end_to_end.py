@@ -208,7 +208,7 @@ while time.monotonic() < end:
 """
 
 
-def _gated_slo(prom_url: str, *, gate: bool) -> SloConfig:
+def _gated_slo(*, gate: bool) -> SloConfig:
     policy: dict[str, Any] = {"kind": "pid", **({"gate_utilisation": 0.9} if gate else {})}
     return SloConfig.model_validate({
         "name": "gnn-p95", "metric": "gnn_request_latency_seconds", "labels": {"job": "hp-gnn"}, "window": "4s",
@@ -249,7 +249,7 @@ def test_the_sensor_reads_how_much_of_its_limit_lp_uses_from_the_writers_metrics
         reader.stdin.write("go\n")
         reader.stdin.flush()
         sensor = PrometheusSensor(PrometheusConfig.model_validate({"url": prom.url, "timeout": "2s"}))
-        gated, plain = _gated_slo(prom.url, gate=True), _gated_slo(prom.url, gate=False)
+        gated, plain = _gated_slo(gate=True), _gated_slo(gate=False)
         prom.wait_for_samples('rate(drcio_io_read_bytes_total{group="lp"}[4s]) > 0')
         time.sleep(5)  # a full 4 s window of LP reading as fast as its limit lets it
 
