@@ -211,7 +211,7 @@ while time.monotonic() < end:
 def _gated_slo(*, gate: bool) -> SloConfig:
     policy: dict[str, Any] = {"kind": "pid", **({"gate_utilisation": 0.9} if gate else {})}
     return SloConfig.model_validate({
-        "name": "gnn-p95", "metric": "gnn_request_latency_seconds", "labels": {"job": "hp-gnn"}, "window": "4s",
+        "name": "gnn-p95", "metric": "gnn_request_latency_seconds", "labels": {"job": "hp-gnn"}, "window": "3s",
         "target": "100ms", "policy": policy,
         "throttle": {"selector": {"group-id": "lp"}, "devices": [DISK], "rbps": {"min": "10M", "max": "max"}},
     })
@@ -233,7 +233,7 @@ def test_the_sensor_reads_how_much_of_its_limit_lp_uses_from_the_writers_metrics
         scrape_interval_seconds=SCRAPE_INTERVAL, port=free_port(),
     )
     data = tmp_path / "lp.data"
-    data.write_bytes(os.urandom(64 * M))
+    data.write_bytes(os.urandom(16 * M))
     os.sync()
     reader = subprocess.Popen([sys.executable, "-c", _DIRECT_READER, str(data), "40"], stdin=subprocess.PIPE, text=True)
     prom.start()
@@ -250,8 +250,8 @@ def test_the_sensor_reads_how_much_of_its_limit_lp_uses_from_the_writers_metrics
         reader.stdin.flush()
         sensor = PrometheusSensor(PrometheusConfig.model_validate({"url": prom.url, "timeout": "2s"}))
         gated, plain = _gated_slo(gate=True), _gated_slo(gate=False)
-        prom.wait_for_samples('rate(drcio_io_read_bytes_total{group="lp"}[4s]) > 0')
-        time.sleep(5)  # a full 4 s window of LP reading as fast as its limit lets it
+        prom.wait_for_samples('rate(drcio_io_read_bytes_total{group="lp"}[3s]) > 0')
+        time.sleep(3.5)  # a full 3 s window of LP reading as fast as its limit lets it
 
         bound = sensor.read(gated, time.time())
         assert bound.status.value == "ok", bound
@@ -260,7 +260,7 @@ def test_the_sensor_reads_how_much_of_its_limit_lp_uses_from_the_writers_metrics
 
         reader.kill()
         reader.wait(timeout=10)
-        time.sleep(5)  # the window holds only idle LP now
+        time.sleep(3.5)  # the window holds only idle LP now
         idle = sensor.read(gated, time.time())
         assert idle.status.value == "ok" and idle.lp_utilisation is not None and idle.lp_utilisation < 0.05, idle
     finally:
