@@ -268,6 +268,9 @@ class PidPolicy:
         return self._level
 
     def _note_rate(self, rate: float | None) -> None:
+        """Keep the HP rates of the last ``gate_rise_seconds`` (only the gate's rise check reads them)."""
+        if not (self.params.uses_lp_utilisation and self.params.gate_rise > 0):
+            return
         horizon = self._clock - self.params.gate_rise_seconds - 1e-9
         self._rates = [(t, r) for t, r in self._rates if t >= horizon]
         if rate is not None:
