@@ -45,7 +45,8 @@ def test_the_overview_has_an_slo_variable_and_the_panels_the_issue_names() -> No
                    "drcio:slo_error_budget:ratio", "drcio_controller_level", "batch_io_bytes_total",
                    "drcio_io_max_bytes_per_second", "drcio_io_weight", "drcio_controller_loop_duration_seconds_bucket",
                    "drcio_controller_pushes_total", "drcio_controller_sensor_errors_total", "drcio_lease_expired",
-                   "drcio_failsafe_active", "drcio_reconciles_total", "drcio_controller_leader"):
+                   "drcio_failsafe_active", "drcio_reconciles_total", "drcio_controller_leader",
+                   "drcio_controller_lp_utilisation", 'term="gated"'):
         assert needle in exprs, needle
 
 

@@ -97,7 +97,8 @@ def _slo(prom_url: str, writer_url: str, token: Path) -> dict[str, Any]:
         "slos": [{
             "name": "gnn-p95", "metric": "gnn_request_latency_seconds", "labels": {"job": "hp-gnn"},
             "window": "5s", "target": "100ms",
-            "policy": {"kind": "pid", "kp": 0.5, "ki": 0.1, "kd": 0.0},
+            # The gate on, so the controller measures LP's use of its limit (the overview's gate panel).
+            "policy": {"kind": "pid", "kp": 0.5, "ki": 0.1, "kd": 0.0, "gate_utilisation": 0.9},
             "throttle": {"selector": {"group-id": "lp"}, "group": "lp", "devices": "auto",
                          "rbps": {"min": "10M", "max": "2G"}, "wbps": {"min": "5M", "max": "1G"},
                          "weight": {"min": 10, "max": 100}},
