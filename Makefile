@@ -11,11 +11,14 @@ setup:
 experiment: setup
 	.venv/bin/run-experiment --scenario all --duration $(DURATION) --output $(OUTPUT)
 
-## the default test run: type check, import contracts, pytest (benchmarks excluded)
+## the default test run: type check, import contracts, pytest (benchmarks excluded): first the tests that
+## need neither the kernel's cgroups nor a real Prometheus, on both cores (pytest-xdist); then those and the
+## `serial` ones, one at a time (they measure the disk, the host and HP latency, which a busy core would skew)
 test: setup
 	.venv/bin/mypy
 	.venv/bin/lint-imports
-	.venv/bin/pytest -q --durations=15
+	.venv/bin/pytest -q -n 2 --dist loadscope -m "not benchmark and not kernel and not prometheus and not serial" --durations=5
+	.venv/bin/pytest -q -m "not benchmark and (kernel or prometheus or serial)" --durations=15
 
 ## long real-disk benchmarks (not in CI)
 benchmark: setup

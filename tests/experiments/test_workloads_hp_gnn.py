@@ -124,6 +124,7 @@ def test_health_names_the_store(hp_service: str) -> None:
     assert httpx.get(f"{hp_service}/health", timeout=10).json()["nodes"] == int(NODES)
 
 
+@pytest.mark.serial
 def test_server_and_client_p95_agree_within_the_histograms_resolution(hp_service: str, scratch: Path) -> None:
     """The open-loop client's own P95 is an independent check on the server's histogram."""
     with lp_job_reading(scratch) as lp_metrics:
