@@ -8,12 +8,14 @@ sweep). For each scenario (the plant schedules steady, lp-step, lp-bursts,
 hp-ramp, hp-quiet and the dynamic schedules hp-steps, lp-phases, diurnal;
 see ``experiments/schedules.py``) and each policy:
 
-* ``pid``: the template's PID (``experiments/templates/slo.yaml``);
+* ``pid``: the plain PID at setpoint 0.2 (:data:`PID_PLAIN`, the template's
+  policy until 2026-11-29);
 * ``aimd``: AIMD with the policy's defaults;
 * ``knee``: the frontier-learning policy (``policies/knee.py``), defaults;
-* ``pid-gated``: the PID with its gate (``PidParams.gate_utilisation``: it
-  opens only while LP uses its limit and HP's rate is not rising), setpoint
-  0.27, holding while HP is quiet (:data:`PID_GATED`);
+* ``pid-gated``: the template's policy (``experiments/templates/slo.yaml``):
+  the PID with its gate (``PidParams.gate_utilisation``: it opens only while
+  LP uses its limit and HP's rate is not rising), setpoint 0.27, holding
+  while HP is quiet (:data:`PID_GATED`);
 * ``static-max``: LP io.max fixed at read 200M / write 50M;
 * ``static-weight``: LP io.weight 10 only. The sim does not model io.weight
   (see ``experiments/plant.py``): it runs as no limit, which is roughly what
@@ -90,14 +92,15 @@ ORACLE_ATTAINMENT = 0.99
 POLICIES = ("pid", "aimd", "knee", "pid-gated", "static-max", "static-weight", "none", "oracle", "clairvoyant")
 PIECE_SECONDS = 10.0
 LOOPS = ("pid", "aimd", "knee", "pid-gated")
-#: The PID with the LP gate (``PidParams.gate_utilisation``): the template's gains, aiming at 73 % of the
+#: The plain PID: the template's policy until 2026-11-29 (setpoint 0.2, no gate).
+PID_PLAIN: dict[str, Any] = {"kind": "pid", "kp": 0.5, "ki": 0.1, "kd": 0.0, "setpoint": 0.2}
+#: The template's policy: the PID with the LP gate (``PidParams.gate_utilisation``), aiming at 73 % of the
 #: target, holding while HP is quiet, every rise gated (``gate_above`` 0, the default).
-PID_GATED: dict[str, Any] = {"kind": "pid", "kp": 0.5, "ki": 0.1, "kd": 0.0, "setpoint": 0.27, "no_data_rate": 0.0,
-                             "gate_utilisation": 0.9, "gate_rise": 0.05}
-#: Policy sections of the loops; ``pid`` None = the template's. ``--variants`` adds the other entries,
-#: the candidates the documented defaults were chosen from.
+PID_GATED: dict[str, Any] = dict(load_base_slo(None)[0]["slos"][0]["policy"])
+#: Policy sections of the loops. ``--variants`` adds the other entries, the candidates the documented
+#: defaults were chosen from.
 LOOP_POLICIES: dict[str, dict[str, Any] | None] = {
-    "pid": None,
+    "pid": PID_PLAIN,
     "aimd": {"kind": "aimd"},
     "knee": {"kind": "knee"},
     "pid-gated": PID_GATED,

@@ -4,6 +4,7 @@ real policies pass."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -99,7 +100,7 @@ class FlippedSign:
     def step(self, observation: Observation) -> float:
         if observation.latency_seconds is not None:
             mirrored = max(0.0, 2 * observation.target_seconds - observation.latency_seconds)
-            observation = Observation(observation.status, mirrored, observation.target_seconds, observation.dt_seconds)
+            observation = dataclasses.replace(observation, latency_seconds=mirrored)
         return self.inner.step(observation)
 
     def reset(self) -> None:
@@ -129,7 +130,7 @@ class NeverBacksOff(FlippedSign):
 def _steady_quality(policy_kind: str, wrap: type[FlippedSign] | None) -> tuple[float, float]:
     """(attainment, LP MiB/s) of a 90 s steady run after a 15 s settling allowance, target 10 ms."""
     base, _ = load_base_slo(None)
-    if policy_kind != "pid":  # the template's PID (setpoint 0.2), else the kind's defaults
+    if policy_kind != "pid":  # the template's (gated) PID, else the kind's defaults
         base["slos"][0]["policy"] = {"kind": policy_kind}
     backend = SimBackend(SimConfig(base_slo=base))
     doc = slo_document(ScenarioSpec("drcio", "drcio", 90, 5, lp=True, controlled=True), base, target_ms=10.0,
