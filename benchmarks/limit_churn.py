@@ -22,7 +22,7 @@ of the means over rounds and writes every segment to ``--output`` (JSON).
 Needs root and a cgroup I/O controller (v1 blkio or v2 io); about
 ``rounds x conditions x seconds`` plus ~20 s of set-up.
 
-    .venv/bin/python benchmarks/limit_churn.py [--rounds 3 --seconds 40 --factors 1.1,1.3]
+    .venv/bin/python benchmarks/limit_churn.py [--rounds 8 --seconds 20 --factors 1.1,1.3]
 """
 
 from __future__ import annotations
@@ -109,8 +109,9 @@ def _paired(df: pd.DataFrame) -> dict[str, dict[str, float]]:
 @click.option("--factors", default="1.1,1.3", show_default=True,
               help="Comma-separated churn factors: the limit alternates between x F and / F.")
 @click.option("--period", default=1.0, show_default=True, help="Seconds between limit changes (the template's interval).")
-@click.option("--seconds", default=40.0, show_default=True, help="Seconds per condition and round.")
-@click.option("--rounds", default=3, show_default=True, help="Rounds; each runs every condition once, order rotated.")
+@click.option("--seconds", default=20.0, show_default=True, help="Seconds per condition and round.")
+@click.option("--rounds", default=8, show_default=True,
+              help="Rounds; each runs every condition once, order rotated (many short rounds: the host drifts).")
 @click.option("--rate", default=200.0, show_default=True, help="HP requests per second.")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path("/var/tmp"), show_default=True,
               help="Where the HP store and LP file go (a real disk: the I/O is O_DIRECT).")
