@@ -99,7 +99,7 @@ PID_PLAIN: dict[str, Any] = {"kind": "pid", "kp": 0.5, "ki": 0.1, "kd": 0.0, "se
 PID_GATED: dict[str, Any] = dict(load_base_slo(None)[0]["slos"][0]["policy"])
 #: Policy sections of the loops. ``--variants`` adds the other entries, the candidates the documented
 #: defaults were chosen from.
-LOOP_POLICIES: dict[str, dict[str, Any] | None] = {
+LOOP_POLICIES: dict[str, dict[str, Any]] = {
     "pid": PID_PLAIN,
     "aimd": {"kind": "aimd"},
     "knee": {"kind": "knee"},
