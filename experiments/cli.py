@@ -194,7 +194,8 @@ def _default_output() -> Path:
                    f"(baseline-end): the report warns when HP alone moved by more than {HOST_DRIFT_FACTOR:g}x "
                    "during the run.")
 @click.option("--duration", type=click.FloatRange(min=1), default=40.0, show_default=True,
-              help="Seconds of each scenario's measured run (HP load on), warm-up included.")
+              help="Seconds of each scenario's measured run (HP load on), warm-up included. A dynamic run's "
+                   "scenarios, its baselines included, last as long as the schedule instead.")
 @click.option("--load-level", type=click.Choice(["low", "medium", "high"]), default="medium", show_default=True,
               help="Load preset: HP request rate (open-loop Poisson) 100/200/300 per s and the LP job's "
                    "intensity (low: read x2, medium: mixed x4, high: mixed x8); see experiments/workloads/levels.py.")
@@ -220,7 +221,8 @@ def _default_output() -> Path:
               help="For --scenario dynamic: a built-in schedule (hp-steps, lp-phases, diurnal, steady, lp-step, "
                    "lp-bursts, hp-ramp, hp-quiet) or a YAML schedule file (see experiments/schedules.py). "
                    "On the local backend the load generator follows its HP rate and the LP job its LP phases "
-                   "(the load level then sets only LP's threads and block size).")
+                   "(the load level then sets only LP's threads and block size). The baselines of the run play "
+                   "its HP rates with LP off, so an auto target is a multiple of HP alone under the same load.")
 @click.option("--schedule-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Multiply every phase's duration of --schedule by this (burst on/off times stay as written), "
                    "e.g. 0.25 plays hp-steps' 190 s in 47.5 s. The report names the scale.")
@@ -229,10 +231,10 @@ def _default_output() -> Path:
                    "midpoints until the LP bracket is within 5 %); if the cap stops it first, the report gives "
                    "the bracket it reached as the oracle's uncertainty. Each probe is a whole scenario: for "
                    "dynamic on the local backend the whole schedule in real time plus ~7 s of set-up and "
-                   "--pause. Local dynamic costs about (1 + probes) x (schedule + 12 s) + 15 s, plus a baseline "
-                   "when the target is auto: measured 7.3 min for hp-steps with --schedule-scale 0.35 and "
-                   "--oracle-probes 4; full hp-steps (190 s) needs ~9 probes for a 5 % bracket, about 35 min, "
-                   "at most ~52 min at the default cap.")
+                   "--pause. Local dynamic costs about (1 + probes) x (schedule + 12 s) + 15 s, plus two "
+                   "baselines as long as the schedule when the target is auto: full hp-steps (190 s) needs ~9 "
+                   "probes for a 5 % bracket, about 35 min (+7 min of baselines), at most ~52 min at the default "
+                   "cap.")
 @click.option("--seed", type=int, default=1, show_default=True, help="sim backend: the random seed (same seed, same files).")
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="sim backend: simulated nodes (one disk, HP share and LP job each).")
@@ -432,7 +434,8 @@ def _schedule_info(schedule: Schedule | None, scale: float, probes: int, plan: l
     if schedule is not None:
         scaled = f", every phase's duration x {scale:g} (--schedule-scale)" if scale != 1.0 else ""
         info["schedule"] = (f"{schedule.name}: {len(schedule.phases)} phases, {schedule.duration_seconds:g} s"
-                            f"{scaled}" + (f"; {schedule.description}" if schedule.description else ""))
+                            f"{scaled}" + (f"; {schedule.description}" if schedule.description else "")
+                            + "; every scenario of the run follows it (the baselines its HP rates, LP off)")
     if any(s.kind == "oracle" for s in plan):
         info["oracle"] = (f"bisected until the met / missed bracket's LP throughputs differ by <= 5 %, at most "
                           f"{probes} probes (--oracle-probes), each probe a whole "

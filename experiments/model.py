@@ -70,7 +70,8 @@ class ScenarioSpec:
     (limits or weights are applied). level: a sweep step's fixed level.
     scheduler: the block scheduler the scenario needs (``bfq``), restored after.
     schedule: the load schedule of a dynamic scenario (and of the oracle's
-        probes for it); None = steady load for ``duration_seconds``.
+        probes and the baselines of its run; without LP, only its HP rates
+        apply); None = steady load for ``duration_seconds``.
     """
 
     name: str
@@ -113,11 +114,17 @@ class SloWiring:
 
 
 def load_facts(hp: str, lp: str, schedule_name: str | None) -> tuple[str, str]:
-    """A backend's "HP load" and "LP job" facts for the report: with a schedule planned, they name it."""
+    """A backend's "HP load" and "LP job" facts for the report: with a schedule planned, they name it.
+
+    A schedule is planned only by a dynamic run, and then every scenario of the
+    run follows it (the baselines its HP rates, with LP off), so the steady
+    ``hp`` rate and ``lp`` mode are not used.
+    """
     if schedule_name is None:
         return hp, lp
-    return (f"the rate of the schedule {schedule_name} in scenarios that follow it, else {hp}",
-            f"the LP phases of the schedule {schedule_name} in scenarios that follow it, else {lp}")
+    return (f"the rates of the schedule {schedule_name} in every scenario of this run (the baselines too), "
+            "open loop (Poisson)",
+            f"the LP phases of the schedule {schedule_name}")
 
 
 class BackendUnavailable(RuntimeError):

@@ -123,6 +123,8 @@ def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = Fal
     ``all`` and ``dynamic`` runs that start with a baseline end with a second
     one (:data:`CLOSING_BASELINE`, HP alone for the same duration): the report
     compares the two to tell whether the host itself changed during the run.
+    In a ``dynamic`` run both baselines play the schedule's HP rates with LP
+    off (and last as long as the schedule).
     """
     if choice not in SCENARIO_CHOICES:
         raise ValueError(f"unknown scenario {choice!r} (choose from {', '.join(SCENARIO_CHOICES)})")
@@ -136,6 +138,11 @@ def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = Fal
     if need_baseline and "baseline" not in kinds:
         kinds.insert(0, "baseline")
     d, w = config.duration_seconds, config.warmup_seconds
+    # HP alone under the same load: in a dynamic run the baselines play the schedule's HP rates (LP off), so an
+    # automatic target is a multiple of what HP alone does under this schedule, not under a steady 200 requests/s
+    # (hp-steps' 300 requests/s phases made a target from the steady baseline unmeetable even with LP at its floor).
+    hp_alone = config.schedule if choice == "dynamic" else None
+    hp_alone_seconds = hp_alone.duration_seconds if hp_alone is not None else d
     specs: list[ScenarioSpec] = []
     for kind in kinds:
         if kind == "sweep":
@@ -145,7 +152,7 @@ def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = Fal
                 for i in range(n)
             ]
         elif kind == "baseline":
-            specs.append(ScenarioSpec("baseline", kind, d, w, lp=False, controlled=False))
+            specs.append(ScenarioSpec("baseline", kind, hp_alone_seconds, w, lp=False, controlled=False, schedule=hp_alone))
         elif kind == "contention":
             specs.append(ScenarioSpec("contention", kind, d, w, lp=True, controlled=False))
         elif kind == "static-weight":
@@ -163,7 +170,8 @@ def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = Fal
     if choice in ("all", "dynamic") and specs[0].kind == "baseline":
         # HP alone once more at the end: the report compares it with the first baseline, since a run this long
         # outlasts the host's own drift (HP alone measured 2-4x apart within 20 minutes on the dev VM).
-        specs.append(ScenarioSpec(CLOSING_BASELINE, "baseline", d, w, lp=False, controlled=False))
+        specs.append(ScenarioSpec(CLOSING_BASELINE, "baseline", hp_alone_seconds, w, lp=False, controlled=False,
+                                  schedule=hp_alone))
     return specs
 
 

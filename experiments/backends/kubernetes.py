@@ -402,7 +402,7 @@ class KubernetesBackend:
         for phase in spec.schedule.phases:
             t = 0.0
             while t < phase.duration_seconds - 1e-9:
-                want_lp = phase.lp_mode_at(t) != "idle"
+                want_lp = spec.lp and phase.lp_mode_at(t) != "idle"
                 want_rate = round(phase.hp_rate_at(t) / 10.0) * 10.0
                 if want_lp != lp_on:
                     c.scale_job(cfg.demo_namespace, cfg.lp_job, 1 if want_lp else 0)

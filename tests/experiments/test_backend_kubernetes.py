@@ -192,3 +192,25 @@ def test_a_dynamic_schedule_switches_lp_and_sets_the_hp_rate_per_phase(
     pod = fake.objects[("Deployment", "drcio-demo", "hp-load")]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "HP_RATE", "value": "200"} in pod["env"] and "--rate=$(HP_RATE)" in pod["args"]
     assert run.notes["schedule"] == "t" and start <= run.start
+
+
+def test_a_baseline_on_a_schedule_follows_its_hp_rates_and_never_starts_lp(
+    cluster: tuple[FakeDynamicClient, Clock, KubernetesBackend], tmp_path: Path,
+) -> None:
+    from experiments.schedules import parse_schedule
+
+    fake, _clock, backend = cluster
+    schedule = parse_schedule({"name": "t", "phases": [
+        {"duration": "20s", "hp_rate": 300, "lp": "mixed"},
+        {"duration": "20s", "hp_rate": 100, "lp": "bursts", "burst_on": "5s", "burst_off": "5s"},
+    ]}, source="test")
+    spec = ScenarioSpec("baseline", "baseline", schedule.duration_seconds, 5.0, lp=False, controlled=False,
+                        schedule=schedule)
+    with backend:
+        fake.calls.clear()
+        backend.run_scenario(spec, target_ms=7.2, raw_dir=tmp_path, tick=lambda *_: None)
+    lp = [body["spec"]["parallelism"] for _k, _kind, _ns, name, body in fake.calls if name == "lp-batch"]
+    rates = [int(body["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
+             for _k, _kind, _ns, name, body in fake.calls if name == "hp-load" and body["spec"]["replicas"] > 0]
+    assert lp and set(lp) == {0}
+    assert rates[:2] == [300, 100]

@@ -279,6 +279,10 @@ def test_a_dynamic_run_with_a_baseline_ends_with_hp_alone_again_and_one_without_
     with_baseline = plan_scenarios("dynamic", PlanConfig(schedule=schedule), need_baseline=True)
     assert [s.name for s in with_baseline] == ["baseline", "dynamic-hp-steps", "oracle", "baseline-end"]
     assert [s.name for s in plan_scenarios("dynamic", PlanConfig(schedule=schedule))] == ["dynamic-hp-steps", "oracle"]
+    # HP alone under the same load: both baselines play the schedule (LP off), for as long as it lasts.
+    for spec in (with_baseline[0], with_baseline[-1]):
+        assert spec.schedule is schedule and not spec.lp and not spec.controlled
+        assert spec.duration_seconds == schedule.duration_seconds == 190.0
 
 
 def test_an_automatic_target_puts_a_baseline_first() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -68,12 +69,31 @@ def test_dynamic_on_the_sim_runs_the_schedule_and_bisects_its_oracle(tmp_path: P
     report = (out / "report.md").read_text()
     assert "dynamic-lp-step: drcio moved" in report and "bisection: oracle-" in report
     # The environment facts say the load follows the schedule, not the steady preset's 200 requests/s.
-    assert "the rate of the schedule lp-step in scenarios that follow it" in report
+    assert "the rates of the schedule lp-step in every scenario of this run" in report
     # --report-only rebuilds it with nothing missing: the oracle ran as probes (oracle-N) and its bisection
     # ended with oracle.json, so it is not "planned but not run".
     assert "## Not run" not in report
     assert CliRunner().invoke(_run_command, ["--report-only", "--output", str(out)]).exit_code == 0
     assert "## Not run" not in (out / "report.md").read_text()
+
+
+def test_an_auto_target_in_a_dynamic_run_comes_from_hp_alone_under_the_schedule(tmp_path: Path) -> None:
+    """hp-steps runs HP at 100 and 300 requests/s: the baselines play that (LP off), not a steady 200."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(_run_command, ["--backend", "sim", "--scenario", "dynamic", "--schedule", "hp-steps",
+                                               "--oracle-probes", "2", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    schedule = BUILTIN_SCHEDULES["hp-steps"]
+    for name in ("baseline", "baseline-end"):
+        series = pd.read_csv(out / f"{name}.csv")
+        assert series["lp_bytes_per_second"].fillna(0).max() == 0, name
+        for start, end, _ in schedule.segments()[1:]:  # after the start's warm-up: each phase's settled rate
+            inside = series[(series["elapsed_seconds"] >= start + 6) & (series["elapsed_seconds"] < end)]
+            want = schedule.hp_rate_at(start + 6)
+            assert inside["hp_request_rate"].fillna(0).mean() == pytest.approx(want, rel=0.15, abs=1.0), (name, start)
+    summary = pd.read_csv(out / "summary.csv").set_index("scenario")
+    report = (out / "report.md").read_text()
+    assert f"2 x the baseline's measured P95 ({summary.loc['baseline', 'p95_ms']:.3f} ms)" in report
 
 
 @pytest.mark.parametrize("name", [*BUILTIN_SCHEDULES], ids=str)
