@@ -236,6 +236,7 @@ def test_pid_defaults_are_the_documented_ones() -> None:
         "gate_utilisation": 0.0,
         "gate_above": 0.0,
         "gate_rise": 0.05,
+        "gate_fall": 0.25,
         "gate_rise_seconds": 5.0,
     }
 
@@ -256,6 +257,7 @@ def test_pid_defaults_are_the_documented_ones() -> None:
         pytest.param({"gate_utilisation": 1.5}, "gate_utilisation must be in [0, 1]", id="gate-over-one"),
         pytest.param({"gate_above": -0.1}, "gate_above must be in [0, 1]", id="negative-gate-above"),
         pytest.param({"gate_rise": -0.05}, "gate_rise must be >= 0", id="negative-gate-rise"),
+        pytest.param({"gate_fall": 1.5}, "gate_fall must be in [0, 1]", id="gate-fall-over-one"),
         pytest.param({"gate_rise_seconds": 0}, "gate_rise_seconds must be > 0", id="zero-gate-rise-seconds"),
     ],
 )
@@ -357,6 +359,23 @@ def test_gated_pid_holds_while_hp_traffic_rises_even_with_lp_bound() -> None:
     steady = [policy.step(gated_ok(0.7, 0.95, rate=200.0 * 1.03**7)) for _ in range(8)]
     # it opens again once no rate of the last 5 s is more than 5 % below the current one (the fourth tick)
     assert steady[:3] == [rising[1]] * 3 and steady[3] > rising[1]
+
+
+def test_gated_pid_does_not_open_into_hp_going_quiet_but_does_through_a_slow_fall() -> None:
+    # HP stops: the 5 s window's rate falls by a fifth a second while its P95 still shows headroom.
+    policy = PidPolicy(GATED, initial_level=0.6)
+    steady = [policy.step(gated_ok(0.35, 0.95)) for _ in range(3)]
+    leaving = [policy.step(gated_ok(0.35, 0.95, rate=200.0 * (1 - 0.2 * k))) for k in range(1, 5)]
+    # 1 s in, the rate is 20 % down (under gate_fall's 25 %): one more step up; from 2 s in (40 %) held
+    assert steady[-1] > 0.6 and leaving[0] > steady[-1] and leaving[1:] == [leaving[0]] * 3
+    # a ramp down by 2 % a second (8 % in 4 s, under gate_fall's 25 %) keeps opening
+    ramp = PidPolicy(GATED, initial_level=0.6)
+    levels = [ramp.step(gated_ok(0.35, 0.95, rate=300.0 * 0.98**k)) for k in range(8)]
+    assert levels == sorted(levels) and levels[-1] > levels[0]
+    # 0 turns the fall check off: the same departure opens as before the check existed
+    off = PidPolicy(dataclasses.replace(GATED, gate_fall=0.0), initial_level=0.6)
+    [off.step(gated_ok(0.35, 0.95)) for _ in range(3)]
+    assert [off.step(gated_ok(0.35, 0.95, rate=200.0 * (1 - 0.2 * k))) for k in range(1, 5)][-1] > leaving[-1]
 
 
 def test_gated_pid_cuts_on_a_violation_whatever_lp_uses() -> None:
