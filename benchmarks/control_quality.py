@@ -119,6 +119,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pid-gated-sp0.25": {**PID_GATED, "setpoint": 0.25},
     "pid-gated-sp0.3": {**PID_GATED, "setpoint": 0.3},
     "pid-gated-norise": {**PID_GATED, "gate_rise": 0.0},
+    "pid-gated-nofall": {**PID_GATED, "gate_fall": 0.0},
     "pid-gated-u0.8": {**PID_GATED, "gate_utilisation": 0.8},
     "pid-gated-free0.45": {**PID_GATED, "gate_above": 0.45},
 }
