@@ -14,7 +14,7 @@ import yaml
 from controller.config import parse_config
 from experiments.backends.kubernetes import ApiCluster, DryRunCluster, KubernetesBackend, KubernetesConfig
 from experiments.cli import run_experiment
-from experiments.model import ScenarioSpec
+from experiments.model import ScenarioRun, ScenarioSpec
 from experiments.slo import load_base_slo
 from tests.experiments.fake_dynamic_client import FakeDynamicClient
 
@@ -156,26 +156,16 @@ def test_the_readme_shows_the_current_dry_run_output(capsys: pytest.CaptureFixtu
     assert out in (ROOT / "README.md").read_text(), "update the dry-run block in README 'Deploy on Kubernetes'"
 
 
-def test_a_dynamic_schedule_switches_lp_and_sets_the_hp_rate_per_phase(
-    cluster: tuple[FakeDynamicClient, Clock, KubernetesBackend], tmp_path: Path,
-) -> None:
-    from experiments.schedules import parse_schedule
-
+def _play(cluster: tuple[FakeDynamicClient, Clock, KubernetesBackend], spec: ScenarioSpec, tmp_path: Path,
+          ) -> tuple[float, ScenarioRun, list[tuple[str, int]]]:
+    """Run ``spec`` on the fake cluster: (clock at its start, the run, ("lp", parallelism) / ("hp", rate) events)."""
     fake, clock, backend = cluster
-    schedule = parse_schedule({"name": "t", "phases": [
-        {"duration": "20s", "hp_rate": 200, "lp": "mixed"},
-        {"duration": "10s", "hp_rate": 0, "lp": "idle"},
-        {"duration": "30s", "hp_rate": 100, "lp": "bursts", "burst_on": "5s", "burst_off": "10s"},
-    ]}, source="test")
-    spec = ScenarioSpec("dynamic", "dynamic", schedule.duration_seconds, 5.0, lp=True, controlled=True,
-                        schedule=schedule)
     with backend:
         fake.calls.clear()
         start = clock.t
         run = backend.run_scenario(spec, target_ms=7.2, raw_dir=tmp_path, tick=lambda *_: None)
-    assert run.end - run.start == pytest.approx(60.0, abs=2.5)  # the last wait polls in 1 s steps
-    events = []
-    for kind, _kind, _ns, name, body in fake.calls:
+    events: list[tuple[str, int]] = []
+    for _verb, _kind, _ns, name, body in fake.calls:
         if name == "lp-batch":
             events.append(("lp", body["spec"]["parallelism"]))
         elif name == "hp-load":
@@ -184,11 +174,29 @@ def test_a_dynamic_schedule_switches_lp_and_sets_the_hp_rate_per_phase(
             else:
                 (container,) = body["spec"]["template"]["spec"]["containers"]
                 events.append(("hp", int(container["env"][0]["value"])))
+    return start, run, events
+
+
+def test_a_dynamic_schedule_switches_lp_and_sets_the_hp_rate_per_phase(
+    cluster: tuple[FakeDynamicClient, Clock, KubernetesBackend], tmp_path: Path,
+) -> None:
+    from experiments.schedules import parse_schedule
+
+    schedule = parse_schedule({"name": "t", "phases": [
+        {"duration": "20s", "hp_rate": 200, "lp": "mixed"},
+        {"duration": "10s", "hp_rate": 0, "lp": "idle"},
+        {"duration": "30s", "hp_rate": 100, "lp": "bursts", "burst_on": "5s", "burst_off": "10s"},
+    ]}, source="test")
+    spec = ScenarioSpec("dynamic", "dynamic", schedule.duration_seconds, 5.0, lp=True, controlled=True,
+                        schedule=schedule)
+    start, run, events = _play(cluster, spec, tmp_path)
+    assert run.end - run.start == pytest.approx(60.0, abs=2.5)  # the last wait polls in 1 s steps
     # phase 1: LP on, HP 200; phase 2: LP off, no HP; phase 3: bursts 5 s on / 10 s off at HP 100; then restored
     assert events[:6] == [("lp", 1), ("hp", 200), ("lp", 0), ("hp", 0), ("lp", 1), ("hp", 100)]
     assert events[6:9] == [("lp", 0), ("lp", 1), ("lp", 0)]
     # restored to the demo's rate, LP off at the scenario's end, and again on leaving the backend
     assert events[-3:] == [("hp", 200), ("lp", 0), ("lp", 0)]
+    fake = cluster[0]
     pod = fake.objects[("Deployment", "drcio-demo", "hp-load")]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "HP_RATE", "value": "200"} in pod["env"] and "--rate=$(HP_RATE)" in pod["args"]
     assert run.notes["schedule"] == "t" and start <= run.start
@@ -199,18 +207,12 @@ def test_a_baseline_on_a_schedule_follows_its_hp_rates_and_never_starts_lp(
 ) -> None:
     from experiments.schedules import parse_schedule
 
-    fake, _clock, backend = cluster
     schedule = parse_schedule({"name": "t", "phases": [
         {"duration": "20s", "hp_rate": 300, "lp": "mixed"},
         {"duration": "20s", "hp_rate": 100, "lp": "bursts", "burst_on": "5s", "burst_off": "5s"},
     ]}, source="test")
     spec = ScenarioSpec("baseline", "baseline", schedule.duration_seconds, 5.0, lp=False, controlled=False,
                         schedule=schedule)
-    with backend:
-        fake.calls.clear()
-        backend.run_scenario(spec, target_ms=7.2, raw_dir=tmp_path, tick=lambda *_: None)
-    lp = [body["spec"]["parallelism"] for _k, _kind, _ns, name, body in fake.calls if name == "lp-batch"]
-    rates = [int(body["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
-             for _k, _kind, _ns, name, body in fake.calls if name == "hp-load" and body["spec"]["replicas"] > 0]
-    assert lp and set(lp) == {0}
-    assert rates[:2] == [300, 100]
+    _start, _run, events = _play(cluster, spec, tmp_path)
+    assert {n for what, n in events if what == "lp"} == {0}  # told "off" only, never "on"
+    assert [n for what, n in events if what == "hp"][:2] == [300, 100]
