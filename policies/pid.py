@@ -125,9 +125,11 @@ class PidParams:
         [0, 1]. Default 0.25: HP going quiet drops the 5 s window's rate by a
         fifth a second, so the hold starts on its second second; a 300 -> 150
         requests/s ramp over 40 s falls 8 % per 5 s (not held), and Poisson
-        noise at 100 requests/s reaches 25 % about once in 30 000 ticks (0.15
-        held on noise often enough to cost attainment in the simulator's
-        hp-ramp: 98.7 % against 99.5 %). 0 ignores falls.
+        noise alone (two adjacent 5 s windows, normal approximation) falls
+        25 % about once in 1 300 ticks at 50 requests/s and once in 250 000
+        at 100. 0.15 (once in 190 at 100 requests/s) held on noise often
+        enough to cost attainment in the simulator's hp-ramp: 98.7 % against
+        99.5 %. 0 ignores falls.
     gate_rise_seconds: how far back ``gate_rise`` and ``gate_fall`` compare,
         > 0. Default 5 s (the template's window).
     """
