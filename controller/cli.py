@@ -256,13 +256,19 @@ def _command(
         controller = build_controller(config, dry_run=dry, metrics=metrics, decision_log=dlog,
                                       leader=(lambda: gate[0].is_leader()) if election is not None else None, shard=shard)
         if election is not None:
+
+            def elected(floor: int) -> None:
+                controller.resume_after(floor)
+                controller.request_take_over()  # before this replica's first push as leader
+
             elector = LeaderElector(
                 in_cluster_lease_api(), election, generation=lambda: controller.generation,
-                on_elected=controller.resume_after, on_change=lambda lead: metrics.leader.set(1.0 if lead else 0.0),
+                on_elected=elected, on_change=lambda lead: metrics.leader.set(1.0 if lead else 0.0),
             )
             gate.append(elector)
             metrics.leader.set(0.0)
         else:
+            controller.request_take_over()  # the first tick starts from the levels in force
             metrics.leader.set(1.0)
     except ConfigError as e:
         for problem in e.problems:

@@ -359,6 +359,11 @@ class ControllerConfig(BaseModel):
     #: Shorthand for writers.token_file, as in the design's example.
     token_file: Path | None = None
     failsafe: FailSafeConfig = Field(default_factory=FailSafeConfig)
+    #: Where the policies start when this controller starts or takes over as leader: ``in-force``
+    #: (default), the level its writers hold from the last push (the lowest over the writers that
+    #: answer; the fail-safe level where none does, or where a writer is in fail-safe or has had no
+    #: push), so a restart or a fail-over changes nothing in force; ``failsafe``: ``failsafe.level``.
+    start_level: Literal["in-force", "failsafe"] = "in-force"
     #: How long a push stays valid on the writers; default 6 intervals (>= 15 s).
     lease_ttl_seconds: Seconds | None = Field(None, alias="lease_ttl")
     slos: Annotated[list[SloConfig], Field(min_length=1)]

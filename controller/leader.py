@@ -4,8 +4,12 @@ replicas exactly one pushes.
 Wired by the CLI (``drcio-controller --leader-elect``): a :class:`LeaderElector`
 runs in a thread and renews or tries to acquire the Lease every
 ``retry_period``; :class:`LeaderGatedPusher` wraps the real pusher and pushes
-only while :meth:`LeaderElector.is_leader` holds. Every replica keeps running
-its policies on live readings (a hot standby), so a take-over is bumpless.
+only while :meth:`LeaderElector.is_leader` holds. A standby keeps reading and
+stepping, but what its policies conclude comes from a plant the leader drives
+(an AIMD standby sees only headroom and opens to 1). So ``on_elected`` makes
+the next tick start the policies afresh from the level the writers hold
+(:meth:`controller.loop.Controller.take_over`), and a tick the election lands
+in pushes nothing: the take-over is bumpless.
 
 The rules follow client-go's leaderelection, with the same parameters:
 
@@ -42,7 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from controller.push import Pusher, PushResult
+from controller.push import InForce, Pusher, PushResult
 from writer.api import TargetsPush
 
 __all__ = ["ElectionConfig", "LeaseApi", "LeaderElector", "LeaderGatedPusher", "GENERATION_ANNOTATION"]
@@ -293,6 +297,9 @@ class LeaderGatedPusher:
         if not self.is_leader():
             return []
         return self.inner.push(writers, body)
+
+    def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
+        return self.inner.read_in_force(writers)  # reading changes nothing: a standby may
 
 
 def in_cluster_lease_api() -> LeaseApi:

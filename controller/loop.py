@@ -11,6 +11,12 @@ the next one run anyway, missed ticks skipped rather than bunched up.
 Each tick pushes the whole desired state to every writer, even when nothing
 changed: that renews the writers' lease and heals any writer that missed a
 push (level-triggered actuation).
+
+A controller that starts, or takes over as leader, first calls
+:meth:`Controller.take_over`: every policy starts afresh from the level its
+writers hold (``start_level: in-force``), so a restart or a fail-over changes
+nothing in force, and nothing a standby's policies concluded from a plant they
+did not drive reaches the writers.
 """
 
 from __future__ import annotations
@@ -26,14 +32,14 @@ from typing import Any
 from controller.config import ControllerConfig, SloConfig
 from controller.decision_log import DecisionLog
 from controller.metrics import ControllerMetrics
-from controller.push import Pusher, PushResult, WriterDirectory
+from controller.push import InForce, Pusher, PushResult, WriterDirectory
 from controller.sensor import Reading, Sensor
 from controller.targets import GroupDecision, resolve_groups
 from policies import Observation, Policy, SensorStatus
 from policies.registry import build_policy
 from writer.api import GroupTarget, TargetsPush
 
-__all__ = ["Controller", "TickResult", "build_policies"]
+__all__ = ["Controller", "TickResult", "build_policies", "levels_in_force"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,29 @@ def build_policies(config: ControllerConfig) -> dict[str, Policy]:
         slo.name: build_policy(slo.policy.parsed(), failsafe=failsafe, initial_level=failsafe.level)
         for slo in config.slos
     }
+
+
+def levels_in_force(reports: list[InForce], failsafe_level: float) -> tuple[dict[str, float], int]:
+    """The level each LP group holds on the writers that answered, and how many answered.
+
+    Per group, the lowest over the answering writers, where a writer in
+    fail-safe, or without a push since it started, or whose last push did not
+    carry the group, counts as ``failsafe_level`` (at most its last level): what
+    a take-over starts from must not open LP anywhere. Groups no writer
+    reported are absent (the caller starts them at the fail-safe level).
+    """
+    answered = [r for r in reports if r.error is None]
+    groups = {g for r in answered for g in r.levels}
+    out = {}
+    for group in groups:
+        held = []
+        for r in answered:
+            level = r.levels.get(group)
+            if level is None or r.failsafe_active or not r.pushed:
+                level = failsafe_level if level is None else min(level, failsafe_level)
+            held.append(level)
+        out[group] = min(held)
+    return out, len(answered)
 
 
 @dataclass
@@ -107,6 +136,7 @@ class Controller:
         pol = dict(policies) if policies is not None else build_policies(config)
         self._states = [_SloState(slo, pol[slo.name], level=pol[slo.name].level) for slo in config.slos]
         self._generation = 0
+        self._take_over_pending = threading.Event()
         for slo in config.slos:
             self.metrics.target.labels(slo=slo.name).set(slo.target_seconds)
 
@@ -138,6 +168,38 @@ class Controller:
         """Continue strictly above ``generation`` (a new leader above its predecessor's last push)."""
         self._generation = max(self._generation, generation)
 
+    def request_take_over(self) -> None:
+        """Have the next tick call :meth:`take_over` first (safe from another thread: the leader elector's)."""
+        self._take_over_pending.set()
+
+    def take_over(self) -> dict[str, float]:
+        """Start every SLO's policy afresh from the level in force; returns the level per SLO.
+
+        With ``start_level: in-force`` the level is its LP group's on the
+        writers (:func:`levels_in_force`; read over ``GET /status``), else, or
+        where no writer answers, the fail-safe level. The policies are built
+        anew from the config: whatever they had learned (a standby's policies
+        step on readings of a plant another replica drives) is dropped, and
+        the PID's integral starts at that level (bumpless).
+        """
+        self._take_over_pending.clear()
+        failsafe = self.config.failsafe
+        held: dict[str, float] = {}
+        source = "start_level: failsafe"
+        if self.config.start_level == "in-force":
+            writers = self.writers.writers()
+            held, answered = levels_in_force(self.pusher.read_in_force(writers), failsafe.level)
+            source = f"in force on {answered} of {len(writers)} writer(s)"
+        levels = {}
+        for st in self._states:
+            level = held.get(st.slo.throttle.group_name, failsafe.level)
+            st.policy = build_policy(st.slo.policy.parsed(), failsafe=failsafe.to_policy(), initial_level=level)
+            st.level, st.last_time = level, None
+            levels[st.slo.name] = level
+        log.info("taking over: policies start at %s (%s; fail-safe level %g where none is held)",
+                 ", ".join(f"{name} {level:.3f}" for name, level in levels.items()), source, failsafe.level)
+        return levels
+
     def _next_generation(self, now: float) -> int:
         # Wall-clock milliseconds keep generations increasing across controller
         # restarts (a restarted controller must not look stale to the writers);
@@ -152,6 +214,8 @@ class Controller:
         time); the time between ticks comes from the monotonic clock.
         """
         started = time.perf_counter()
+        if self._take_over_pending.is_set():
+            self.take_over()
         readings: dict[str, Reading] = {}
         for st in self._states:
             reading, obs = self._observe(st, now)
@@ -167,7 +231,8 @@ class Controller:
             controller=self.name,
         )
         writers = self.writers.writers()
-        pushes = self.pusher.push(writers, body)
+        # Elected while this tick ran: push nothing the policies decided before the take-over (the next tick does it).
+        pushes = [] if self._take_over_pending.is_set() else self.pusher.push(writers, body)
         self._record_group_metrics(groups, pushes, len(writers))
 
         by_group = {g.group: g for g in groups}

@@ -9,6 +9,11 @@ or dead writer never delays the others beyond its timeout.
 Writer addresses come from a :class:`WriterDirectory`: a static list, or the
 EndpointSlices of the writer Service on Kubernetes. ``--dry-run`` swaps in
 :class:`DryRunPusher` at wiring time; nothing here branches on dry-run.
+
+A controller that starts or takes over as leader first asks its writers what
+they hold (``GET /status``, :meth:`HttpPusher.read_in_force`), so it can start
+its policies from the levels in force (``start_level``, see
+:meth:`controller.loop.Controller.take_over`).
 """
 
 from __future__ import annotations
@@ -18,22 +23,23 @@ import gc
 import logging
 import resource
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 from yarl import URL
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.errors import ConfigError
-from writer.api import TARGETS_PATH, CgroupResult, PushResponse, TargetsPush
+from writer.api import STATUS_PATH, TARGETS_PATH, CgroupResult, PushResponse, TargetsPush
 
 __all__ = [
     "PushOutcome",
     "PushResult",
+    "InForce",
     "Pusher",
     "HttpPusher",
     "DryRunPusher",
@@ -45,6 +51,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 PushOutcome = Literal["ok", "unauthorized", "stale", "rejected", "error", "timeout", "unreachable", "dry_run"]
 
@@ -71,8 +78,52 @@ class PushResult:
         }
 
 
+@dataclass(frozen=True)
+class InForce:
+    """What one writer holds (its ``GET /status``): the level of each LP group in its last accepted push.
+
+    ``error`` says why nothing was read (unreachable, refused, malformed); ``levels`` is then empty.
+    """
+
+    writer: str
+    levels: dict[str, float] = field(default_factory=dict)
+    #: The writer's lease ran out: it applies its fail-safe limits, not the last push.
+    failsafe_active: bool = False
+    #: The writer has had no push since it started: what it holds is its own start-up state.
+    pushed: bool = False
+    error: str | None = None
+
+
+class _StatusGroup(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    level: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
+
+
+class _StatusPush(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    groups: list[_StatusGroup]
+
+
+class _StatusFailsafe(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    active: bool
+
+
+class _StatusView(BaseModel):
+    """The part of the writer's ``GET /status`` a controller taking over reads (validated at the edge)."""
+
+    model_config = ConfigDict(extra="ignore")
+    failsafe: _StatusFailsafe
+    last_push: _StatusPush | None
+
+
 class Pusher(Protocol):
     def push(self, writers: Sequence[str], body: TargetsPush) -> list[PushResult]: ...
+
+    def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
+        """What each writer holds (one entry per writer, in order); a pusher that reaches none returns []."""
+        ...
 
 
 class WriterDirectory(Protocol):
@@ -163,6 +214,11 @@ class HttpPusher:
             if gc_was_enabled:
                 gc.enable()
 
+    def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
+        if not writers:
+            return []
+        return self._loop.run_until_complete(self._fan_out(writers, self._read_one))
+
     def close(self) -> None:
         """Close the pooled connections and the event loop."""
         if self._loop.is_closed():
@@ -200,19 +256,43 @@ class HttpPusher:
         return url
 
     async def _push_all(self, writers: Sequence[str], payload: bytes) -> list[PushResult]:
+        return await self._fan_out(writers, lambda client, timeout, writer: self._push_one(client, timeout, writer, payload))
+
+    async def _fan_out(
+        self, writers: Sequence[str], one: Callable[[aiohttp.ClientSession, aiohttp.ClientTimeout, str], Awaitable[_T]]
+    ) -> list[_T]:
+        """``one`` for every writer, at most ``max_in_flight`` at once; results in the writers' order."""
         client = self._client()
         timeout = aiohttp.ClientTimeout(total=self.timeout_seconds)
-        results: list[PushResult | None] = [None] * len(writers)
+        results: list[_T | None] = [None] * len(writers)
         todo = iter(enumerate(writers))
 
         # max_in_flight workers share one queue of writers: the bound on what is in
         # flight, without a task per writer waiting on a semaphore (10,000 of them).
         async def worker() -> None:
             for i, writer in todo:
-                results[i] = await self._push_one(client, timeout, writer, payload)
+                results[i] = await one(client, timeout, writer)
 
         await asyncio.gather(*(worker() for _ in range(min(self.max_in_flight, len(writers)))))
         return [r for r in results if r is not None]
+
+    async def _read_one(self, client: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout, writer: str) -> InForce:
+        try:
+            async with client.get(URL(writer.rstrip("/") + STATUS_PATH), timeout=timeout) as resp:
+                content = await resp.read()
+        except asyncio.TimeoutError:
+            return InForce(writer, error=f"no answer within {self.timeout_seconds}s")
+        except (aiohttp.ClientError, OSError) as e:
+            return InForce(writer, error=f"{type(e).__name__}: {e}"[:300])
+        if resp.status != 200:
+            return InForce(writer, error=f"HTTP {resp.status}: {content[:200].decode('utf-8', 'replace')}")
+        try:
+            view = _StatusView.model_validate_json(content)
+        except ValidationError as e:
+            return InForce(writer, error=f"malformed status: {e.errors()[:2]}"[:300])
+        groups = view.last_push.groups if view.last_push is not None else []
+        return InForce(writer, {g.name: g.level for g in groups if g.level is not None},
+                       failsafe_active=view.failsafe.active, pushed=view.last_push is not None)
 
     async def _push_one(
         self, client: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout, writer: str, payload: bytes
@@ -303,6 +383,9 @@ class DryRunPusher:
     def push(self, writers: Sequence[str], body: TargetsPush) -> list[PushResult]:
         self.bodies.append(body)
         return [PushResult(w, "dry_run", detail="dry run: nothing pushed") for w in writers]
+
+    def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
+        return []  # a dry run contacts no writer, so it starts from the fail-safe level
 
 
 class StaticWriters:

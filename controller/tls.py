@@ -34,7 +34,7 @@ from requests.auth import AuthBase, HTTPBasicAuth
 
 from controller.config import BasicAuthConfig, PrometheusConfig, TlsClientConfig
 from controller.errors import ConfigError
-from controller.push import Pusher, PushResult
+from controller.push import InForce, Pusher, PushResult
 from writer.api import TargetsPush
 
 __all__ = [
@@ -123,6 +123,9 @@ class ReloadingPusher:
             except ConfigError as e:
                 log.error("push credentials changed but cannot be loaded, keeping the previous ones: %s", e)
         return self._pusher.push(writers, body)
+
+    def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
+        return self._pusher.read_in_force(writers)
 
     def close(self) -> None:
         _close(self._pusher)

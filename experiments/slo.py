@@ -25,7 +25,9 @@ throttle range, window and policy; per scenario:
 
 The wiring (Prometheus URL and timeout, writer URL, token file, the HP job label, the LP
 selector and group, the devices) always comes from the backend, whatever
-the file says, because the experiment runs its own private stack.
+the file says, because the experiment runs its own private stack; and
+``start_level`` is ``failsafe``, so no scenario's loop starts from the level
+an earlier scenario left on writers that outlive it.
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ def slo_document(spec: ScenarioSpec, base: dict[str, Any], *, target_ms: float, 
         prometheus={"url": wiring.prometheus_url, "timeout": "500ms", "retries": 0},
         writers={"static": [wiring.writer_url]},
         token_file=str(wiring.token_file),
+        # Every scenario's loop starts from the fail-safe level, never from what the scenario
+        # before it left on writers that outlive it (the Kubernetes backend's DaemonSet).
+        start_level="failsafe",
     )
     slo.pop("query", None)
     slo.pop("rate_query", None)

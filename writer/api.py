@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 __all__ = [
     "API_VERSION",
     "TARGETS_PATH",
+    "STATUS_PATH",
     "MAX_BODY_BYTES",
     "MAX_GROUPS",
     "DeviceNumber",
@@ -48,6 +49,8 @@ __all__ = [
 
 API_VERSION = "v1"
 TARGETS_PATH = f"/{API_VERSION}/targets"
+#: What the writer holds and has in force (bearer token required); a controller taking over reads it.
+STATUS_PATH = "/status"
 #: The writer refuses larger bodies with 413 before parsing them.
 MAX_BODY_BYTES = 64 * 1024
 #: More LP groups than this in one push is a bug, not a configuration.

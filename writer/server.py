@@ -47,7 +47,7 @@ from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from writer.api import MAX_BODY_BYTES, TARGETS_PATH, ErrorResponse, PushResponse, TargetsPush
+from writer.api import MAX_BODY_BYTES, STATUS_PATH, TARGETS_PATH, ErrorResponse, PushResponse, TargetsPush
 from writer.reconcile import Reconciler, StalePush
 
 __all__ = ["ServerState", "build_app"]
@@ -176,7 +176,7 @@ def build_app(state: ServerState) -> FastAPI:
         return {"status": "ok"}
 
     @app.get(
-        "/status",
+        STATUS_PATH,
         summary="Workloads, limits in force (read back), lease, errors, config (bearer token required)",
         responses={401: {"model": ErrorResponse, "description": "Missing or wrong bearer token"}},
     )

@@ -43,7 +43,7 @@ import yaml
 from controller.config import SloConfig, parse_config
 from controller.decision_log import DecisionLog
 from controller.loop import Controller
-from controller.push import PushResult, StaticWriters
+from controller.push import InForce, PushResult, StaticWriters
 from controller.sensor import CLIPPED_FACTOR, Reading
 from experiments.export import HISTOGRAM_COLUMNS, SERIES_COLUMNS, Export
 from experiments.model import LP_GROUP, ScenarioRun, ScenarioSpec, SloWiring, Tick, load_facts
@@ -165,6 +165,9 @@ class SimPusher:
             results.append(PushResult(url, "ok", 200, node=f"sim-node-{_node_index(url)}", results=(
                 CgroupResult(group=LP_GROUP, cgroup="sim/lp", outcome="applied"),)))
         return results
+
+    def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
+        return []  # the simulator's loop starts where its scenario says; it never takes over
 
 
 @dataclass

@@ -151,3 +151,16 @@ def test_a_shard_index_outside_the_replicas_exits_2() -> None:
     proc = run("--config", str(EXAMPLE), "--once", "--dry-run", "--shards", "2", "--shard-index", "2")
     assert proc.returncode == 2
     assert "--shard-index" in proc.stderr and "below --shards (2)" in proc.stderr
+
+
+def test_once_starts_from_the_level_its_writer_holds(tmp_path: Path, recorded_writer: RecordedWriter) -> None:
+    from tests.controller.test_take_over import leave_level_in_force
+
+    leave_level_in_force(recorded_writer, 0.35)  # the controller before this one (a restart)
+    proc = run("--config", str(write_config(tmp_path, recorded_writer.url)), "--once", "--log-level", "info")
+    assert proc.returncode == 0, proc.stderr
+    # Prometheus is unreachable, so the policy holds where it starts: the writer's 0.35, not the fail-safe 0.2.
+    rec = json.loads(proc.stdout)
+    assert rec["status"] == "sensor_error" and rec["level"] == 0.35
+    assert recorded_writer.bodies[-1]["groups"][0]["level"] == 0.35
+    assert "taking over: policies start at gnn-p95 0.350 (in force on 1 of 1 writer(s)" in proc.stderr

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from controller.leader import GENERATION_ANNOTATION, ElectionConfig, LeaderElector, LeaderGatedPusher
-from controller.push import PushResult
+from controller.push import InForce, PushResult
 from tests.controller.fake_lease_api import FakeLeaseApi, meta_of, spec_of
 from writer.api import TargetsPush
 
@@ -113,6 +113,9 @@ def test_a_leader_that_cannot_renew_stops_pushing_before_the_standby_may_take_ov
         def push(self, writers: Sequence[str], body: TargetsPush) -> list[PushResult]:
             pushes.append(body.generation)
             return [PushResult(w, "ok") for w in writers]
+
+        def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
+            return []
 
     gated = LeaderGatedPusher(Inner(), a.elector.is_leader)
     body = TargetsPush(generation=1, lease_ttl_seconds=30, groups=[], controller="t")
