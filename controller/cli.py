@@ -221,7 +221,8 @@ def _command(
     Every interval it reads each SLO's latency quantile from Prometheus, runs the
     SLO's policy (pid, aimd, knee or static) to choose how much disk the low-priority
     pods may use, and pushes the resulting io.max / io.weight targets to the node
-    writers.
+    writers. When it starts, and when it is elected leader, the policies start from
+    the level the writers hold (the SLO file's start_level).
 
     Exit codes: 0 done, 2 bad configuration or arguments, 1 anything else.
     """
