@@ -154,8 +154,13 @@ class SimPusher:
 
     def __init__(self, nodes: Sequence[Node]) -> None:
         self.nodes = nodes
+        #: Per writer URL, each group's level in the last push (what a real writer's ``/status`` reports).
+        self.held: dict[str, dict[str, float]] = {}
 
     def push(self, writers: Sequence[str], body: TargetsPush) -> list[PushResult]:
+        levels = {g.name: g.level for g in body.groups if g.level is not None}
+        for url in writers:
+            self.held[url] = levels
         results = []
         lp = next((g for g in body.groups if g.name == LP_GROUP), None)
         for url in writers:
@@ -167,7 +172,9 @@ class SimPusher:
         return results
 
     def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
-        return []  # the simulator's loop starts where its scenario says; it never takes over
+        """The levels of the last push, as a writer whose lease never runs out holds them."""
+        return [InForce(url, dict(self.held[url]), pushed=True) if url in self.held else InForce(url)
+                for url in writers]
 
 
 @dataclass
@@ -198,6 +205,7 @@ def simulate(
     decision_log: DecisionLog | None = None,
     start: float = EPOCH,
     policies: Mapping[str, Policy] | None = None,
+    restart_at: Sequence[float] = (),
 ) -> SimResult:
     """Play ``schedule`` on fresh nodes, with the controller of the SLO document ``slo`` (None = no controller).
 
@@ -205,7 +213,12 @@ def simulate(
     waits for the first decision) and every ``interval`` after it.
     ``policies`` (SLO name -> policy object) replaces the policies the
     controller would build from ``slo`` (benchmarks and tests use it to run a
-    policy the SLO file cannot name).
+    policy the SLO file cannot name). ``restart_at``: seconds into the
+    schedule at which the controller restarts, as a restarted process would:
+    its next tick takes over (:meth:`Controller.take_over`, by the SLO's
+    ``start_level``) from the levels the simulated writers hold, with
+    policies built anew from ``slo`` (replacing any given in ``policies``)
+    and no tick missed (a real process takes about a second to start).
     """
     fit = config.fit or load_fit()
     rng = np.random.default_rng(config.seed)
@@ -228,11 +241,15 @@ def simulate(
     steps = int(round(duration / config.dt_seconds))
     decisions: list[tuple[float, float, float, float, float]] = []
     next_tick = start
+    restarts = sorted(start + t for t in restart_at)
     share = 1.0 / len(nodes)  # the schedule's HP rate is the service's, spread evenly over the nodes
     for k in range(steps + 1):
         now = start + k * config.dt_seconds
         clock[0] = now
         if controller is not None and now >= next_tick - 1e-9:
+            if restarts and now >= restarts[0] - 1e-9:
+                restarts.pop(0)
+                controller.request_take_over()
             result = controller.step(now)
             g = result.groups[0]
             seen = result.records[0]["latency_seconds"]

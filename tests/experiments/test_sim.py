@@ -189,3 +189,26 @@ def test_the_sim_measures_lp_use_of_its_limit_as_the_sensor_does_and_the_gate_ho
     assert all(r["terms"]["gated"] == 1.0 for r in idle)
     assert sorted(r["lp_utilisation"] for r in busy)[len(busy) // 2] > 0.9  # mostly bound by its limit
     assert max(r["level"] for r in busy) > records[0]["level"] + 0.2  # and then it opens
+
+
+@pytest.mark.parametrize("start_level", ["in-force", "failsafe"])
+def test_a_restarted_controller_takes_over_from_the_level_its_writers_hold_or_the_failsafe(start_level: str) -> None:
+    """``restart_at`` restarts the simulated controller: its next tick starts where ``start_level`` says."""
+    base, _ = load_base_slo(None)
+    backend = SimBackend(SimConfig(base_slo=base))
+    doc = slo_document(ScenarioSpec("drcio", "drcio", 90, 5, lp=True, controlled=True), base, target_ms=10.0,
+                       wiring=backend.wiring())
+    doc["start_level"] = start_level
+    steady = PLANT_SCHEDULES["steady"]
+    plain = simulate(steady, SimConfig(seed=1), slo=doc).decisions
+    restarted = simulate(steady, SimConfig(seed=1), slo=doc, restart_at=(45.0,)).decisions
+    t = restarted["time"] - restarted["time"].iloc[0]
+    before = float(plain.loc[t == 44.0, "level"].iloc[0])
+    at = float(restarted.loc[t == 45.0, "level"].iloc[0])
+    assert before > 0.4  # the loop had opened LP well above the fail-safe level 0.2
+    if start_level == "in-force":
+        # Started at the level in force (the PID's error is within its dead band here, so it stays).
+        assert at == pytest.approx(before, abs=0.05)
+    else:
+        assert at == pytest.approx(0.2, abs=0.05)  # back at the fail-safe level, one PID step away from it
+    assert plain["level"].iloc[:45].tolist() == restarted["level"].iloc[:45].tolist()  # nothing before the restart
