@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 from controller.config import ControllerConfig, load_config
 from controller.decision_log import DecisionLog
 from controller.errors import ConfigError
-from controller.leader import ElectionConfig, LeaderElector, LeaderGatedPusher, in_cluster_lease_api
+from controller.leader import ElectionConfig, LeaderElector, LeaderGatedPusher, LeaseApi, in_cluster_lease_api
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
 from controller.push import (
@@ -108,6 +108,21 @@ def build_controller(
         decision_log=decision_log,
         dry_run=dry_run,
     )
+
+
+def build_elector(
+    controller: Controller, api: LeaseApi, election: ElectionConfig, metrics: ControllerMetrics,
+    *, monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+) -> LeaderElector:
+    """This replica's elector. Elected, the controller continues above the old leader's generations, and its
+    next tick takes over (:meth:`Controller.take_over`) before its first push as leader."""
+
+    def elected(floor: int) -> None:
+        controller.resume_after(floor)
+        controller.request_take_over()
+
+    return LeaderElector(api, election, generation=lambda: controller.generation, on_elected=elected,
+                         on_change=lambda lead: metrics.leader.set(1.0 if lead else 0.0), monotonic=monotonic, wall=wall)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -257,15 +272,7 @@ def _command(
         controller = build_controller(config, dry_run=dry, metrics=metrics, decision_log=dlog,
                                       leader=(lambda: gate[0].is_leader()) if election is not None else None, shard=shard)
         if election is not None:
-
-            def elected(floor: int) -> None:
-                controller.resume_after(floor)
-                controller.request_take_over()  # before this replica's first push as leader
-
-            elector = LeaderElector(
-                in_cluster_lease_api(), election, generation=lambda: controller.generation,
-                on_elected=elected, on_change=lambda lead: metrics.leader.set(1.0 if lead else 0.0),
-            )
+            elector = build_elector(controller, in_cluster_lease_api(), election, metrics)
             gate.append(elector)
             metrics.leader.set(0.0)
         else:

@@ -1,10 +1,10 @@
 """Taking over: a controller that starts, or is elected leader, starts its policies from the level in force.
 
 The writers are the real writer app over real HTTP (``recorded_writer``); the
-sensor is scripted (the readings are not what is under test), and the Lease is
-not involved: being elected is the elector's ``on_elected`` calling
-:meth:`Controller.request_take_over` before ``is_leader`` turns true
-(``controller/cli.py``), which the tests do by hand.
+sensor is scripted (the readings are not what is under test). Being elected is
+the elector's ``on_elected`` calling :meth:`Controller.request_take_over` before
+``is_leader`` turns true: most tests do that by hand, the fail-over test through
+the CLI's own wiring (``build_elector``) on a fake Lease API.
 """
 
 from __future__ import annotations
@@ -15,13 +15,16 @@ from typing import Any
 
 import pytest
 
+from controller.cli import build_elector
 from controller.config import ControllerConfig, parse_config
-from controller.leader import LeaderGatedPusher
+from controller.leader import ElectionConfig, LeaderElector, LeaderGatedPusher
 from controller.loop import Controller, levels_in_force
+from controller.metrics import ControllerMetrics
 from controller.push import HttpPusher, InForce, StaticWriters
 from controller.sensor import Reading
 from policies import SensorStatus
 from tests.controller.conftest import PUSH_TOKEN, RecordedWriter, serving_handler
+from tests.controller.fake_lease_api import FakeLeaseApi
 from tests.controller.test_loop import ScriptedSensor
 
 TARGET = 0.1
@@ -177,3 +180,39 @@ def test_a_malformed_status_is_an_error_that_counts_for_nothing(recorded_writer:
         assert c.take_over() == {"gnn-p95": 0.35}
     assert good.levels == {"lp": 0.35} and good.error is None
     assert bad.levels == {} and "malformed status" in (bad.error or "")
+
+
+def test_a_fail_over_through_the_lease_starts_the_new_leader_from_the_level_in_force(
+    recorded_writer: RecordedWriter,
+) -> None:
+    """Two replicas wired as the CLI wires them (``build_elector``), the Lease API faked at its boundary."""
+    api, now = FakeLeaseApi(), [1000.0]
+
+    def replica(name: str, policy: dict[str, Any], http: HttpPusher) -> tuple[Controller, LeaderElector]:
+        gate: list[LeaderElector] = []  # as in the CLI: the pusher asks the elector built after it
+        c = controller(config([recorded_writer.url], policy), LeaderGatedPusher(http, lambda: gate[0].is_leader()))
+        election = ElectionConfig(identity=name, lease_duration_seconds=15.0, renew_deadline_seconds=10.0,
+                                  retry_period_seconds=2.0)
+        gate.append(build_elector(c, api, election, ControllerMetrics(), monotonic=lambda: now[0],
+                                  wall=lambda: 1.8e9 + now[0]))
+        return c, gate[0]
+
+    with HttpPusher(token=PUSH_TOKEN, timeout_seconds=1) as http:
+        a, a_elector = replica("a", {"kind": "static", "level": 0.35}, http)
+        b, b_elector = replica("b", {"kind": "aimd", "increase": 0.1}, http)
+        for i in range(10):  # a leads and pushes 0.35; b steps on the same readings and drifts open
+            a_elector.try_acquire_or_renew(), b_elector.try_acquire_or_renew()
+            a.step(1.7e9 + i)
+            standby = b.step(1.7e9 + i)
+            now[0] += 1.0
+        assert a_elector.is_leader() and not b_elector.is_leader()
+        assert standby.records[0]["level"] == 1.0 and standby.pushes == []
+        assert {body["groups"][0]["level"] for body in recorded_writer.bodies} == {0.35}
+        # a dies; b takes over the Lease once it has not changed for lease_duration.
+        while not b_elector.is_leader():
+            now[0] += 2.0
+            b_elector.try_acquire_or_renew()
+        first = b.step(1.7e9 + 100)
+    assert [p.outcome for p in first.pushes] == ["ok"]
+    assert first.records[0]["level"] == pytest.approx(0.45)  # from a's 0.35, one AIMD step up; not 1.0
+    assert recorded_writer.bodies[-1]["groups"][0]["level"] == pytest.approx(0.45)
