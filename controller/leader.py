@@ -298,8 +298,8 @@ class LeaderGatedPusher:
             return []
         return self.inner.push(writers, body)
 
-    def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
-        return self.inner.read_in_force(writers)  # reading changes nothing: a standby may
+    def read_in_force(self, writers: Sequence[str], deadline_seconds: float) -> list[InForce]:
+        return self.inner.read_in_force(writers, deadline_seconds)  # reading changes nothing: a standby may
 
 
 def in_cluster_lease_api() -> LeaseApi:

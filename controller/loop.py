@@ -188,7 +188,9 @@ class Controller:
         source = "start_level: failsafe"
         if self.config.start_level == "in-force":
             writers = self.writers.writers()
-            held, answered = levels_in_force(self.pusher.read_in_force(writers), failsafe.level)
+            # Bounded by one interval: at thousands of writers the whole round could outlast their lease.
+            read = self.pusher.read_in_force(writers, self.config.interval_seconds)
+            held, answered = levels_in_force(read, failsafe.level)
             source = f"in force on {answered} of {len(writers)} writer(s)"
         levels = {}
         for st in self._states:

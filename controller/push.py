@@ -121,8 +121,9 @@ class _StatusView(BaseModel):
 class Pusher(Protocol):
     def push(self, writers: Sequence[str], body: TargetsPush) -> list[PushResult]: ...
 
-    def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
-        """What each writer holds (one entry per writer, in order); a pusher that reaches none returns []."""
+    def read_in_force(self, writers: Sequence[str], deadline_seconds: float) -> list[InForce]:
+        """What each writer holds (one entry per writer, in order), read within ``deadline_seconds`` in all
+        (a writer not read by then is an error); a pusher that reaches none returns []."""
         ...
 
 
@@ -214,10 +215,12 @@ class HttpPusher:
             if gc_was_enabled:
                 gc.enable()
 
-    def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
+    def read_in_force(self, writers: Sequence[str], deadline_seconds: float) -> list[InForce]:
         if not writers:
             return []
-        return self._loop.run_until_complete(self._fan_out(writers, self._read_one))
+        read = self._loop.run_until_complete(self._fan_out(writers, self._read_one, deadline_seconds=deadline_seconds))
+        late = f"not read within the take-over's {deadline_seconds:g} s"
+        return [r if r is not None else InForce(w, error=late) for w, r in zip(writers, read)]
 
     def close(self) -> None:
         """Close the pooled connections and the event loop."""
@@ -256,12 +259,17 @@ class HttpPusher:
         return url
 
     async def _push_all(self, writers: Sequence[str], payload: bytes) -> list[PushResult]:
-        return await self._fan_out(writers, lambda client, timeout, writer: self._push_one(client, timeout, writer, payload))
+        done = await self._fan_out(writers, lambda client, timeout, writer: self._push_one(client, timeout, writer, payload))
+        return [r for r in done if r is not None]
 
     async def _fan_out(
-        self, writers: Sequence[str], one: Callable[[aiohttp.ClientSession, aiohttp.ClientTimeout, str], Awaitable[_T]]
-    ) -> list[_T]:
-        """``one`` for every writer, at most ``max_in_flight`` at once; results in the writers' order."""
+        self, writers: Sequence[str], one: Callable[[aiohttp.ClientSession, aiohttp.ClientTimeout, str], Awaitable[_T]],
+        *, deadline_seconds: float | None = None,
+    ) -> list[_T | None]:
+        """``one`` for every writer, at most ``max_in_flight`` at once; results in the writers' order.
+
+        With ``deadline_seconds``, whatever is unfinished then is cancelled and stays None.
+        """
         client = self._client()
         timeout = aiohttp.ClientTimeout(total=self.timeout_seconds)
         results: list[_T | None] = [None] * len(writers)
@@ -273,8 +281,12 @@ class HttpPusher:
             for i, writer in todo:
                 results[i] = await one(client, timeout, writer)
 
-        await asyncio.gather(*(worker() for _ in range(min(self.max_in_flight, len(writers)))))
-        return [r for r in results if r is not None]
+        workers = asyncio.gather(*(worker() for _ in range(min(self.max_in_flight, len(writers)))))
+        try:
+            await asyncio.wait_for(workers, deadline_seconds)
+        except asyncio.TimeoutError:
+            pass  # wait_for cancelled the workers; what they finished is in results
+        return results
 
     async def _read_one(self, client: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout, writer: str) -> InForce:
         try:
@@ -384,7 +396,7 @@ class DryRunPusher:
         self.bodies.append(body)
         return [PushResult(w, "dry_run", detail="dry run: nothing pushed") for w in writers]
 
-    def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
+    def read_in_force(self, writers: Sequence[str], deadline_seconds: float) -> list[InForce]:
         return []  # a dry run contacts no writer, so it starts from the fail-safe level
 
 

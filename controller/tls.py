@@ -124,8 +124,8 @@ class ReloadingPusher:
                 log.error("push credentials changed but cannot be loaded, keeping the previous ones: %s", e)
         return self._pusher.push(writers, body)
 
-    def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
-        return self._pusher.read_in_force(writers)
+    def read_in_force(self, writers: Sequence[str], deadline_seconds: float) -> list[InForce]:
+        return self._pusher.read_in_force(writers, deadline_seconds)
 
     def close(self) -> None:
         _close(self._pusher)

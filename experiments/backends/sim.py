@@ -171,7 +171,7 @@ class SimPusher:
                 CgroupResult(group=LP_GROUP, cgroup="sim/lp", outcome="applied"),)))
         return results
 
-    def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
+    def read_in_force(self, writers: Sequence[str], deadline_seconds: float) -> list[InForce]:
         """The levels of the last push, as a writer whose lease never runs out holds them."""
         return [InForce(url, dict(self.held[url]), pushed=True) if url in self.held else InForce(url)
                 for url in writers]

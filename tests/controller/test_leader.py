@@ -114,7 +114,7 @@ def test_a_leader_that_cannot_renew_stops_pushing_before_the_standby_may_take_ov
             pushes.append(body.generation)
             return [PushResult(w, "ok") for w in writers]
 
-        def read_in_force(self, writers: Sequence[str]) -> list[InForce]:
+        def read_in_force(self, writers: Sequence[str], deadline_seconds: float) -> list[InForce]:
             return []
 
     gated = LeaderGatedPusher(Inner(), a.elector.is_leader)

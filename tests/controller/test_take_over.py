@@ -10,6 +10,7 @@ the CLI's own wiring (``build_elector``) on a fake Lease API.
 from __future__ import annotations
 
 import logging
+import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -99,7 +100,7 @@ def test_a_writer_in_fail_safe_holds_at_most_the_fail_safe_level(recorded_writer
     leave_level_in_force(recorded_writer, 0.35)
     recorded_writer.writer.clock.advance(3600)  # the lease ran out: the writer applies its fail-safe
     with HttpPusher(token=PUSH_TOKEN, timeout_seconds=1) as http:
-        (report,) = http.read_in_force([recorded_writer.url])
+        (report,) = http.read_in_force([recorded_writer.url], 5.0)
         c = controller(config([recorded_writer.url], {"kind": "pid", "setpoint": 0.4}), http)
         assert c.take_over() == {"gnn-p95": 0.2}
     assert report.failsafe_active and report.levels == {"lp": 0.35}
@@ -110,7 +111,7 @@ def test_writers_that_refuse_or_do_not_answer_count_for_nothing(
 ) -> None:
     leave_level_in_force(recorded_writer, 0.8)
     with HttpPusher(token="wrong", timeout_seconds=1) as http:
-        reports = http.read_in_force([recorded_writer.url, dead_writer])
+        reports = http.read_in_force([recorded_writer.url, dead_writer], 5.0)
         c = controller(config([recorded_writer.url, dead_writer], {"kind": "pid", "setpoint": 0.4}), http)
         with caplog.at_level(logging.INFO, logger="controller.loop"):
             levels = c.take_over()
@@ -175,7 +176,7 @@ def test_a_malformed_status_is_an_error_that_counts_for_nothing(recorded_writer:
     leave_level_in_force(recorded_writer, 0.35)
     with serving_handler(Junk) as port, HttpPusher(token=PUSH_TOKEN, timeout_seconds=1) as http:
         junk = f"http://127.0.0.1:{port}"
-        good, bad = http.read_in_force([recorded_writer.url, junk])
+        good, bad = http.read_in_force([recorded_writer.url, junk], 5.0)
         c = controller(config([recorded_writer.url, junk], {"kind": "pid", "setpoint": 0.4}), http)
         assert c.take_over() == {"gnn-p95": 0.35}
     assert good.levels == {"lp": 0.35} and good.error is None
@@ -216,3 +217,25 @@ def test_a_fail_over_through_the_lease_starts_the_new_leader_from_the_level_in_f
     assert [p.outcome for p in first.pushes] == ["ok"]
     assert first.records[0]["level"] == pytest.approx(0.45)  # from a's 0.35, one AIMD step up; not 1.0
     assert recorded_writer.bodies[-1]["groups"][0]["level"] == pytest.approx(0.45)
+
+
+def test_the_read_is_bounded_by_one_interval_and_a_writer_not_read_by_then_counts_for_nothing(
+    recorded_writer: RecordedWriter,
+) -> None:
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            time.sleep(2.0)  # longer than the 1 s interval, shorter than the 5 s per-writer timeout
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    leave_level_in_force(recorded_writer, 0.35)
+    with serving_handler(Slow) as port, HttpPusher(token=PUSH_TOKEN, timeout_seconds=5) as http:
+        slow = f"http://127.0.0.1:{port}"
+        c = controller(config([recorded_writer.url, slow], {"kind": "pid", "setpoint": 0.4}), http)
+        began = time.monotonic()
+        levels = c.take_over()  # the config's interval is 1 s
+        took = time.monotonic() - began
+        _, late = http.read_in_force([recorded_writer.url, slow], 0.5)
+    assert levels == {"gnn-p95": 0.35} and took < 1.9
+    assert late.error == "not read within the take-over's 0.5 s"
