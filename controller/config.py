@@ -362,8 +362,8 @@ class ControllerConfig(BaseModel):
     #: Where the policies start when this controller starts or takes over as leader. ``in-force``
     #: (default): the level its writers hold from the last push, the lowest over the writers that
     #: answer within one interval (a writer in fail-safe or without a push counts as the fail-safe
-    #: level at most; none answering: the fail-safe level), so a restart or a fail-over changes
-    #: nothing in force. ``failsafe``: ``failsafe.level``.
+    #: level at most; none answering: the fail-safe level), so a restart or a fail-over continues
+    #: from the limits in force. ``failsafe``: ``failsafe.level``.
     start_level: Literal["in-force", "failsafe"] = "in-force"
     #: How long a push stays valid on the writers; default 6 intervals (>= 15 s).
     lease_ttl_seconds: Seconds | None = Field(None, alias="lease_ttl")

@@ -14,9 +14,9 @@ push (level-triggered actuation).
 
 A controller that starts, or takes over as leader, first calls
 :meth:`Controller.take_over`: every policy starts afresh from the level its
-writers hold (``start_level: in-force``), so a restart or a fail-over changes
-nothing in force, and nothing a standby's policies concluded from a plant they
-did not drive reaches the writers.
+writers hold (``start_level: in-force``), so a restart or a fail-over
+continues from the limits in force, and nothing a standby's policies concluded
+from a plant they did not drive reaches the writers.
 """
 
 from __future__ import annotations
