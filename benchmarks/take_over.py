@@ -30,6 +30,7 @@ and writes the JSON list of records. The same target as
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -53,9 +54,16 @@ SCHEDULES = ("steady", *DYNAMIC_SCHEDULES)
 STARTS = ("failsafe", "in-force")
 
 
-def _run(schedule: Schedule, policy: str, seed: int, start_level: str, restart_at: float | None) -> SimResult:
+@functools.cache
+def _base() -> tuple[dict[str, Any], SimBackend]:
+    """The template SLO and the sim backend's wiring, read once for every run."""
     base, _ = load_base_slo(None)
-    slo = cq._slo(policy, base, TARGET_MS, SimBackend(SimConfig(base_slo=base)))
+    return base, SimBackend(SimConfig(base_slo=base))
+
+
+def _run(schedule: Schedule, policy: str, seed: int, start_level: str, restart_at: float | None) -> SimResult:
+    base, backend = _base()
+    slo = cq._slo(policy, base, TARGET_MS, backend)
     assert slo is not None
     slo["start_level"] = start_level
     return simulate(schedule, SimConfig(seed=seed), slo=slo, restart_at=() if restart_at is None else (restart_at,))
