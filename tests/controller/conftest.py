@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -53,16 +54,16 @@ class LatencyExporter:
         per_tick = max(1, per_second // 10)
 
         def run() -> None:
-            k = 0
-            # Bounded: at most 10 minutes of ticks even if a test forgets to stop.
-            for _ in range(6000):
-                if self._stop.wait(0.1):
+            # Bounded: at most 10 minutes of ticks even if a test forgets to stop. Ticks on a fixed 100 ms
+            # grid (a late one runs at once), so the rate holds on a busy host, as in test_export.
+            began = time.monotonic()
+            for k in range(6000):
+                if self._stop.wait(max(0.0, began + 0.1 * (k + 1) - time.monotonic())):
                     return
                 for i in range(per_tick):
                     # Stride through (0, 1) so every tick is spread over the whole distribution.
                     p = ((k * 0.6180339887 + i / per_tick) % 1.0) or 0.5 / per_tick
                     self.histogram.observe(inverse_cdf(p))
-                k += 1
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
