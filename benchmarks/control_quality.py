@@ -122,6 +122,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pid-gated-nofall": {**PID_GATED, "gate_fall": 0.0},
     "pid-gated-u0.8": {**PID_GATED, "gate_utilisation": 0.8},
     "pid-gated-free0.45": {**PID_GATED, "gate_above": 0.45},
+    "pid-gated-kp0.25": {**PID_GATED, "kp": 0.25},
+    "pid-gated-kp1": {**PID_GATED, "kp": 1.0},
+    "pid-gated-ki0.05": {**PID_GATED, "ki": 0.05},
+    "pid-gated-ki0.2": {**PID_GATED, "ki": 0.2},
+    "pid-gated-ki0.05-sp0.25": {**PID_GATED, "ki": 0.05, "setpoint": 0.25},
 }
 STATICS = ("static-max", "static-weight", "none", "oracle")
 
