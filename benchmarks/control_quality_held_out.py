@@ -1,7 +1,7 @@
 """The control-quality figures on noise nothing was fitted to: what knowing the load is worth, and what knowing the noise is.
 
     python benchmarks/control_quality_held_out.py RESULTS.json --output FILE.json [--seeds 4-13] [--margins 0,0.02,...]
-        [--lags 0,1,2]
+        [--lags 0,1,2] [--variants NAME,...]
 
 ``benchmarks/control_quality.py`` measures everything on the seeds it fits
 its references on (``seeds`` in its records): the oracle static (one level
@@ -31,13 +31,20 @@ seeds are refused):
   find the new level; the margin it needs to meet the SLO says what a loop
   that learns the load after ``lag`` seconds could move at best with a
   uniform margin;
-* the loops (PID, AIMD, knee) with their defaults.
+* the loops (PID, AIMD, knee, the gated PID) with their defaults, and any
+  of ``control_quality.py``'s ``--variants`` named with ``--variants``: a
+  candidate that meets the targets only on the seeds it was chosen on
+  shows it here.
 
 Per scenario and row it prints the attainment after settling (mean over the
-seeds, and the worst seed; counted as ``control_quality.py`` counts it) and
-the LP bytes as a share of the oracle's, then each row against the issue's
-targets (worst scenario's attainment, LP in steady, lowest dynamic LP). It
-writes the rows as a JSON list and a plot of that trade beside it (.png).
+seeds, and the worst seed; counted as ``control_quality.py`` counts it), the
+LP bytes as a share of the oracle's, and the settling after an LP step and
+after HP's return from quiet (median and worst seed, and the share of seeds
+settled within 3 intervals: the worst of many seeds is a harsher figure than
+the worst of three), then each row against the issue's targets (worst
+scenario's attainment, LP in steady, lowest dynamic LP, settling in lp-step
+and hp-quiet). It writes the rows as a JSON list and a plot of the
+attainment / LP trade beside it (.png).
 """
 
 from __future__ import annotations
@@ -80,7 +87,25 @@ def _row(scenario: str, policy: str, margin: float | None, cells: list[dict[str,
         "slo_attainment": float(np.mean([c["slo_attainment"] for c in cells])),
         "worst_seed_attainment": float(min(c["slo_attainment"] for c in cells)),
         "lp_fraction_of_oracle": float(np.mean([c["lp_bytes"] for c in cells])) / oracle_bytes,
+        **_settling(cells, "lp_step"),
+        **_settling(cells, "hp_return"),
     }
+
+
+def _settling(cells: list[dict[str, Any]], which: str) -> dict[str, Any]:
+    """Median and worst over the seeds of ``{which}_settling_intervals``, and the share of seeds within 3."""
+    values = [c[f"{which}_settling_intervals"] for c in cells]
+    if any(v is None for v in values):
+        return {f"{which}_settling_median": None, f"{which}_settling_worst": None, f"{which}_settled_within_3": None}
+    return {f"{which}_settling_median": float(np.median(values)), f"{which}_settling_worst": int(max(values)),
+            f"{which}_settled_within_3": float(np.mean([v <= 3 for v in values]))}
+
+
+def _settling_text(row: dict[str, Any], which: str, what: str) -> str:
+    if row.get(f"{which}_settling_median") is None:
+        return ""
+    return (f"{what} {row[f'{which}_settling_median']:g}/{row[f'{which}_settling_worst']} "
+            f"({100 * row[f'{which}_settled_within_3']:.0f} % of seeds) ")
 
 
 def held_where_open(levels: list[float]) -> list[float]:
@@ -111,8 +136,16 @@ def against_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "worst_attainment": worst["slo_attainment"],
                     "worst_scenario": worst["scenario"],
                     "steady_lp": next(r["lp_fraction_of_oracle"] for r in mine if r["scenario"] == "steady"),
-                    "lowest_dynamic_lp": low["lp_fraction_of_oracle"], "lowest_dynamic_scenario": low["scenario"]})
+                    "lowest_dynamic_lp": low["lp_fraction_of_oracle"], "lowest_dynamic_scenario": low["scenario"],
+                    **{f"{key}_{stat}": next((r[f"{key}_{stat}"] for r in mine if r["scenario"] == scenario), None)
+                       for key, scenario in (("lp_step_settling", "lp-step"), ("hp_return_settling", "hp-quiet"))
+                       for stat in ("median", "worst")}})
     return out
+
+
+def _pair(summary: dict[str, Any], which: str) -> str:
+    median, worst = summary[f"{which}_settling_median"], summary[f"{which}_settling_worst"]
+    return "-" if median is None else f"{median:g}/{worst}"
 
 
 def plot(summary: list[dict[str, Any]], path: Path, seeds: list[int]) -> None:
@@ -157,7 +190,13 @@ def main() -> int:
     parser.add_argument("--lags", type=lambda t: [float(v) for v in t.split(",")], default=[0.0, 1.0, 2.0],
                         help="seconds after a piece starts that its level is set, one clairvoyant row per lag and "
                              "margin (default 0,1,2; 0 = at once)")
+    parser.add_argument("--variants", type=lambda t: [v for v in t.split(",") if v], default=[],
+                        help="control_quality.py variants to replay beside the loops, comma-separated (e.g. "
+                             "pid-gated-sp0.25); default none")
     args = parser.parse_args()
+    if unknown := [v for v in args.variants if v not in cq.VARIANTS]:
+        parser.error(f"--variants {','.join(unknown)}: not a variant of control_quality.py "
+                     f"(known: {', '.join(cq.VARIANTS)})")
     records = json.loads(args.results.read_text())
     if overlap := sorted({seed for r in records for seed in r["seeds"]} & set(args.seeds)):
         parser.error(f"--seeds {overlap}: the levels in {args.results} were fitted on them; replay on unseen noise")
@@ -188,21 +227,23 @@ def main() -> int:
                                          schedule, target_ms)
                          for seed in args.seeds]
                 rows.append(_row(name, "clairvoyant", margin, cells, oracle_bytes, lag))
-        for loop in cq.LOOPS:
+        for loop in [*cq.LOOPS, *args.variants]:
             rows.append(_row(name, loop, None, measure(loop), oracle_bytes))
     for row in rows:
         row.update(seeds=args.seeds, target_ms=target_ms)
-    print(f"{'scenario':<11} {'policy':<24} {'attain':>7} {'worst':>7} {'LP/orc':>7}")
+    print(f"{'scenario':<11} {'policy':<24} {'attain':>7} {'worst':>7} {'LP/orc':>7}  settling (median/worst, <= 3)")
     for r in rows:
         print(f"{r['scenario']:<11} {_label(r):<24} {100 * r['slo_attainment']:6.1f}% "
-              f"{100 * r['worst_seed_attainment']:6.1f}% {100 * r['lp_fraction_of_oracle']:6.0f}%")
+              f"{100 * r['worst_seed_attainment']:6.1f}% {100 * r['lp_fraction_of_oracle']:6.0f}%  "
+              f"{_settling_text(r, 'lp_step', 'LP step')}{_settling_text(r, 'hp_return', 'HP return')}")
     summary = against_targets(rows)
     print("\nagainst the issue's targets (attainment >= 99 % in every scenario, LP >= 90 % in steady, "
           ">= 120 % in every dynamic schedule):")
     for s in summary:
         print(f"  {s['label']:<24} worst attainment {100 * s['worst_attainment']:5.1f} % ({s['worst_scenario']}), "
               f"steady LP {100 * s['steady_lp']:4.0f} %, lowest dynamic LP {100 * s['lowest_dynamic_lp']:4.0f} % "
-              f"({s['lowest_dynamic_scenario']})")
+              f"({s['lowest_dynamic_scenario']}), settling after an LP step {_pair(s, 'lp_step')} and after HP's "
+              f"return {_pair(s, 'hp_return')} (median/worst seed)")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(rows, indent=1) + "\n")
     plot_path = args.output.with_suffix(".png")
