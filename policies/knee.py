@@ -78,7 +78,8 @@ class KneeParams:
         benchmarks/control_quality.py (three seeds) 0.2 missed 99 % of
         intervals met (98.0 %), 0.3 met it (99.7 %) but moved 88 % of the
         oracle's LP in steady against 94 % at 0.25 (98.9 %, one late
-        violation on one seed): the trade is stated in the README.
+        violation on one seed): the trade is stated in benchmarks/README.md
+        ("Where the defaults come from").
     search_step: level per tick below ``unloaded_ceiling`` or the known
         knee, in (0, 1]. Default 0.03: from the fail-safe 0.2 to 0.45 in
         nine ticks.
