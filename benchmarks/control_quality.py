@@ -77,8 +77,8 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from itertools import repeat
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -335,7 +335,7 @@ def run(quick: bool, target_ms: float, variants: bool = False, window: str | Non
 
 def _scenario_records(name: str, policies: list[str], target_ms: float, window: str | None) -> list[dict[str, Any]]:
     """One scenario's records (the oracle bisected first: every policy's LP is a share of its bytes)."""
-    seeds = SEEDS
+    seeds = list(SEEDS)
     base, _ = load_base_slo(None)
     if window is not None:  # the loops' window only: attainment is judged on the exported 5 s window either way
         base = {**base, "slos": [{**base["slos"][0], "window": window}]}
