@@ -25,7 +25,8 @@ see ``experiments/schedules.py``) and each policy:
   no single fixed limit matches it everywhere), bisected
   (:func:`experiments.oracle.bisect_oracle`, 5 %) with every probe running
   the whole schedule; a level "meets the SLO" when it meets the target in
-  >= 99 % of intervals (the bar the loops are held to). Its uncertainty
+  >= 99 % of intervals, the mean over the seeds (the bar the loops are held
+  to, counted the same way; until 2026-11-30 every seed had to). Its uncertainty
   (the LP spread of the final bracket) is in the record.
 * ``clairvoyant``: a reference, not a loop: the level set per piece of at
   most 10 s (phases split), each piece's level the highest at which none of
@@ -221,7 +222,9 @@ def oracle_for(schedule: Schedule, base: dict[str, Any], target_ms: float, backe
         cells = [cell_metrics(_run(schedule, _slo("oracle", base, target_ms, backend, level), seed), schedule, target_ms)
                  for seed in seeds]
         runs[level] = cells
-        attainment = min(c["slo_attainment_all"] for c in cells)
+        # The mean over the seeds, as the loops' attainment is (until 2026-11-30 every seed had to meet it: a
+        # stricter bar for the oracle than for the loops, which lowered it and raised the loops' LP shares).
+        attainment = float(np.mean([c["slo_attainment_all"] for c in cells]))
         return Probe(level, float(np.mean([c["lp_bytes"] for c in cells])), attainment >= ORACLE_ATTAINMENT)
 
     return bisect_oracle(probe, tolerance=0.05), runs

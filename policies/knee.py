@@ -75,11 +75,10 @@ class KneeParams:
 
     setpoint: slack to keep, in [0, 1). Default 0.25: aim at 75 % of the
         target (a 5 s-window P95 here wobbles by about +-15 %). In
-        benchmarks/control_quality.py (three seeds) 0.2 missed 99 % of
-        intervals met (98.0 %), 0.3 met it (99.7 %) but moved 88 % of the
-        oracle's LP in steady against 94 % at 0.25 (98.9 %, one late
-        violation on one seed): the trade is stated in benchmarks/README.md
-        ("Where the defaults come from").
+        benchmarks/control_quality.py (three seeds, 2026-11-30) 0.2 missed
+        99 % of intervals met (98.2 %), 0.3 met it (99.8 %) but moved 76 % of
+        the oracle's LP in steady against 82 % at 0.25 (99.2 %): the trade is
+        stated in benchmarks/README.md ("Where the defaults come from").
     search_step: level per tick below ``unloaded_ceiling`` or the known
         knee, in (0, 1]. Default 0.03: from the fail-safe 0.2 to 0.45 in
         nine ticks.
