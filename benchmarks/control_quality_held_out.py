@@ -1,7 +1,7 @@
 """The control-quality figures on noise nothing was fitted to: what knowing the load is worth, and what knowing the noise is.
 
     python benchmarks/control_quality_held_out.py RESULTS.json --output FILE.json [--seeds 4-13] [--margins 0,0.02,...]
-        [--lags 0,1,2] [--variants NAME,...]
+        [--lags 0,1,2] [--variants NAME,...] [--jobs N]
 
 ``benchmarks/control_quality.py`` measures everything on the seeds it fits
 its references on (``seeds`` in its records): the oracle static (one level
@@ -51,8 +51,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +181,34 @@ def plot(summary: list[dict[str, Any]], path: Path, seeds: list[int]) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _scenario_rows(name: str, ref: dict[str, dict[str, Any]], seeds: list[int], margins: list[float],
+                   lags: list[float], variants: list[str], target_ms: float) -> list[dict[str, Any]]:
+    """One scenario's rows: the oracle at its level, the clairvoyant per lag and margin, the loops and variants."""
+    base, _ = load_base_slo(None)
+    backend = SimBackend(SimConfig(base_slo=base))
+    schedule = {**PLANT_SCHEDULES, **DYNAMIC_SCHEDULES}[name]
+
+    def measure(policy: str, level: float | None = None) -> list[dict[str, Any]]:
+        slo = cq._slo(policy, base, target_ms, backend, level)
+        return [cq.cell_metrics(cq._run(schedule, slo, seed), schedule, target_ms) for seed in seeds]
+
+    level = ref["oracle"]["oracle_level"]
+    oracle = measure("oracle", level if level is not None else 0.0)
+    oracle_bytes = float(np.mean([c["lp_bytes"] for c in oracle]))
+    rows = [_row(name, "oracle", None, oracle, oracle_bytes)]
+    for lag in lags:
+        for margin in margins:
+            levels = ref["clairvoyant"]["piece_levels"]
+            lowered = [max(0.0, p - margin) for p in (held_where_open(levels) if lag else levels)]
+            cells = [cq.cell_metrics(cq.run_pieces(schedule, lowered, base, target_ms, backend, seed, lag=lag),
+                                     schedule, target_ms)
+                     for seed in seeds]
+            rows.append(_row(name, "clairvoyant", margin, cells, oracle_bytes, lag))
+    for loop in [*cq.LOOPS, *variants]:
+        rows.append(_row(name, loop, None, measure(loop), oracle_bytes))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path, help="a benchmarks/control_quality.py output (oracle and clairvoyant levels)")
@@ -193,6 +224,8 @@ def main() -> int:
     parser.add_argument("--variants", type=lambda t: [v for v in t.split(",") if v], default=[],
                         help="control_quality.py variants to replay beside the loops, comma-separated (e.g. "
                              "pid-gated-sp0.25); default none")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="processes the scenarios are spread over (default: one per core)")
     args = parser.parse_args()
     if unknown := [v for v in args.variants if v not in cq.VARIANTS]:
         parser.error(f"--variants {','.join(unknown)}: not a variant of control_quality.py "
@@ -201,34 +234,15 @@ def main() -> int:
     if overlap := sorted({seed for r in records for seed in r["seeds"]} & set(args.seeds)):
         parser.error(f"--seeds {overlap}: the levels in {args.results} were fitted on them; replay on unseen noise")
     target_ms = float(records[0]["target_ms"])
-    base, _ = load_base_slo(None)
-    backend = SimBackend(SimConfig(base_slo=base))
-    schedules = {**PLANT_SCHEDULES, **DYNAMIC_SCHEDULES}
     started = time.monotonic()
-    rows: list[dict[str, Any]] = []
     names = list(dict.fromkeys(r["scenario"] for r in records))
-    for name in track(names, description="scenarios", console=Console(stderr=True)):
-        schedule = schedules[name]
-        ref = {r["policy"]: r for r in records if r["scenario"] == name}
-
-        def measure(policy: str, level: float | None = None) -> list[dict[str, Any]]:
-            slo = cq._slo(policy, base, target_ms, backend, level)
-            return [cq.cell_metrics(cq._run(schedule, slo, seed), schedule, target_ms) for seed in args.seeds]
-
-        level = ref["oracle"]["oracle_level"]
-        oracle = measure("oracle", level if level is not None else 0.0)
-        oracle_bytes = float(np.mean([c["lp_bytes"] for c in oracle]))
-        rows.append(_row(name, "oracle", None, oracle, oracle_bytes))
-        for lag in args.lags:
-            for margin in args.margins:
-                levels = ref["clairvoyant"]["piece_levels"]
-                lowered = [max(0.0, p - margin) for p in (held_where_open(levels) if lag else levels)]
-                cells = [cq.cell_metrics(cq.run_pieces(schedule, lowered, base, target_ms, backend, seed, lag=lag),
-                                         schedule, target_ms)
-                         for seed in args.seeds]
-                rows.append(_row(name, "clairvoyant", margin, cells, oracle_bytes, lag))
-        for loop in [*cq.LOOPS, *args.variants]:
-            rows.append(_row(name, loop, None, measure(loop), oracle_bytes))
+    refs = [{r["policy"]: r for r in records if r["scenario"] == name} for name in names]
+    jobs = max(1, min(args.jobs or os.cpu_count() or 1, len(names)))
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        parts = pool.map(_scenario_rows, names, refs, repeat(args.seeds), repeat(args.margins), repeat(args.lags),
+                         repeat(args.variants), repeat(target_ms))
+        rows = [row for part in track(parts, total=len(names), description="scenarios", console=Console(stderr=True))
+                for row in part]
     for row in rows:
         row.update(seeds=args.seeds, target_ms=target_ms)
     print(f"{'scenario':<11} {'policy':<24} {'attain':>7} {'worst':>7} {'LP/orc':>7}  settling (median/worst, <= 3)")
