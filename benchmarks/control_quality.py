@@ -76,7 +76,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
@@ -101,6 +101,8 @@ SETTLE_CAP = 10
 #: The seeds every record is measured on (the references are fitted to them; ``control_quality_held_out.py``
 #: replays on others).
 SEEDS = [1, 2, 3]
+#: Every scenario, by name: the plant schedules, then the dynamic ones.
+SCENARIOS: dict[str, Schedule] = {**PLANT_SCHEDULES, **DYNAMIC_SCHEDULES}
 ORACLE_ATTAINMENT = 0.99
 POLICIES = ("pid", "aimd", "knee", "pid-gated", "static-max", "static-weight", "none", "oracle", "clairvoyant")
 PIECE_SECONDS = 10.0
@@ -328,12 +330,22 @@ def run(quick: bool, target_ms: float, variants: bool = False, window: str | Non
     ``quick`` leaves out the clairvoyant reference (most of the run's time); every other record is the
     same as in the full run (the same seeds, and the sim is deterministic).
     """
-    scenarios = [*PLANT_SCHEDULES, *DYNAMIC_SCHEDULES]
     policies = [*(p for p in POLICIES if not (quick and p == "clairvoyant")), *(VARIANTS if variants else ())]
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(scenarios)))
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        parts = pool.map(_scenario_records, scenarios, repeat(policies), repeat(target_ms), repeat(window))
-        return [record for part in parts for record in part]
+    parts = map_scenarios(_scenario_records, list(SCENARIOS), repeat(policies), repeat(target_ms), repeat(window),
+                          jobs=jobs)
+    return [record for part in parts for record in part]
+
+
+def map_scenarios(fn: Callable[..., Any], names: Sequence[str], *args: Iterable[Any], jobs: int | None = None,
+                  ) -> Iterator[Any]:
+    """``fn(name, *args)`` per scenario name, in order, spread over ``jobs`` processes (default: one per core).
+
+    ``args`` are iterables zipped with ``names`` (``itertools.repeat`` for the same value everywhere); the
+    results come as each scenario's turn completes, so a caller can show progress.
+    """
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(names)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(fn, names, *args)
 
 
 def _scenario_records(name: str, policies: list[str], target_ms: float, window: str | None) -> list[dict[str, Any]]:
@@ -343,7 +355,7 @@ def _scenario_records(name: str, policies: list[str], target_ms: float, window: 
     if window is not None:  # the loops' window only: attainment is judged on the exported 5 s window either way
         base = {**base, "slos": [{**base["slos"][0], "window": window}]}
     backend = SimBackend(SimConfig(base_slo=base))
-    schedule = {**PLANT_SCHEDULES, **DYNAMIC_SCHEDULES}[name]
+    schedule = SCENARIOS[name]
     records: list[dict[str, Any]] = []
     oracle, probe_runs = oracle_for(schedule, base, target_ms, backend, seeds)
     oracle_cells = probe_runs[oracle.level] if oracle.level is not None else probe_runs[0.0]

@@ -51,10 +51,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -67,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import control_quality as cq  # noqa: E402  (the benchmark's own runner and SLO documents)
 
 from experiments.backends.sim import SimBackend, SimConfig  # noqa: E402
-from experiments.schedules import DYNAMIC_SCHEDULES, PLANT_SCHEDULES  # noqa: E402
+from experiments.schedules import DYNAMIC_SCHEDULES  # noqa: E402
 from experiments.slo import load_base_slo  # noqa: E402
 
 
@@ -186,7 +184,7 @@ def _scenario_rows(name: str, ref: dict[str, dict[str, Any]], seeds: list[int], 
     """One scenario's rows: the oracle at its level, the clairvoyant per lag and margin, the loops and variants."""
     base, _ = load_base_slo(None)
     backend = SimBackend(SimConfig(base_slo=base))
-    schedule = {**PLANT_SCHEDULES, **DYNAMIC_SCHEDULES}[name]
+    schedule = cq.SCENARIOS[name]
 
     def measure(policy: str, level: float | None = None) -> list[dict[str, Any]]:
         slo = cq._slo(policy, base, target_ms, backend, level)
@@ -237,12 +235,10 @@ def main() -> int:
     started = time.monotonic()
     names = list(dict.fromkeys(r["scenario"] for r in records))
     refs = [{r["policy"]: r for r in records if r["scenario"] == name} for name in names]
-    jobs = max(1, min(args.jobs or os.cpu_count() or 1, len(names)))
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        parts = pool.map(_scenario_rows, names, refs, repeat(args.seeds), repeat(args.margins), repeat(args.lags),
-                         repeat(args.variants), repeat(target_ms))
-        rows = [row for part in track(parts, total=len(names), description="scenarios", console=Console(stderr=True))
-                for row in part]
+    parts = cq.map_scenarios(_scenario_rows, names, refs, repeat(args.seeds), repeat(args.margins),
+                             repeat(args.lags), repeat(args.variants), repeat(target_ms), jobs=args.jobs)
+    rows = [row for part in track(parts, total=len(names), description="scenarios", console=Console(stderr=True))
+            for row in part]
     for row in rows:
         row.update(seeds=args.seeds, target_ms=target_ms)
     print(f"{'scenario':<11} {'policy':<24} {'attain':>7} {'worst':>7} {'LP/orc':>7}  settling (median/worst, <= 3)")
