@@ -5,9 +5,10 @@
 
 ``benchmarks/control_quality.py`` measures everything on the seeds it fits
 its references on (``seeds`` in its records): the oracle static (one level
-per scenario, the hindsight comparator the issue defines) and the
+per scenario, the hindsight comparator the issue defines), the
 clairvoyant (one level per piece of at most 10 s, each the highest that
-misses no interval on any of those seeds). A level fitted that tightly also
+misses no interval on any of those seeds) and the phase reference (one
+level per phase, sharing the oracle's miss budget). A level fitted that tightly also
 fits those seeds' noise (the plant's AR(1) latency jitter), which no loop
 can know; and the loops' defaults were chosen on the same seeds.
 
@@ -31,6 +32,10 @@ seeds are refused):
   find the new level; the margin it needs to meet the SLO says what a loop
   that learns the load after ``lag`` seconds could move at best with a
   uniform margin;
+* the phase reference (``phase-oracle``: one level per phase, each chosen
+  in hindsight, the misses the oracle's bar allows spent where they buy the
+  most LP) at its levels lowered by each margin, set at once: what knowing
+  the schedule is worth on unseen noise;
 * the loops (PID, AIMD, knee, the gated PID) with their defaults, and any
   of ``control_quality.py``'s ``--variants`` named with ``--variants``: a
   candidate that meets the targets only on the seeds it was chosen on
@@ -162,13 +167,17 @@ def plot(summary: list[dict[str, Any]], path: Path, seeds: list[int]) -> None:
             clair = [s for s in summary if s["policy"] == "clairvoyant" and s["lag_seconds"] == lag]
             ax.plot([100 * s[key] for s in clair], [100 * s["worst_attainment"] for s in clair], "-*", color=colour,
                     ms=9, label="clairvoyant, pieces lowered by a margin" + (f", set {lag:g} s late" if lag else ""))
+        phase = [s for s in summary if s["policy"] == "phase-oracle"]
+        if phase:
+            ax.plot([100 * s[key] for s in phase], [100 * s["worst_attainment"] for s in phase], "-P", color="tab:cyan",
+                    ms=8, label="phase-oracle, phases lowered by a margin")
         for s in summary:
             point = (100 * s[key], 100 * s["worst_attainment"])
-            if s["policy"] != "clairvoyant":
+            if s["policy"] not in cq.REFERENCES:
                 ax.scatter(*point, color="tab:gray" if s["policy"] == "oracle" else "tab:blue", s=30)
                 ax.annotate(s["label"], point, fontsize=7, xytext=(3, 3), textcoords="offset points")
-            elif not s["lag_seconds"]:  # the margins once, on the reference set at once (the late ones lie beside it)
-                ax.annotate(s["label"].replace("clairvoyant-", ""), point, fontsize=7, xytext=(3, -9),
+            elif not s["lag_seconds"]:  # the margins once, on the references set at once (the late ones lie beside)
+                ax.annotate(s["label"].replace(f"{s['policy']}-", ""), point, fontsize=7, xytext=(3, -9),
                             textcoords="offset points")
         cq.target_region(ax, bar, label)
     axes[0].set_ylabel("worst scenario's SLO attainment after settling (%)")
@@ -181,7 +190,8 @@ def plot(summary: list[dict[str, Any]], path: Path, seeds: list[int]) -> None:
 
 def _scenario_rows(name: str, ref: dict[str, dict[str, Any]], seeds: list[int], margins: list[float],
                    lags: list[float], variants: list[str], target_ms: float) -> list[dict[str, Any]]:
-    """One scenario's rows: the oracle at its level, the clairvoyant per lag and margin, the loops and variants."""
+    """One scenario's rows: the oracle at its level, the clairvoyant per lag and margin, the phase reference per
+    margin, the loops and variants."""
     base, _ = load_base_slo(None)
     backend = SimBackend(SimConfig(base_slo=base))
     schedule = cq.SCENARIOS[name]
@@ -202,6 +212,13 @@ def _scenario_rows(name: str, ref: dict[str, dict[str, Any]], seeds: list[int], 
                                      schedule, target_ms)
                      for seed in seeds]
             rows.append(_row(name, "clairvoyant", margin, cells, oracle_bytes, lag))
+    if "phase-oracle" in ref:  # (results files from before 2026-11-30's second run have none)
+        for margin in margins:
+            lowered = [max(0.0, p - margin) for p in ref["phase-oracle"]["piece_levels"]]
+            cells = [cq.cell_metrics(cq.run_pieces(schedule, lowered, base, target_ms, backend, seed,
+                                                   seconds=schedule.duration_seconds), schedule, target_ms)
+                     for seed in seeds]
+            rows.append(_row(name, "phase-oracle", margin, cells, oracle_bytes))
     for loop in [*cq.LOOPS, *variants]:
         rows.append(_row(name, loop, None, measure(loop), oracle_bytes))
     return rows
@@ -209,13 +226,14 @@ def _scenario_rows(name: str, ref: dict[str, dict[str, Any]], seeds: list[int], 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path, help="a benchmarks/control_quality.py output (oracle and clairvoyant levels)")
+    parser.add_argument("results", type=Path,
+                        help="a benchmarks/control_quality.py output (the oracle's and the references' levels)")
     parser.add_argument("--output", type=Path, required=True, help="JSON list of rows; the plot goes beside it (.png)")
     parser.add_argument("--seeds", type=_seeds, default=_seeds("4-13"),
                         help="seeds to replay on, 'A-B' or 'A,B,C' (default 4-13); the results file's are refused")
     parser.add_argument("--margins", type=lambda t: [float(v) for v in t.split(",")],
                         default=[0.0, 0.02, 0.04, 0.06, 0.08],
-                        help="levels to lower every clairvoyant piece by (default 0,0.02,0.04,0.06,0.08)")
+                        help="levels to lower every piece of the references by (default 0,0.02,0.04,0.06,0.08)")
     parser.add_argument("--lags", type=lambda t: [float(v) for v in t.split(",")], default=[0.0, 1.0, 2.0],
                         help="seconds after a piece starts that its level is set, one clairvoyant row per lag and "
                              "margin (default 0,1,2; 0 = at once)")

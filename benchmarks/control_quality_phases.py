@@ -1,14 +1,15 @@
-"""Where a policy's LP goes, phase by phase, against the oracle static and the clairvoyant reference.
+"""Where a policy's LP goes, phase by phase, against the oracle static and the references.
 
     python benchmarks/control_quality_phases.py RESULTS.json [--policy knee] [--seed 1] [--scenario NAME ...]
 
-Reads the oracle's level and the clairvoyant's piece levels per scenario
-from a ``benchmarks/control_quality.py`` results file (so both are the ones
-that run found), and replays the scenario on the simulator for the oracle,
-the policy and the clairvoyant (same seed).
+Reads the oracle's level and the references' levels (the clairvoyant's
+pieces, the phase reference's phases) per scenario from a
+``benchmarks/control_quality.py`` results file (so all are the ones that run
+found), and replays the scenario on the simulator for the oracle, the policy
+and the references the file has (same seed).
 
 Prints one line per phase: mean level, LP MiB/s, share of intervals met and
-mean P95 for each of the three; then each total as a share of the oracle's LP.
+mean P95 for each; then each total as a share of the oracle's LP.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import control_quality as cq  # noqa: E402  (the benchmark's own runner and SLO documents)
 
 from experiments.backends.sim import SimBackend, SimConfig  # noqa: E402
-from experiments.schedules import DYNAMIC_SCHEDULES, PLANT_SCHEDULES  # noqa: E402
+from experiments.schedules import DYNAMIC_SCHEDULES  # noqa: E402
 from experiments.slo import load_base_slo  # noqa: E402
 
 MIB = 2**20
@@ -51,16 +52,18 @@ def main() -> int:
     target_ms = float(records[0]["target_ms"])
     base, _ = load_base_slo(None)
     backend = SimBackend(SimConfig(base_slo=base))
-    schedules = {**PLANT_SCHEDULES, **DYNAMIC_SCHEDULES}
     for name in args.scenario or ["steady", *DYNAMIC_SCHEDULES]:
-        schedule = schedules[name]
-        level = next(r["oracle_level"] for r in records if r["scenario"] == name and r["policy"] == "oracle")
-        pieces = next(r["piece_levels"] for r in records if r["scenario"] == name and r["policy"] == "clairvoyant")
+        schedule = cq.SCENARIOS[name]
+        mine = {r["policy"]: r for r in records if r["scenario"] == name}
+        level = mine["oracle"]["oracle_level"]
         runs = {
             "oracle": cq._run(schedule, cq._slo("oracle", base, target_ms, backend, level), args.seed).series,
             args.policy: cq._run(schedule, cq._slo(args.policy, base, target_ms, backend), args.seed).series,
-            "clairvoyant": cq.run_pieces(schedule, pieces, base, target_ms, backend, args.seed).series,
         }
+        for ref, seconds in (("clairvoyant", cq.PIECE_SECONDS), ("phase-oracle", schedule.duration_seconds)):
+            if ref in mine:
+                runs[ref] = cq.run_pieces(schedule, mine[ref]["piece_levels"], base, target_ms, backend, args.seed,
+                                          seconds=seconds).series
         print(f"== {name} (seed {args.seed}): oracle level {level:.3f}")
         totals = dict.fromkeys(runs, 0.0)
         for (start, end, what), phase in zip(schedule.segments(), schedule.phases):

@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Probe", "OracleResult", "bisect_oracle", "bisect_pieces"]
+__all__ = ["Probe", "OracleResult", "bisect_oracle", "bisect_pieces", "PiecesResult", "ascend_pieces"]
 
 
 @dataclass(frozen=True)
@@ -157,3 +157,85 @@ def bisect_pieces(meets: Callable[[Sequence[float], int], bool], held: Sequence[
             lo, hi = (mid, hi) if ok(mid) else (lo, mid)
         levels[i] = lo
     return levels
+
+
+@dataclass(frozen=True)
+class PiecesResult:
+    """Levels per piece from :func:`ascend_pieces`, the whole run's attainment and LP bytes at them, and the cost."""
+
+    levels: list[float]
+    attainment: float
+    lp_bytes: float
+    evaluations: int
+
+
+def ascend_pieces(judge: Callable[[Sequence[float]], tuple[float, float]], start: Sequence[float],
+                  held: Sequence[bool], *, bar: float, steps: Sequence[float] = (0.04, 0.02, 0.01)) -> PiecesResult:
+    """Levels for consecutive pieces of a run that share one miss budget: the most LP bytes while the run meets ``bar``.
+
+    The phase reference of ``benchmarks/control_quality.py``: what setting
+    each phase's level at once, chosen in hindsight, moves, held to the same
+    bar as the oracle static (the attainment of the whole run), so the misses
+    that bar allows are spent where they buy the most LP. ``judge(levels)``
+    runs the whole schedule with piece ``i`` at ``levels[i]`` and returns
+    (attainment, LP bytes).
+
+    Starts from ``start``, which must meet ``bar`` (the oracle static's level
+    everywhere: the result then moves at least the oracle's bytes), and
+    climbs: at each step size in turn (coarse to fine), it raises by that
+    step the one piece whose raise moves the most bytes, as long as the run
+    keeps its attainment (the coarse steps only take up headroom); at the
+    last, finest step it spends the budget: the raise that buys the most
+    bytes per attainment given up (one that gives none up first), as long
+    as the run still meets ``bar``. When no raise qualifies, it goes on with
+    the next step size. Spending only in fine steps keeps a coarse step from
+    overshooting one piece's knee with budget another piece would have used
+    better. Levels stay within [0, 1]. A ``held`` piece is never chosen: it
+    keeps the level of the piece before it (piece 0 is never held), as a
+    loop that cannot see the load in it must (no HP traffic to measure, or
+    LP idle).
+
+    Greedy and local (a lower level in one piece never frees budget for
+    another), so this is a reference, not a bound.
+    """
+    if len(start) != len(held):
+        raise ValueError(f"start has {len(start)} levels for {len(held)} pieces")
+    if not steps or any(not 0 < step <= 1 for step in steps):
+        raise ValueError(f"steps must be in (0, 1], got {list(steps)}")
+    seen: dict[tuple[float, ...], tuple[float, float]] = {}
+
+    def follow(levels: Sequence[float]) -> tuple[float, ...]:
+        out: list[float] = []
+        for i, level in enumerate(levels):
+            out.append(out[-1] if held[i] and i > 0 else round(min(1.0, max(0.0, level)), 6))
+        return tuple(out)
+
+    def judged(levels: tuple[float, ...]) -> tuple[float, float]:
+        if levels not in seen:
+            seen[levels] = judge(list(levels))
+        return seen[levels]
+
+    current = follow(start)
+    attainment, lp = judged(current)
+    if attainment < bar:
+        raise ValueError(f"the start levels {list(current)} do not meet the bar ({attainment:.4f} < {bar})")
+    free = [i for i, keep in enumerate(held) if not (keep and i > 0)]
+    for n, step in enumerate(steps):
+        while True:
+            floor = bar if n == len(steps) - 1 else attainment  # coarse steps keep the attainment, the last spends
+            best: tuple[float, float, tuple[float, ...]] | None = None  # (bytes per attainment, bytes, levels)
+            for i in free:
+                if current[i] >= 1.0:
+                    continue
+                trial = follow([*current[:i], current[i] + step, *current[i + 1:]])
+                t_attainment, t_lp = judged(trial)
+                if t_attainment < floor or t_lp <= lp:
+                    continue
+                worth = (t_lp - lp) / max(attainment - t_attainment, 0.0) if attainment > t_attainment else math.inf
+                if best is None or (worth, t_lp) > best[:2]:
+                    best = (worth, t_lp, trial)
+            if best is None:
+                break
+            current = best[2]
+            attainment, lp = judged(current)
+    return PiecesResult(list(current), attainment, lp, len(seen))

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from experiments.oracle import Probe, bisect_oracle, bisect_pieces
+from experiments.oracle import Probe, ascend_pieces, bisect_oracle, bisect_pieces
 
 
 def _plant(knee_level: float) -> Callable[[float], Probe]:  # LP grows geometrically with the level (as the SLO's range does)
@@ -84,3 +84,50 @@ def test_galloping_takes_fewer_probes_than_bisecting_from_scratch_on_smooth_piec
     meets, calls = _pieces_plant(caps)
     bisect_pieces(meets, [False] * len(caps), resolution=0.01)
     assert len(calls) <= 6 * len(caps)  # [0, 1] to 0.01 by plain bisection: 7 per piece
+
+
+def _budget_plant(knees: list[float], weights: list[float], cost: float = 0.1,
+                  ) -> tuple[Callable[[Sequence[float]], tuple[float, float]], list[list[float]]]:
+    """Piece i misses nothing up to knees[i], then ``cost`` of attainment per unit of level; LP grows geometrically."""
+    calls: list[list[float]] = []
+
+    def judge(levels: Sequence[float]) -> tuple[float, float]:
+        calls.append(list(levels))
+        spent = sum(cost * max(0.0, level - knee) for level, knee in zip(levels, knees))
+        return 1.0 - spent, sum(w * 10e6 * 200 ** level for w, level in zip(weights, levels))
+    return judge, calls
+
+
+def test_the_shared_budget_goes_where_it_buys_the_most_bytes() -> None:
+    # Free up to the knees (0.6, 0.4); the bar leaves 0.005 of attainment, 0.05 of level past a knee. Piece 1
+    # moves ten times piece 0's bytes per level, so all of it goes there.
+    judge, _ = _budget_plant([0.6, 0.4], [1.0, 10.0])
+    result = ascend_pieces(judge, [0.3, 0.3], [False, False], bar=0.995 - 1e-9)
+    assert result.levels == pytest.approx([0.6, 0.45])
+    assert result.attainment >= 0.995 - 1e-9
+    assert (result.attainment, result.lp_bytes) == judge(result.levels)
+
+
+def test_every_level_tried_meets_or_is_refused_and_the_result_never_moves_less_than_the_start() -> None:
+    judge, calls = _budget_plant([0.52, 0.47, 0.61], [1.0, 2.0, 1.0])
+    start = [0.45, 0.45, 0.45]
+    result = ascend_pieces(judge, start, [False] * 3, bar=0.99)
+    assert result.lp_bytes > judge(start)[1]
+    assert result.attainment >= 0.99
+    assert result.evaluations == len({tuple(c) for c in calls})  # each level set judged once
+    assert all(0.0 <= level <= 1.0 for c in calls for level in c)
+
+
+def test_a_held_piece_follows_the_one_before_it() -> None:
+    judge, calls = _budget_plant([0.5, 0.9, 0.3], [1.0, 5.0, 1.0])
+    result = ascend_pieces(judge, [0.2, 0.9, 0.2], [False, True, False], bar=0.999)
+    assert all(c[1] == c[0] for c in calls)
+    assert result.levels[1] == result.levels[0] == pytest.approx(0.5, abs=0.011)
+
+
+def test_a_start_that_misses_the_bar_is_refused() -> None:
+    judge, _ = _budget_plant([0.3], [1.0])
+    with pytest.raises(ValueError, match="do not meet the bar"):
+        ascend_pieces(judge, [0.6], [False], bar=0.99)
+    with pytest.raises(ValueError, match="steps"):
+        ascend_pieces(judge, [0.2], [False], bar=0.99, steps=[0.0])
