@@ -231,7 +231,7 @@ def ascend_pieces(judge: Callable[[Sequence[float]], tuple[float, float]], start
                 t_attainment, t_lp = judged(trial)
                 if t_attainment < floor or t_lp <= lp:
                     continue
-                worth = (t_lp - lp) / max(attainment - t_attainment, 0.0) if attainment > t_attainment else math.inf
+                worth = (t_lp - lp) / (attainment - t_attainment) if attainment > t_attainment else math.inf
                 if best is None or (worth, t_lp) > best[:2]:
                     best = (worth, t_lp, trial)
             if best is None:

@@ -47,6 +47,8 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "SKIPPED_INTERVALS",
     "HOST_DRIFT_FACTOR",
+    "LEVEL_DISAGREEMENT",
+    "disagreeing_levels",
     "MIB",
     "ScenarioResult",
     "TargetChoice",
@@ -514,6 +516,31 @@ def _host_drift(summary: pd.DataFrame) -> _HostDrift | None:
     return _HostDrift(first, last) if first > 0 and last > 0 else None
 
 
+#: Fixed-level runs (the oracle's probes, the sweep) whose attainments run the wrong way by more than this (a lower
+#: level meeting the target in a smaller share of intervals than a higher one) mean the host changed between them:
+#: LP held to a lower limit cannot slow HP down more. A share over ~190 intervals has a binomial spread of about
+#: 1.6 points at 95 %, so 10 points is far outside noise.
+LEVEL_DISAGREEMENT = 0.10
+
+
+def disagreeing_levels(summary: pd.DataFrame) -> tuple[pd.Series, pd.Series] | None:
+    """The fixed-level rows (probes or sweep) that disagree most: (lower level, higher level), or None.
+
+    "Disagree": the lower level met the target in a share of intervals more
+    than :data:`LEVEL_DISAGREEMENT` below the higher level's. The bisection
+    takes more level for more latency, so such a pair means its oracle, and
+    every comparison with it, met a host that changed between the runs.
+    """
+    fixed = summary[summary["kind"] == "probe"].dropna(subset=["level", "slo_attainment"])
+    worst: tuple[float, pd.Series, pd.Series] | None = None
+    for _, low in fixed.iterrows():
+        for _, high in fixed.iterrows():
+            gap = float(high["slo_attainment"]) - float(low["slo_attainment"])
+            if float(low["level"]) < float(high["level"]) and gap > LEVEL_DISAGREEMENT and (worst is None or gap > worst[0]):
+                worst = (gap, low, high)
+    return None if worst is None else (worst[1], worst[2])
+
+
 def _host_warnings(summary: pd.DataFrame) -> list[str]:
     out: list[str] = []
     base = _row(summary, "baseline")
@@ -529,6 +556,14 @@ def _host_warnings(summary: pd.DataFrame) -> list[str]:
                    f"{HOST_DRIFT_FACTOR:g}x is taken as the same host): scenarios run at different times met "
                    "different hosts, so the comparisons between them (drcio against the fixed limits and the "
                    "oracle) are unreliable. Rerun, and compare runs made on a steady host.")
+    if (pair := disagreeing_levels(summary)) is not None:
+        low, high = pair
+        out.append(f"**Warning: the fixed levels disagree.** {high['scenario']} (level {float(high['level']):.3g}) met "
+                   f"the target in {float(high['slo_attainment']):.1%} of intervals, but {low['scenario']} at the "
+                   f"lower level {float(low['level']):.3g} only in {float(low['slo_attainment']):.1%}. LP held to a "
+                   "lower limit cannot have caused that: the host changed between those runs, so the best fixed "
+                   "level found (which takes more level for more latency) and every comparison with it are "
+                   "unreliable. Rerun on a steady host.")
     return out
 
 
