@@ -269,8 +269,11 @@ def test_the_report_warns_when_a_lower_fixed_level_did_worse_than_a_higher_one(t
 
     steady = [probe(1, 1.0, 20), probe(2, 0.0, 0), probe(3, 0.5, 1)]
     write_report(tmp_path, [dynamic, *steady], TargetChoice(5.0, "given"))
-    assert "the fixed levels disagree" not in (tmp_path / "report.md").read_text()
+    assert "the fixed levels disagree" not in (tmp_path / "report.md").read_text()  # neither warning nor doubt
     write_report(tmp_path, [dynamic, *steady, probe(4, 0.25, 10)], TargetChoice(5.0, "given"))
     top = (tmp_path / "report.md").read_text().split("## SLO target")[0]
     assert "**Warning: the fixed levels disagree.** oracle-3 (level 0.5) met the target in" in top
     assert "but oracle-4 at the lower level 0.25 only in" in top
+    checks = (tmp_path / "report.md").read_text().split("## Against the acceptance figures")[1].split("##")[0]
+    (lp_line,) = [line for line in checks.splitlines() if "of the LP bytes of the best fixed level" in line]
+    assert lp_line.endswith("(unreliable: the fixed levels disagree, see the warning above)")
