@@ -516,15 +516,16 @@ def _host_drift(summary: pd.DataFrame) -> _HostDrift | None:
     return _HostDrift(first, last) if first > 0 and last > 0 else None
 
 
-#: Fixed-level runs (the oracle's probes, the sweep) whose attainments run the wrong way by more than this (a lower
-#: level meeting the target in a smaller share of intervals than a higher one) mean the host changed between them:
-#: LP held to a lower limit cannot slow HP down more. A share over ~190 intervals has a binomial spread of about
-#: 1.6 points at 95 %, so 10 points is far outside noise.
+#: The oracle's probes whose attainments run the wrong way by more than this (a lower level meeting the target in a
+#: smaller share of intervals than a higher one) mean the host changed between them: LP held to a lower limit cannot
+#: slow HP down more. Around 95 %, a share has a binomial spread of about 1.6 points over a dynamic schedule's ~190
+#: intervals and 3.9 over a steady probe's ~32, so 10 points is outside noise. (The sweep's levels are not compared:
+#: 20 s each, ~12 intervals, where one interval is 8 points.)
 LEVEL_DISAGREEMENT = 0.10
 
 
 def disagreeing_levels(summary: pd.DataFrame) -> tuple[pd.Series, pd.Series] | None:
-    """The fixed-level rows (probes or sweep) that disagree most: (lower level, higher level), or None.
+    """The oracle's probes that disagree most: (lower level, higher level), or None.
 
     "Disagree": the lower level met the target in a share of intervals more
     than :data:`LEVEL_DISAGREEMENT` below the higher level's. The bisection
