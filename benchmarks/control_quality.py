@@ -305,6 +305,14 @@ def run_pieces(schedule: Schedule, levels: Sequence[float], base: dict[str, Any]
                     policies={slo["slos"][0]["name"]: PieceLevels(starts, list(levels))})
 
 
+def piece_cells(schedule: Schedule, levels: Sequence[float], base: dict[str, Any], target_ms: float,
+                backend: SimBackend, seeds: Sequence[int], *, lag: float = 0.0,
+                seconds: float = PIECE_SECONDS) -> list[dict[str, Any]]:
+    """:func:`cell_metrics` of :func:`run_pieces` (the same pieces, lag and levels) on each seed."""
+    return [cell_metrics(run_pieces(schedule, levels, base, target_ms, backend, seed, lag=lag, seconds=seconds),
+                         schedule, target_ms) for seed in seeds]
+
+
 def clairvoyant_levels(schedule: Schedule, base: dict[str, Any], target_ms: float, backend: SimBackend,
                        seeds: list[int]) -> list[float]:
     """Each piece's level (:func:`pieces`): the highest at which no seed misses the target in it or its spill."""
@@ -329,8 +337,7 @@ def phase_levels(schedule: Schedule, base: dict[str, Any], target_ms: float, bac
     _, _, held = pieces(schedule, schedule.duration_seconds)
 
     def judge(levels: Sequence[float]) -> tuple[float, float]:
-        cells = [cell_metrics(run_pieces(schedule, levels, base, target_ms, backend, seed,
-                                         seconds=schedule.duration_seconds), schedule, target_ms) for seed in seeds]
+        cells = piece_cells(schedule, levels, base, target_ms, backend, seeds, seconds=schedule.duration_seconds)
         return float(np.mean([c["slo_attainment_all"] for c in cells])), float(np.mean([c["lp_bytes"] for c in cells]))
 
     return ascend_pieces(judge, [oracle_level] * len(held), held, bar=ORACLE_ATTAINMENT)
@@ -403,8 +410,7 @@ def _scenario_records(name: str, policies: list[str], target_ms: float, window: 
                 found = phase_levels(schedule, base, target_ms, backend, seeds, oracle.level)
                 levels, extra["evaluations"] = found.levels, found.evaluations
             extra["piece_levels"] = levels
-            cells = [cell_metrics(run_pieces(schedule, levels, base, target_ms, backend, seed, seconds=seconds),
-                                  schedule, target_ms) for seed in seeds]
+            cells = piece_cells(schedule, levels, base, target_ms, backend, seeds, seconds=seconds)
         else:
             slo = _slo(policy, base, target_ms, backend)
             cells = [cell_metrics(_run(schedule, slo, seed), schedule, target_ms) for seed in seeds]

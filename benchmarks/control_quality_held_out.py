@@ -208,9 +208,7 @@ def _scenario_rows(name: str, ref: dict[str, dict[str, Any]], seeds: list[int], 
         for margin in margins:
             levels = ref["clairvoyant"]["piece_levels"]
             lowered = [max(0.0, p - margin) for p in (held_where_open(levels) if lag else levels)]
-            cells = [cq.cell_metrics(cq.run_pieces(schedule, lowered, base, target_ms, backend, seed, lag=lag),
-                                     schedule, target_ms)
-                     for seed in seeds]
+            cells = cq.piece_cells(schedule, lowered, base, target_ms, backend, seeds, lag=lag)
             rows.append(_row(name, "clairvoyant", margin, cells, oracle_bytes, lag))
     # The phase reference's levels: none in results files from before 2026-11-30's second run, nor where no fixed
     # level meets the SLO (it starts from the oracle's).
@@ -218,9 +216,7 @@ def _scenario_rows(name: str, ref: dict[str, dict[str, Any]], seeds: list[int], 
     if phase_levels:
         for margin in margins:
             lowered = [max(0.0, p - margin) for p in phase_levels]
-            cells = [cq.cell_metrics(cq.run_pieces(schedule, lowered, base, target_ms, backend, seed,
-                                                   seconds=schedule.duration_seconds), schedule, target_ms)
-                     for seed in seeds]
+            cells = cq.piece_cells(schedule, lowered, base, target_ms, backend, seeds, seconds=schedule.duration_seconds)
             rows.append(_row(name, "phase-oracle", margin, cells, oracle_bytes))
     for loop in [*cq.LOOPS, *variants]:
         rows.append(_row(name, loop, None, measure(loop), oracle_bytes))
