@@ -588,9 +588,12 @@ def _checks(summary: pd.DataFrame) -> list[str]:
     if base is not None and cont is not None:
         ratio = float(cont["p95_ms"]) / float(base["p95_ms"])
         out.append(f"- contention P95 / baseline P95 = {ratio:.1f}x (wanted >= 2x): {'met' if ratio >= 2 else 'NOT met'}")
-    # The verdicts against the oracle stand as computed, but not as measured, when its probes disagree.
-    disagree = disagreeing_levels(summary) is not None
-    doubt = " (unreliable: the fixed levels disagree, see the warning above)" if disagree else ""
+    # The verdicts against the oracle stand as computed, but not as measured, when the host moved under the run:
+    # between its baselines, or between the oracle's probes.
+    doubts = [why for why, holds in (("the host changed during the run", drift is not None and not drift.steady),
+                                     ("the fixed levels disagree", disagreeing_levels(summary) is not None)) if holds]
+    doubt = (f" (unreliable: {' and '.join(doubts)}, see the warning{'s' if len(doubts) > 1 else ''} above)"
+             if doubts else "")
     if drcio is not None:
         att = float(drcio["slo_attainment"])
         out.append(f"- drcio met the target in {att:.1%} of intervals after warm-up and the first {SKIPPED_INTERVALS} "

@@ -242,6 +242,10 @@ def test_the_closing_baseline_says_whether_hp_alone_moved_during_the_run(
     assert f"P95 {first:.2f} ms, then {last:.2f} ms ({last / first:.3f}x" in line
     assert line.endswith(": NOT met" if drifted else ": met")
     assert ("the host changed during the run" in report) is drifted
+    # ... and the verdict against the oracle says it stands on a host that moved.
+    (lp_line,) = [line for line in report.splitlines() if line.startswith("- drcio LP throughput = ")]
+    assert lp_line.endswith(": met (unreliable: the host changed during the run, see the warning above)"
+                            if drifted else ": met")
     # The first baseline stays the one the contention check compares with.
     contention = float(summary.loc[summary["scenario"] == "contention", "p95_ms"].iloc[0])
     assert f"contention P95 / baseline P95 = {contention / first:.1f}x" in report
@@ -277,3 +281,10 @@ def test_the_report_warns_when_a_lower_fixed_level_did_worse_than_a_higher_one(t
     checks = (tmp_path / "report.md").read_text().split("## Against the acceptance figures")[1].split("##")[0]
     (lp_line,) = [line for line in checks.splitlines() if "of the LP bytes of the best fixed level" in line]
     assert lp_line.endswith("(unreliable: the fixed levels disagree, see the warning above)")
+    drifted = [_result("baseline", "baseline", 1.5, observations={0.002: 100.0}), dynamic, *steady,
+               probe(4, 0.25, 10), _result("baseline-end", "baseline", 1.5, observations={0.005: 100.0})]
+    write_report(tmp_path, drifted, TargetChoice(5.0, "given"))
+    (lp_line,) = [line for line in (tmp_path / "report.md").read_text().splitlines()
+                  if "of the LP bytes of the best fixed level" in line]
+    assert lp_line.endswith("(unreliable: the host changed during the run and the fixed levels disagree, "
+                            "see the warnings above)")
