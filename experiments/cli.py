@@ -31,7 +31,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from experiments.backends import BACKENDS
 from experiments.export import ExportError, SeriesQueries, export_range, write_export
 from experiments.model import BackendUnavailable, ScenarioSpec, SloWiring
-from experiments.report import HOST_DRIFT_FACTOR, write_report
+from experiments.report import HOST_DRIFT_FACTOR, LEVEL_DISAGREEMENT, write_report
 from experiments.schedules import Schedule
 from experiments.scenarios import (
     SCENARIO_CHOICES,
@@ -228,7 +228,9 @@ def _default_output() -> Path:
                    "e.g. 0.25 plays hp-steps' 190 s in 47.5 s. The report names the scale.")
 @click.option("--oracle-probes", type=click.IntRange(min=2), default=14, show_default=True,
               help="At most this many fixed-level probes for the bisected oracle (level 1, level 0, then "
-                   "midpoints until the LP bracket is within 5 %); if the cap stops it first, the report gives "
+                   "midpoints until the LP bracket is within 5 %; a probe that met the target in a share of "
+                   "intervals more than 10 points below a higher level's, which a host stall does, runs once "
+                   "more and counts twice); if the cap stops it first, the report gives "
                    "the bracket it reached as the oracle's uncertainty. Each probe is a whole scenario: for "
                    "dynamic on the local backend the whole schedule in real time plus ~7 s of set-up and "
                    "--pause. Local dynamic costs about (1 + probes) x (schedule + 12 s) + 15 s, plus two "
@@ -439,7 +441,9 @@ def _schedule_info(schedule: Schedule | None, scale: float, probes: int, plan: l
     if any(s.kind == "oracle" for s in plan):
         info["oracle"] = (f"bisected until the met / missed bracket's LP throughputs differ by <= 5 %, at most "
                           f"{probes} probes (--oracle-probes), each probe a whole "
-                          f"{'schedule' if schedule is not None else 'sweep step'}")
+                          f"{'schedule' if schedule is not None else 'sweep step'}; a probe that misses the target "
+                          f"in a share of intervals more than {100 * LEVEL_DISAGREEMENT:g} points below a higher "
+                          "level's is run once more and the first run kept as superseded")
     return info
 
 

@@ -14,6 +14,11 @@ schedule), judged by the caller's ``probe`` function. It assumes what the
 plant shows: more level, more LP bytes and more HP latency. Noise can break
 that assumption near the knee; the caller should give every probe the same
 seed where it can (the simulator does), so probes differ only in the level.
+A real host breaks it too, when it stalls during one probe: that probe
+misses the target far more often than a higher level did. Given
+``recheck_gap``, such a probe is run once more at the same level and the
+later run stands (a lower limit cannot slow HP down more, so the first run
+measured the host, not the level).
 """
 
 from __future__ import annotations
@@ -27,11 +32,16 @@ __all__ = ["Probe", "OracleResult", "bisect_oracle", "bisect_pieces", "PiecesRes
 
 @dataclass(frozen=True)
 class Probe:
-    """One fixed-level run: its level, LP bytes/s, and whether it met the SLO."""
+    """One fixed-level run: its level, LP bytes/s, whether it met the SLO, and (if measured) how often.
+
+    attainment: the share of intervals that met the target, or None; what
+        ``bisect_oracle``'s ``recheck_gap`` compares.
+    """
 
     level: float
     lp_bytes_per_second: float
     meets: bool
+    attainment: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,20 +75,33 @@ class OracleResult:
 
 
 def bisect_oracle(probe: Callable[[float], Probe], *, tolerance: float = 0.05, max_probes: int = 14,
-                  min_step: float = 1e-3) -> OracleResult:
+                  min_step: float = 1e-3, recheck_gap: float | None = None) -> OracleResult:
     """Bisect the level in [0, 1] until the met / missed bracket's LP throughputs differ by at most ``tolerance``.
 
     Probes level 1 first (if it meets the SLO, no limit is needed), then 0,
     then midpoints. Stops at ``max_probes`` or when the bracket is narrower
     than ``min_step`` in level, and reports the uncertainty it reached.
+    With ``recheck_gap``, a probe that misses with an attainment more than
+    that below an earlier probe's at a higher level is run once more (if the
+    cap allows), and the repeat stands; ``probes`` lists both runs. ``probe``
+    is called with the same level twice only then.
     """
     if not 0 < tolerance < 1:
         raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
     probes: list[Probe] = []
 
+    def disagrees(p: Probe) -> bool:
+        return (recheck_gap is not None and not p.meets and p.attainment is not None
+                and any(q.level > p.level and q.attainment is not None and q.attainment - p.attainment > recheck_gap
+                        for q in probes))
+
     def run(level: float) -> Probe:
         p = probe(level)
+        again = disagrees(p) and len(probes) + 1 < max_probes
         probes.append(p)
+        if again:
+            p = probe(level)
+            probes.append(p)
         return p
 
     hi = run(1.0)

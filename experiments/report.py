@@ -48,6 +48,7 @@ __all__ = [
     "SKIPPED_INTERVALS",
     "HOST_DRIFT_FACTOR",
     "LEVEL_DISAGREEMENT",
+    "SUPERSEDED",
     "disagreeing_levels",
     "MIB",
     "ScenarioResult",
@@ -89,7 +90,11 @@ SUMMARY_COLUMNS = [
     "cpu_pressure_pct",
 ]
 _MAIN_ORDER = ["baseline", "contention", "static-max", "static-weight", "drcio"]
-_ROW_ORDER = ["baseline", "contention", "static-max", "static-weight", "sweep", "probe", "drcio", "dynamic"]
+#: The kind of an oracle probe that missed the target far more often than a higher level had (by more than
+#: :data:`LEVEL_DISAGREEMENT`) and was run again (``experiments.scenarios.run_plan``): shown in the table, left out
+#: of the oracle and of the disagreement check.
+SUPERSEDED = "superseded"
+_ROW_ORDER = ["baseline", "contention", "static-max", "static-weight", "sweep", "probe", SUPERSEDED, "drcio", "dynamic"]
 
 
 @dataclass
@@ -100,7 +105,8 @@ class ScenarioResult:
     histogram: the export's cumulative histogram frame (timestamp, le, count).
     client: the load generator's requests: ``timestamp`` (send time, unix s),
         ``latency_ms``, ``ok`` (bool).
-    kind: baseline | contention | static-max | static-weight | sweep | drcio.
+    kind: baseline | contention | static-max | static-weight | sweep | drcio | dynamic | probe (an oracle
+        probe) | superseded (an oracle probe run again, see :data:`SUPERSEDED`).
     level: the fixed level of a sweep step, else None.
     lp: whether the LP batch job ran (a baseline's LP throughput is 0, not unknown).
     """
@@ -557,6 +563,20 @@ def _host_warnings(summary: pd.DataFrame) -> list[str]:
                    f"{HOST_DRIFT_FACTOR:g}x is taken as the same host): scenarios run at different times met "
                    "different hosts, so the comparisons between them (drcio against the fixed limits and the "
                    "oracle) are unreliable. Rerun, and compare runs made on a steady host.")
+    probes = summary[summary["kind"] == "probe"]
+    for _, first in summary[summary["kind"] == SUPERSEDED].iterrows():
+        level, attained = float(first["level"]), float(first["slo_attainment"])
+        higher = probes[probes["level"] > level].sort_values("slo_attainment", ascending=False)
+        rerun = probes[probes["level"] == level]
+        if higher.empty or rerun.empty:
+            continue
+        top, again = higher.iloc[0], rerun.iloc[0]
+        out.append(f"**Note: a probe of the oracle was run again.** {first['scenario']} (level {level:.3g}) met the "
+                   f"target in {attained:.1%} of intervals, more than {LEVEL_DISAGREEMENT:.0%} fewer than "
+                   f"{top['scenario']} at the higher level {float(top['level']):.3g} "
+                   f"({float(top['slo_attainment']):.1%}). LP held to a lower limit cannot have caused that, so the "
+                   f"host stalled during it: the same level ran again as {again['scenario']} "
+                   f"({float(again['slo_attainment']):.1%}), which the oracle uses.")
     if (pair := disagreeing_levels(summary)) is not None:
         low, high = pair
         out.append(f"**Warning: the fixed levels disagree.** {high['scenario']} (level {float(high['level']):.3g}) met "

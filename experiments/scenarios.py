@@ -18,6 +18,7 @@ Called by :mod:`experiments.cli`. Three parts:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -32,8 +33,10 @@ from experiments.model import Backend, Kind, ScenarioRun, ScenarioSpec, SloWirin
 from experiments.schedules import Schedule
 from experiments.oracle import Probe, bisect_oracle
 from experiments.report import (
+    LEVEL_DISAGREEMENT,
     MIB,
     ORACLE_ATTAINMENT,
+    SUPERSEDED,
     ScenarioResult,
     TargetChoice,
     auto_target_ms,
@@ -285,6 +288,20 @@ def _probe_spec(spec: ScenarioSpec, index: int, level: float) -> ScenarioSpec:
                         controlled=True, level=round(level, 6), schedule=spec.schedule)
 
 
+def _supersede(out: Path, results: list[ScenarioResult], level: float | None) -> None:
+    """Mark the probes already run at ``level`` superseded, in ``results`` and in their ``scenario.json``.
+
+    The bisection probes a level twice only to rerun a probe that disagreed
+    with a higher level's (:func:`experiments.oracle.bisect_oracle`'s
+    ``recheck_gap``): the later run stands, the earlier stays in the report.
+    """
+    for i, r in enumerate(results):
+        if r.kind == "probe" and r.level == level:
+            results[i] = dataclasses.replace(r, kind=SUPERSEDED)
+            meta_path = out / "raw" / r.name / "scenario.json"
+            meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "kind": SUPERSEDED}, indent=2))
+
+
 def run_plan(plan: Sequence[ScenarioSpec], backend: Backend, config: RunConfig, progress: ProgressSink) -> pd.DataFrame | None:
     """Run every scenario of ``plan`` on ``backend`` (already entered); returns the final summary.
 
@@ -295,6 +312,9 @@ def run_plan(plan: Sequence[ScenarioSpec], backend: Backend, config: RunConfig, 
     probes ``oracle-1``, ``oracle-2``, ... until the best fixed level's LP
     throughput is pinned within ``PlanConfig``'s tolerance; a probe meets the
     SLO when its attainment reaches :data:`experiments.report.ORACLE_ATTAINMENT`.
+    A probe that misses it by more than :data:`experiments.report.LEVEL_DISAGREEMENT`
+    below a higher level's attainment (the host stalled during it) is run
+    again, and the first run is kept as kind ``superseded``.
     """
     out = config.output
     out.mkdir(parents=True, exist_ok=True)
@@ -354,13 +374,17 @@ def run_plan(plan: Sequence[ScenarioSpec], backend: Backend, config: RunConfig, 
                 continue
 
             def probe(level: float, spec: ScenarioSpec = spec, index: int = index, later: list[str] = later) -> Probe:
-                number = sum(1 for r in results if r.kind == "probe") + 1
-                row = run_one(_probe_spec(spec, number, level), index + 1, len(plan), later) or {}
+                number = sum(1 for r in results if r.kind in ("probe", SUPERSEDED)) + 1
+                probe_spec = _probe_spec(spec, number, level)
+                _supersede(out, results, probe_spec.level)
+                row = run_one(probe_spec, index + 1, len(plan), later) or {}
                 attainment = float(row.get("slo_attainment", math.nan))  # type: ignore[arg-type]
                 lp = float(row.get("lp_mbps", 0.0)) * MIB  # type: ignore[arg-type]
-                return Probe(level, lp, attainment >= ORACLE_ATTAINMENT)
+                return Probe(level, lp, attainment >= ORACLE_ATTAINMENT,
+                             attainment if math.isfinite(attainment) else None)
 
-            found = bisect_oracle(probe, tolerance=config.oracle_tolerance, max_probes=config.oracle_max_probes)
+            found = bisect_oracle(probe, tolerance=config.oracle_tolerance, max_probes=config.oracle_max_probes,
+                                  recheck_gap=LEVEL_DISAGREEMENT)
             progress.message(f"oracle: {found.describe()}")
             # Strict JSON: an unbounded uncertainty (no level met, or none missed) is null, not Infinity.
             found_record = {k: None if isinstance(v, float) and not math.isfinite(v) else v

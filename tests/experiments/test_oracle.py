@@ -131,3 +131,40 @@ def test_a_start_that_misses_the_bar_is_refused() -> None:
         ascend_pieces(judge, [0.6], [False], bar=0.99)
     with pytest.raises(ValueError, match="steps"):
         ascend_pieces(judge, [0.2], [False], bar=0.99, steps=[0.0])
+
+
+def _stalling_plant(knee_level: float, stalled: set[float]) -> tuple[Callable[[float], Probe], list[float]]:
+    """Like :func:`_plant`, with attainments; the first run at a level in ``stalled`` meets the target in 40 %
+    of intervals whatever the level (a host stall), later runs as the level says."""
+    calls: list[float] = []
+
+    def probe(level: float) -> Probe:
+        first_stall = level in stalled and level not in calls
+        calls.append(level)
+        attainment = 0.40 if first_stall else (0.99 if level <= knee_level else 0.90)
+        return Probe(level, 10e6 * 200 ** level, attainment >= 0.95, attainment)
+    return probe, calls
+
+
+def test_a_probe_that_misses_far_more_often_than_a_higher_level_is_run_again_and_the_repeat_stands() -> None:
+    probe, calls = _stalling_plant(0.43, stalled={0.25})  # 1 (0.90), 0, 0.5 (0.90), 0.25 stalls (0.40 < 0.90 - 0.1)
+    result = bisect_oracle(probe, tolerance=0.05, recheck_gap=0.10)
+    assert calls[:5] == [1.0, 0.0, 0.5, 0.25, 0.25]
+    assert [p.meets for p in result.probes[3:5]] == [False, True]
+    assert len(set(calls)) == len(calls) - 1  # only the disagreeing level ran twice
+    assert result.level is not None and result.upper_level is not None
+    assert result.level <= 0.43 < result.upper_level and result.uncertainty <= 0.05
+
+    unchecked, unchecked_calls = _stalling_plant(0.43, stalled={0.25})
+    fooled = bisect_oracle(unchecked, tolerance=0.05)  # without the recheck the stall walks the bisection down
+    assert len(set(unchecked_calls)) == len(unchecked_calls)
+    assert fooled.upper_level is not None and fooled.upper_level <= 0.25
+
+
+def test_misses_that_agree_with_the_levels_above_and_the_probe_cap_are_not_rerun() -> None:
+    probe, calls = _stalling_plant(0.43, stalled=set())  # every miss at 0.90, like level 1's
+    bisect_oracle(probe, tolerance=0.05, recheck_gap=0.10)
+    assert len(set(calls)) == len(calls)
+    capped, capped_calls = _stalling_plant(0.43, stalled={0.25})
+    result = bisect_oracle(capped, tolerance=0.05, max_probes=4, recheck_gap=0.10)
+    assert capped_calls == [1.0, 0.0, 0.5, 0.25] and len(result.probes) == 4  # a rerun would make five

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from experiments.backends.sim import SimBackend, SimConfig
 from experiments.cli import _run_command
+from experiments.model import ScenarioRun, ScenarioSpec
+from experiments.report import LEVEL_DISAGREEMENT, ORACLE_ATTAINMENT, SUPERSEDED
+from experiments.scenarios import PlanConfig, RunConfig, TargetSetting, load_base_slo, plan_scenarios, run_plan
 from experiments.schedules import BUILTIN_SCHEDULES, ScheduleError, load_schedule, parse_schedule
 
 
@@ -197,3 +204,67 @@ def test_pieces_cut_every_phase_at_its_boundaries_and_at_most_the_given_length()
     assert all(0 < end - start <= 15 for start, end, _ in cut)
     assert {start for start, _, _ in cut} >= set(schedule.boundaries)
     assert all(schedule.phases[schedule.phase_index_at(start)] is phase for start, _, phase in cut)
+
+
+class _Quiet:
+    def scenario_started(self, index: int, total: int, spec: ScenarioSpec) -> None: ...
+    def tick(self, elapsed: float, total: float, status: str) -> None: ...
+    def scenario_finished(self, spec: ScenarioSpec, row: dict[str, object] | None) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class _StallOnce(SimBackend):
+    """The simulator with one host stall: the first run of the probe at ``level`` plays with LP unthrottled
+    (level 1), while everything the run records keeps the level it was asked for, as on a host that stalled."""
+
+    def __init__(self, config: SimConfig, level: float | None) -> None:
+        super().__init__(config)
+        self.level, self.stalled = level, False
+
+    def run_scenario(self, spec: ScenarioSpec, **kwargs: Any) -> ScenarioRun:
+        if spec.kind == "probe" and spec.level == self.level and not self.stalled:
+            self.stalled, spec = True, dataclasses.replace(spec, level=1.0)
+        return super().run_scenario(spec, **kwargs)
+
+
+def _dynamic_run(out: Path, stall_level: float | None) -> pd.DataFrame:
+    base, _ = load_base_slo(None)
+    schedule = BUILTIN_SCHEDULES["lp-step"].scaled(0.5)
+    plan = plan_scenarios("dynamic", PlanConfig(duration_seconds=schedule.duration_seconds, schedule=schedule))
+    summary = run_plan(plan, _StallOnce(SimConfig(base_slo=base), stall_level),
+                       RunConfig(out, TargetSetting(10.0, "given"), pause_seconds=0, report_each_scenario=False),
+                       _Quiet())
+    assert summary is not None
+    return summary
+
+
+def test_an_oracle_probe_spoiled_by_a_host_stall_is_run_again_and_the_oracle_is_the_one_without_it(
+    tmp_path: Path,
+) -> None:
+    clean = _dynamic_run(tmp_path / "clean", None)
+    probes = json.loads((tmp_path / "clean" / "oracle.json").read_text())["probes"]
+    stall = STALLED_ATTAINMENT = min(p["attainment"] for p in probes)  # what level 1 attains
+    # A probe that met the target after a higher level had met it in more than 10 points more intervals than
+    # the stall leaves: stalled, it disagrees with that level.
+    spoilable = [p["level"] for i, p in enumerate(probes) if p["meets"] and p["level"] > 0 and any(
+        q["level"] > p["level"] and q["attainment"] > stall + LEVEL_DISAGREEMENT for q in probes[:i])]
+    assert spoilable, probes  # the plant must give the bisection such a probe, or this test shows nothing
+    level = spoilable[0]
+
+    stalled = _dynamic_run(tmp_path / "stalled", level)
+    rows = stalled[stalled["level"] == level].set_index("kind")
+    assert rows.loc[SUPERSEDED, "slo_attainment"] == pytest.approx(STALLED_ATTAINMENT)
+    assert rows.loc["probe", "slo_attainment"] >= ORACLE_ATTAINMENT
+    assert len(json.loads((tmp_path / "stalled" / "oracle.json").read_text())["probes"]) == len(probes) + 1
+    oracle = [frame.set_index("scenario").loc["oracle", ["level", "lp_mbps"]].tolist() for frame in (clean, stalled)]
+    assert oracle[0] == oracle[1]
+    report = (tmp_path / "stalled" / "report.md").read_text()
+    assert "the fixed levels disagree" not in report
+    first, rerun = rows.loc[SUPERSEDED, "scenario"], rows.loc["probe", "scenario"]
+    assert f"**Note: a probe of the oracle was run again.** {first} (level {level:.3g}) met the target in" in report
+    assert f"the same level ran again as {rerun} (" in report
+    # --report-only reads the superseded run back as such.
+    written = pd.read_csv(tmp_path / "stalled" / "summary.csv")
+    (tmp_path / "stalled" / "summary.csv").unlink()
+    assert CliRunner().invoke(_run_command, ["--report-only", "--output", str(tmp_path / "stalled")]).exit_code == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "stalled" / "summary.csv"), written)
