@@ -229,8 +229,8 @@ def _default_output() -> Path:
 @click.option("--oracle-probes", type=click.IntRange(min=2), default=14, show_default=True,
               help="At most this many fixed-level probes for the bisected oracle (level 1, level 0, then "
                    "midpoints until the LP bracket is within 5 %; a probe that met the target in a share of "
-                   "intervals more than 10 points below a higher level's, which a host stall does, runs once "
-                   "more and counts twice); if the cap stops it first, the report gives "
+                   f"intervals more than {100 * LEVEL_DISAGREEMENT:g} points below a higher level's, which a host "
+                   "stall does, runs once more and counts twice); if the cap stops it first, the report gives "
                    "the bracket it reached as the oracle's uncertainty. Each probe is a whole scenario: for "
                    "dynamic on the local backend the whole schedule in real time plus ~7 s of set-up and "
                    "--pause. Local dynamic costs about (1 + probes) x (schedule + 12 s) + 15 s, plus two "
