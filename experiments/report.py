@@ -467,6 +467,8 @@ def write_plots(results: Sequence[ScenarioResult], summary: pd.DataFrame, target
 
 
 def _fmt(value: object, digits: int = 2) -> str:
+    if value is None:  # a column with no number in it (no violation, so no reaction) stays of object dtype
+        return "–"
     if isinstance(value, float):
         if math.isnan(value):
             return "–"
@@ -572,7 +574,7 @@ def _host_warnings(summary: pd.DataFrame) -> list[str]:
             continue
         top, again = higher.iloc[0], rerun.iloc[0]
         out.append(f"**Note: a probe of the oracle was run again.** {first['scenario']} (level {level:.3g}) met the "
-                   f"target in {attained:.1%} of intervals, more than {LEVEL_DISAGREEMENT:.0%} fewer than "
+                   f"target in {attained:.1%} of intervals, more than {100 * LEVEL_DISAGREEMENT:g} points fewer than "
                    f"{top['scenario']} at the higher level {float(top['level']):.3g} "
                    f"({float(top['slo_attainment']):.1%}). LP held to a lower limit cannot have caused that, so the "
                    f"host stalled during it: the same level ran again as {again['scenario']} "
