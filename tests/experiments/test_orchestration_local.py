@@ -32,12 +32,12 @@ from experiments.cli import _run_command
 from experiments.export import SERIES_COLUMNS
 from experiments.prometheus_server import PrometheusUnavailable, find_prometheus
 from experiments.report import SUMMARY_COLUMNS, bucket_bounds, period_buckets
-from experiments.model import ScenarioSpec
 from experiments.schedules import load_schedule
 from experiments.scenarios import PlanConfig, RunConfig, TargetSetting, plan_scenarios, run_plan
 from experiments.slo import load_base_slo
 from writer.cgroups import WriterError, detect_hierarchy
 from tests.experiments.processes import alive
+from tests.experiments.progress import Quiet
 
 pytestmark = [pytest.mark.kernel, pytest.mark.prometheus]
 
@@ -84,13 +84,6 @@ def _processes_mentioning(*needles: str) -> list[str]:
     return found
 
 
-class _Quiet:
-    def scenario_started(self, index: int, total: int, spec: ScenarioSpec) -> None: ...
-    def tick(self, elapsed: float, total: float, status: str) -> None: ...
-    def scenario_finished(self, spec: ScenarioSpec, row: dict[str, object] | None) -> None: ...
-    def message(self, text: str) -> None: ...
-
-
 def test_a_short_run_writes_its_files_and_leaves_no_process_cgroup_or_temp_dir(
     tmp_path: Path, work_root: Path
 ) -> None:
@@ -105,7 +98,7 @@ def test_a_short_run_writes_its_files_and_leaves_no_process_cgroup_or_temp_dir(
         workdir = backend.workdir
         assert workdir is not None and workdir.is_dir()
         run_plan(plan, backend, RunConfig(tmp_path, TargetSetting(None, "auto", multiple=2.0), pause_seconds=1),
-                 _Quiet())
+                 Quiet())
     # Nothing left behind.
     assert backend.all_pids and [p for p in backend.all_pids if alive(p)] == []
     assert not (cgroup_root / backend.cgroup_parent).exists()

@@ -16,6 +16,7 @@ from experiments.cli import _run_command
 from experiments.model import ScenarioRun, ScenarioSpec
 from experiments.report import LEVEL_DISAGREEMENT, ORACLE_ATTAINMENT, SUPERSEDED
 from experiments.scenarios import PlanConfig, RunConfig, TargetSetting, load_base_slo, plan_scenarios, run_plan
+from tests.experiments.progress import Quiet
 from experiments.schedules import BUILTIN_SCHEDULES, ScheduleError, load_schedule, parse_schedule
 
 
@@ -206,13 +207,6 @@ def test_pieces_cut_every_phase_at_its_boundaries_and_at_most_the_given_length()
     assert all(schedule.phases[schedule.phase_index_at(start)] is phase for start, _, phase in cut)
 
 
-class _Quiet:
-    def scenario_started(self, index: int, total: int, spec: ScenarioSpec) -> None: ...
-    def tick(self, elapsed: float, total: float, status: str) -> None: ...
-    def scenario_finished(self, spec: ScenarioSpec, row: dict[str, object] | None) -> None: ...
-    def message(self, text: str) -> None: ...
-
-
 class _StallOnce(SimBackend):
     """The simulator with one host stall: the first run of the probe at ``level`` plays with LP unthrottled
     (level 1), while everything the run records keeps the level it was asked for, as on a host that stalled."""
@@ -233,7 +227,7 @@ def _dynamic_run(out: Path, stall_level: float | None) -> pd.DataFrame:
     plan = plan_scenarios("dynamic", PlanConfig(duration_seconds=schedule.duration_seconds, schedule=schedule))
     summary = run_plan(plan, _StallOnce(SimConfig(base_slo=base), stall_level),
                        RunConfig(out, TargetSetting(10.0, "given"), pause_seconds=0, report_each_scenario=False),
-                       _Quiet())
+                       Quiet())
     assert summary is not None
     return summary
 
