@@ -230,7 +230,8 @@ def _default_output() -> Path:
               help="At most this many fixed-level probes for the bisected oracle (level 1, level 0, then "
                    "midpoints until the LP bracket is within 5 %; a probe that met the target in a share of "
                    f"intervals more than {100 * LEVEL_DISAGREEMENT:g} points below a higher level's, which a host "
-                   "stall does, runs once more and counts twice); if the cap stops it first, the report gives "
+                   "stall does, runs once more and counts twice; not on the sim backend, where a rerun would "
+                   "repeat the run); if the cap stops it first, the report gives "
                    "the bracket it reached as the oracle's uncertainty. Each probe is a whole scenario: for "
                    "dynamic on the local backend the whole schedule in real time plus ~7 s of set-up and "
                    "--pause. Local dynamic costs about (1 + probes) x (schedule + 12 s) + 15 s, plus two "
@@ -399,7 +400,7 @@ def run_experiment(
         "SLO file": slo_source,
         "durations": f"{duration:g} s per scenario, sweep levels {plan_config.sweep_seconds:g} s, "
                      f"warm-up {warmup:g} s, pause {pause:g} s",
-        **_schedule_info(loaded, schedule_scale, oracle_probes, plan),
+        **_schedule_info(loaded, schedule_scale, oracle_probes, plan, reruns=not chosen.repeatable),
     }
     started = time.monotonic()
     with _Interrupts(console) as interrupts:
@@ -430,7 +431,8 @@ def run_experiment(
     return 0
 
 
-def _schedule_info(schedule: Schedule | None, scale: float, probes: int, plan: list[ScenarioSpec]) -> dict[str, str]:
+def _schedule_info(schedule: Schedule | None, scale: float, probes: int, plan: list[ScenarioSpec], *,
+                   reruns: bool) -> dict[str, str]:
     """The report's lines on the load schedule (with its scale) and on the oracle's probe budget."""
     info: dict[str, str] = {}
     if schedule is not None:
@@ -441,9 +443,12 @@ def _schedule_info(schedule: Schedule | None, scale: float, probes: int, plan: l
     if any(s.kind == "oracle" for s in plan):
         info["oracle"] = (f"bisected until the met / missed bracket's LP throughputs differ by <= 5 %, at most "
                           f"{probes} probes (--oracle-probes), each probe a whole "
-                          f"{'schedule' if schedule is not None else 'sweep step'}; a probe that misses the target "
-                          f"in a share of intervals more than {100 * LEVEL_DISAGREEMENT:g} points below a higher "
-                          "level's is run once more and the first run kept as superseded")
+                          f"{'schedule' if schedule is not None else 'sweep step'}; "
+                          + (f"a probe that misses the target in a share of intervals more than "
+                             f"{100 * LEVEL_DISAGREEMENT:g} points below a higher level's is run once more and the "
+                             "first run kept as superseded" if reruns else
+                             "no probe is run twice (every run of this backend draws the same random numbers, so "
+                             "a rerun would repeat it)"))
     return info
 
 

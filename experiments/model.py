@@ -139,6 +139,10 @@ class BackendUnavailable(RuntimeError):
 class Backend(Protocol):
     """What the scenario runner needs from a backend (see the module docstring for the call order)."""
 
+    #: A scenario run twice gives the same result (a seeded model drawing the same random numbers every
+    #: run). The oracle's bisection then never reruns a probe to undo a host stall: a rerun would repeat it.
+    repeatable: bool
+
     def describe(self) -> dict[str, str]:
         """Facts about the environment for the report (host, disk, cgroup version, ...)."""
         ...

@@ -314,7 +314,8 @@ def run_plan(plan: Sequence[ScenarioSpec], backend: Backend, config: RunConfig, 
     SLO when its attainment reaches :data:`experiments.report.ORACLE_ATTAINMENT`.
     A probe that misses it by more than :data:`experiments.report.LEVEL_DISAGREEMENT`
     below a higher level's attainment (the host stalled during it) is run
-    again, and the first run is kept as kind ``superseded``.
+    again, and the first run is kept as kind ``superseded``; not on a
+    ``repeatable`` backend, where the rerun would repeat the first run.
     """
     out = config.output
     out.mkdir(parents=True, exist_ok=True)
@@ -384,7 +385,7 @@ def run_plan(plan: Sequence[ScenarioSpec], backend: Backend, config: RunConfig, 
                              attainment if math.isfinite(attainment) else None)
 
             found = bisect_oracle(probe, tolerance=config.oracle_tolerance, max_probes=config.oracle_max_probes,
-                                  recheck_gap=LEVEL_DISAGREEMENT)
+                                  recheck_gap=None if backend.repeatable else LEVEL_DISAGREEMENT)
             progress.message(f"oracle: {found.describe()}")
             # Strict JSON: an unbounded uncertainty (no level met, or none missed) is null, not Infinity.
             found_record = {k: None if isinstance(v, float) and not math.isfinite(v) else v

@@ -286,6 +286,8 @@ def free_slo(doc: dict[str, Any]) -> dict[str, Any]:
 class KubernetesBackend:
     """See the module docstring. ``cluster`` is an :class:`ApiCluster` or a :class:`DryRunCluster`."""
 
+    repeatable = False  # a real cluster: a rerun can come out differently
+
     def __init__(self, config: KubernetesConfig, cluster: Cluster, *,
                  status: Callable[[str], None] = lambda _: None) -> None:
         self.config = config

@@ -182,6 +182,8 @@ def check_prerequisites(
 class LocalBackend:
     """See the module docstring. Enter it to build the shared stack; every exit path cleans up."""
 
+    repeatable = False  # a real host: a rerun can come out differently
+
     def __init__(self, config: LocalConfig, *, status: Callable[[str], None] = lambda _: None) -> None:
         self.config = config
         self.status = status

@@ -343,6 +343,9 @@ def _client_csv(requests: pd.DataFrame, start: float, path: Path) -> None:
 class SimBackend:
     """The Backend protocol (:mod:`experiments.model`) over :func:`simulate`; scenarios follow each other in simulated time."""
 
+    #: Every scenario draws the same random numbers (``run_scenario``): a rerun repeats the run.
+    repeatable = True
+
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self._clock = EPOCH

@@ -76,6 +76,7 @@ def test_dynamic_on_the_sim_runs_the_schedule_and_bisects_its_oracle(tmp_path: P
     assert (out / "dynamic-lp-step.csv").exists() and (out / "oracle.json").exists()
     report = (out / "report.md").read_text()
     assert "dynamic-lp-step: drcio moved" in report and "bisection: oracle-" in report
+    assert "no probe is run twice (every run of this backend draws the same random numbers" in report
     # The environment facts say the load follows the schedule, not the steady preset's 200 requests/s.
     assert "the rates of the schedule lp-step in every scenario of this run" in report
     # --report-only rebuilds it with nothing missing: the oracle ran as probes (oracle-N) and its bisection
@@ -209,11 +210,12 @@ def test_pieces_cut_every_phase_at_its_boundaries_and_at_most_the_given_length()
 
 class _StallOnce(SimBackend):
     """The simulator with one host stall: the first run of the probe at ``level`` plays with LP unthrottled
-    (level 1), while everything the run records keeps the level it was asked for, as on a host that stalled."""
+    (level 1), while everything the run records keeps the level it was asked for, as on a host that stalled.
+    Not ``repeatable`` unless asked: a rerun comes out differently, as on a real host."""
 
-    def __init__(self, config: SimConfig, level: float | None) -> None:
+    def __init__(self, config: SimConfig, level: float | None, *, repeatable: bool = False) -> None:
         super().__init__(config)
-        self.level, self.stalled = level, False
+        self.level, self.stalled, self.repeatable = level, False, repeatable
 
     def run_scenario(self, spec: ScenarioSpec, **kwargs: Any) -> ScenarioRun:
         if spec.kind == "probe" and spec.level == self.level and not self.stalled:
@@ -221,11 +223,11 @@ class _StallOnce(SimBackend):
         return super().run_scenario(spec, **kwargs)
 
 
-def _dynamic_run(out: Path, stall_level: float | None) -> pd.DataFrame:
+def _dynamic_run(out: Path, stall_level: float | None, *, repeatable: bool = False) -> pd.DataFrame:
     base, _ = load_base_slo(None)
     schedule = BUILTIN_SCHEDULES["lp-step"].scaled(0.5)
     plan = plan_scenarios("dynamic", PlanConfig(duration_seconds=schedule.duration_seconds, schedule=schedule))
-    summary = run_plan(plan, _StallOnce(SimConfig(base_slo=base), stall_level),
+    summary = run_plan(plan, _StallOnce(SimConfig(base_slo=base), stall_level, repeatable=repeatable),
                        RunConfig(out, TargetSetting(10.0, "given"), pause_seconds=0, report_each_scenario=False),
                        Quiet())
     assert summary is not None
@@ -262,3 +264,12 @@ def test_an_oracle_probe_spoiled_by_a_host_stall_is_run_again_and_the_oracle_is_
     (tmp_path / "stalled" / "summary.csv").unlink()
     assert CliRunner().invoke(_run_command, ["--report-only", "--output", str(tmp_path / "stalled")]).exit_code == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "stalled" / "summary.csv"), written)
+
+    # On a repeatable backend (the plain simulator) a rerun would repeat the stall: none is run, and the
+    # report warns that the fixed levels disagree instead.
+    kept = _dynamic_run(tmp_path / "repeatable", level, repeatable=True)
+    assert SUPERSEDED not in set(kept["kind"])
+    levels = [p["level"] for p in json.loads((tmp_path / "repeatable" / "oracle.json").read_text())["probes"]]
+    assert level in levels and len(set(levels)) == len(levels)
+    report = (tmp_path / "repeatable" / "report.md").read_text()
+    assert "a probe of the oracle was run again" not in report and "the fixed levels disagree" in report
