@@ -234,10 +234,17 @@ def _default_output() -> Path:
                    "repeat the run); if the cap stops it first, the report gives "
                    "the bracket it reached as the oracle's uncertainty. Each probe is a whole scenario: for "
                    "dynamic on the local backend the whole schedule in real time plus ~7 s of set-up and "
-                   "--pause. Local dynamic costs about (1 + probes) x (schedule + 12 s) + 15 s, plus two "
+                   "--pause. Local dynamic costs about (2 + probes) x (schedule + 12 s) + 15 s (drcio before and "
+                   "after the probes, see --drcio-after), plus two "
                    "baselines as long as the schedule when the target is auto: full hp-steps (190 s) needs ~9 "
-                   "probes for a 5 % bracket, about 35 min (+7 min of baselines), at most ~52 min at the default "
+                   "probes for a 5 % bracket, about 37 min (+7 min of baselines), at most ~54 min at the default "
                    "cap.")
+@click.option("--drcio-after/--no-drcio-after", default=None,
+              help="For --scenario dynamic: drcio plays the schedule once more after the oracle's probes "
+                   "(dynamic-SCHEDULE-after), so its two runs bracket the probes in time and the report compares "
+                   "their mean with the oracle: the host drifts over a run this long. Default: on, but not on the "
+                   "sim backend, where every run draws the same random numbers and the second would repeat the "
+                   "first. Costs one more schedule (+ ~7 s of set-up and --pause).")
 @click.option("--seed", type=int, default=1, show_default=True, help="sim backend: the random seed (same seed, same files).")
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="sim backend: simulated nodes (one disk, HP share and LP job each).")
@@ -294,6 +301,7 @@ def run_experiment(
     schedule: str | None = None,
     schedule_scale: float = 1.0,
     oracle_probes: int = 14,
+    drcio_after: bool | None = None,
     seed: int = 1,
     nodes: int = 1,
     pause: float,
@@ -338,7 +346,10 @@ def run_experiment(
             if loaded is None:
                 raise ValueError("--schedule-scale needs --schedule")
             loaded = loaded.scaled(schedule_scale)
-        plan_config = PlanConfig(duration, warmup, sweep_levels, sweep_duration, schedule=loaded)
+        if drcio_after and scenario != "dynamic":
+            raise ValueError("--drcio-after is only for --scenario dynamic")
+        after = scenario == "dynamic" and (backend != "sim" if drcio_after is None else drcio_after)
+        plan_config = PlanConfig(duration, warmup, sweep_levels, sweep_duration, schedule=loaded, drcio_after=after)
         plan = plan_scenarios(scenario, plan_config, need_baseline=setting.target_ms is None)
         _check_slo(base_slo, slo_source, setting)
     except (SloError, ValueError) as exc:

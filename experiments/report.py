@@ -639,6 +639,19 @@ def _checks(summary: pd.DataFrame) -> list[str]:
         elif oracle is None and (summary["kind"] == "probe").any():
             out.append(f"- {dyn['scenario']}: {_without_oracle(summary)} over the same schedule, so drcio's LP bytes "
                        "have no best fixed limit to be compared with (wanted >= 110 % of it): not measured in this run")
+    runs = summary[summary["kind"] == "dynamic"]
+    if len(runs) > 1 and oracle is not None and float(oracle["lp_mbps"]) > 0:
+        # drcio before and after the oracle's probes (PlanConfig.drcio_after): their mean stands for drcio at the
+        # time the probes ran, whichever way the host drifted in between (an A-B-A comparison).
+        moved = [float(v) for v in runs["lp_mbps"]]
+        mean = sum(moved) / len(moved)
+        share = mean / float(oracle["lp_mbps"])
+        apart = max(moved) / min(moved) if min(moved) > 0 else math.inf
+        out.append(f"- drcio's runs before and after the oracle's probes ({', '.join(runs['scenario'])}) moved "
+                   f"{' and '.join(f'{v:.1f}' for v in moved)} MiB/s ({apart:.2f}x apart) and met the target in "
+                   f"{' and '.join(f'{float(v):.1%}' for v in runs['slo_attainment'])} of intervals; their mean, "
+                   f"{mean:.1f} MiB/s, is {share:.1%} of the LP bytes of the best fixed level over the same schedule "
+                   f"(wanted >= 110 %): {'met' if share >= 1.1 else 'NOT met'}{doubt}")
     return out
 
 

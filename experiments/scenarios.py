@@ -60,6 +60,7 @@ __all__ = [
     "SloError",
     "plan_scenarios",
     "CLOSING_BASELINE",
+    "AFTER_SUFFIX",
     "load_base_slo",
     "slo_document",
     "slo_target_text",
@@ -73,6 +74,9 @@ SCENARIO_CHOICES = ("baseline", "contention", "static-max", "static-weight", "sw
 _ALL: tuple[Kind, ...] = ("baseline", "contention", "static-max", "sweep", "oracle", "drcio")
 #: The second baseline that ends ``all`` and ``dynamic`` runs (see :func:`plan_scenarios`).
 CLOSING_BASELINE = "baseline-end"
+#: Appended to the name of a ``dynamic`` run's second drcio scenario, run after the oracle's probes
+#: (``PlanConfig.drcio_after``).
+AFTER_SUFFIX = "-after"
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,11 @@ class PlanConfig:
         in level = geometric in bandwidth. At least 8 (the issue's frontier).
     sweep_duration_seconds: each sweep step; default half the duration, at
         least 15 s: fixed limits settle in a few seconds.
+    drcio_after: ``dynamic`` only: drcio plays the schedule once more after
+        the oracle's probes (``dynamic-<schedule>-after``), so that drcio's
+        runs bracket the probes in time (drcio, probes, drcio) and the report
+        can compare their mean with the oracle on a host that drifts. Default
+        off: on a repeatable backend (the simulator) it repeats the first.
     """
 
     duration_seconds: float = 40.0
@@ -96,6 +105,7 @@ class PlanConfig:
     sweep_levels: int = 8
     sweep_duration_seconds: float | None = None
     schedule: Schedule | None = None
+    drcio_after: bool = False
 
     def __post_init__(self) -> None:
         errors = []
@@ -127,7 +137,8 @@ def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = Fal
     one (:data:`CLOSING_BASELINE`, HP alone for the same duration): the report
     compares the two to tell whether the host itself changed during the run.
     In a ``dynamic`` run both baselines play the schedule's HP rates with LP
-    off (and last as long as the schedule).
+    off (and last as long as the schedule); with ``drcio_after`` drcio runs
+    the schedule again after the oracle, before the closing baseline.
     """
     if choice not in SCENARIO_CHOICES:
         raise ValueError(f"unknown scenario {choice!r} (choose from {', '.join(SCENARIO_CHOICES)})")
@@ -135,7 +146,7 @@ def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = Fal
     if choice == "dynamic":
         if config.schedule is None:
             raise ValueError("--scenario dynamic needs --schedule NAME|FILE")
-        kinds = ["dynamic", "oracle"]
+        kinds = ["dynamic", "oracle", "dynamic"] if config.drcio_after else ["dynamic", "oracle"]
     elif config.schedule is not None:
         raise ValueError("--schedule is only for --scenario dynamic")
     if need_baseline and "baseline" not in kinds:
@@ -162,8 +173,9 @@ def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = Fal
             specs.append(ScenarioSpec(kind, kind, d, w, lp=True, controlled=True, scheduler="bfq"))
         elif kind == "dynamic":
             assert config.schedule is not None
-            specs.append(ScenarioSpec(f"dynamic-{config.schedule.name}", kind, config.schedule.duration_seconds, w,
-                                      lp=True, controlled=True, schedule=config.schedule))
+            again = AFTER_SUFFIX if any(s.kind == "dynamic" for s in specs) else ""
+            specs.append(ScenarioSpec(f"dynamic-{config.schedule.name}{again}", kind, config.schedule.duration_seconds,
+                                      w, lp=True, controlled=True, schedule=config.schedule))
         elif kind == "oracle":
             # Probes as long as the sweep's steps (steady) or the whole schedule (dynamic).
             length = config.schedule.duration_seconds if config.schedule else config.sweep_seconds

@@ -136,18 +136,29 @@ def test_the_dry_run_prints_apply_scale_and_query_in_order(tmp_path: Path) -> No
     assert order == sorted(order)
 
 
-def _dry_run(*, duration: float, target: str) -> int:
-    return run_experiment(
-        scenario="drcio", duration=duration, load_level="medium", slo_path=None, target=target, target_multiple=2.0,
-        output=None, backend="kubernetes", warmup=5.0, pause=5.0, sweep_levels=8, sweep_duration=None, lp_mode=None,
-        lp_workers=None, lp_file_size="1G", hp_nodes=None, work_dir=Path("/var/tmp"), cgroup_root="auto",
-        report_only=False, dry_run=True, manifests=DEMO, prometheus_url="http://127.0.0.1:9090")
+def _dry_run(*, duration: float, target: str, **options: Any) -> int:
+    return run_experiment(**{
+        "scenario": "drcio", "duration": duration, "load_level": "medium", "slo_path": None, "target": target,
+        "target_multiple": 2.0, "output": None, "backend": "kubernetes", "warmup": 5.0, "pause": 5.0,
+        "sweep_levels": 8, "sweep_duration": None, "lp_mode": None, "lp_workers": None, "lp_file_size": "1G",
+        "hp_nodes": None, "work_dir": Path("/var/tmp"), "cgroup_root": "auto", "report_only": False, "dry_run": True,
+        "manifests": DEMO, "prometheus_url": "http://127.0.0.1:9090", **options})
 
 
 def test_run_experiment_dry_run_on_kubernetes_exits_0_and_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
     assert _dry_run(duration=30.0, target="7.2ms") == 0
     out = capsys.readouterr().out
     assert "--- scenario drcio" in out and "policy {'kind': 'pid'" in out and "target 7.2ms" in out
+
+
+@pytest.mark.parametrize("after", [None, False])
+def test_a_dynamic_run_on_a_real_backend_plays_drcio_again_after_the_oracle_unless_told_not_to(
+    capsys: pytest.CaptureFixture[str], after: bool | None
+) -> None:
+    assert _dry_run(duration=30.0, target="7.2ms", scenario="dynamic", schedule="lp-step", drcio_after=after) == 0
+    scenarios = [line for line in capsys.readouterr().out.splitlines() if line.startswith("--- scenario")]
+    assert scenarios == ["--- scenario dynamic-lp-step", "--- scenario oracle",
+                         *(["--- scenario dynamic-lp-step-after"] if after is None else [])]
 
 
 def test_the_readme_shows_the_current_dry_run_output(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ answers to bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -218,6 +219,7 @@ def test_the_cli_exits_2_when_the_cgroup_root_has_no_io_control(tmp_path: Path) 
         pytest.param(["--target", "banana"], "banana", id="target-not-a-duration"),
         pytest.param(["--duration", "10", "--warmup", "20"], "warm-up (20 s) must be shorter", id="warmup-too-long"),
         pytest.param(["--lp-file-size", "lots"], "not a size", id="bad-lp-file-size"),
+        pytest.param(["--drcio-after"], "--drcio-after is only for --scenario dynamic", id="drcio-after-not-dynamic"),
     ],
 )
 def test_bad_options_exit_2_with_the_reason_and_create_nothing(tmp_path: Path, args: list[str], message: str) -> None:
@@ -283,6 +285,15 @@ def test_a_dynamic_run_with_a_baseline_ends_with_hp_alone_again_and_one_without_
     for spec in (with_baseline[0], with_baseline[-1]):
         assert spec.schedule is schedule and not spec.lp and not spec.controlled
         assert spec.duration_seconds == schedule.duration_seconds == 190.0
+
+
+def test_drcio_after_runs_the_schedule_again_after_the_oracle_before_the_closing_baseline() -> None:
+    schedule = load_schedule("lp-phases")
+    plan = plan_scenarios("dynamic", PlanConfig(schedule=schedule, drcio_after=True), need_baseline=True)
+    assert [s.name for s in plan] == ["baseline", "dynamic-lp-phases", "oracle", "dynamic-lp-phases-after",
+                                      "baseline-end"]
+    first, again = plan[1], plan[3]
+    assert again == dataclasses.replace(first, name="dynamic-lp-phases-after")
 
 
 def test_an_automatic_target_puts_a_baseline_first() -> None:

@@ -234,7 +234,11 @@ def test_a_short_dynamic_run_plays_the_schedule_then_the_oracle_over_the_same_sc
     runs = [n for n in summary["scenario"] if n != "oracle"]
     assert "dynamic-short" in runs and 1 <= sum(n.startswith("oracle-") for n in runs) <= 2  # the probe cap held
     oracle = json.loads((out / "oracle.json").read_text())
-    assert oracle["max_probes"] == 2 and len(oracle["probes"]) == len(runs) - 1
+    assert oracle["max_probes"] == 2 and len(oracle["probes"]) == len(runs) - 2
+    # drcio ran again after the probes (--drcio-after, on by default off the simulator): its runs bracket them.
+    start = {name: json.loads((out / "raw" / name / "scenario.json").read_text())["start"] for name in runs}
+    probes = [start[n] for n in runs if n.startswith("oracle-")]
+    assert start["dynamic-short"] < min(probes) and max(probes) < start["dynamic-short-after"]
     report = (out / "report.md").read_text()
     assert "### dynamic-short" in report.split("## Convergence")[1]  # the same report as the sim's
     assert "**schedule**: short: 3 phases, 7 s" in report and "at most 2 probes" in report

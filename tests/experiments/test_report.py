@@ -294,6 +294,24 @@ def test_the_report_warns_when_a_lower_fixed_level_did_worse_than_a_higher_one(t
                             "see the warnings above)")
 
 
+def test_drcio_before_and_after_the_probes_is_compared_with_the_oracle_by_its_mean(tmp_path: Path) -> None:
+    """A-B-A: drcio's two runs bracket the oracle's probes in time; the verdict is on their mean."""
+    before = _result("dynamic-x", "dynamic", 2.0, lp_bps=80 * MIB, level=0.4)
+    after = _result("dynamic-x-after", "dynamic", 2.0, lp_bps=40 * MIB, level=0.4)
+    probes = [dataclasses.replace(_result(f"oracle-{n}", "probe", p95, lp_bps=lp * MIB, level=level), level=level)
+              for n, (p95, lp, level) in enumerate([(20.0, 900.0, 1.0), (2.0, 50.0, 0.5), (2.0, 10.0, 0.0)], start=1)]
+    write_report(tmp_path, [before, *probes, after], TargetChoice(5.0, "given"))
+    checks = (tmp_path / "report.md").read_text().split("## Against the acceptance figures")[1].split("##")[0]
+    # Each run against the oracle (oracle-2, 50 MiB/s): 160 % and 80 %; their mean, 60 MiB/s, 120 %.
+    assert "dynamic-x: drcio moved 160.0% of the LP bytes" in checks
+    assert "dynamic-x-after: drcio moved 80.0% of the LP bytes" in checks
+    assert ("drcio's runs before and after the oracle's probes (dynamic-x, dynamic-x-after) moved 80.0 and 40.0 "
+            "MiB/s (2.00x apart) and met the target in 100.0% and 100.0% of intervals; their mean, 60.0 MiB/s, is "
+            "120.0% of the LP bytes of the best fixed level over the same schedule (wanted >= 110 %): met") in checks
+    write_report(tmp_path, [before, *probes], TargetChoice(5.0, "given"))
+    assert "before and after the oracle's probes" not in (tmp_path / "report.md").read_text()
+
+
 def test_a_dynamic_run_without_violations_has_no_reaction_and_says_so_with_a_dash(tmp_path: Path) -> None:
     calm = dataclasses.replace(_result("dynamic-x", "dynamic", 2.0, lp_bps=50 * MIB, level=0.4),
                                steps=[(0.0, 10.0, "start"), (10.0, 20.0, "step")])

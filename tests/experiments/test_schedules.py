@@ -77,6 +77,7 @@ def test_dynamic_on_the_sim_runs_the_schedule_and_bisects_its_oracle(tmp_path: P
     report = (out / "report.md").read_text()
     assert "dynamic-lp-step: drcio moved" in report and "bisection: oracle-" in report
     assert "no probe is run twice (every run of this backend draws the same random numbers" in report
+    assert not (out / "dynamic-lp-step-after.csv").exists()  # no second drcio run: it would repeat the first
     # The environment facts say the load follows the schedule, not the steady preset's 200 requests/s.
     assert "the rates of the schedule lp-step in every scenario of this run" in report
     # --report-only rebuilds it with nothing missing: the oracle ran as probes (oracle-N) and its bisection
