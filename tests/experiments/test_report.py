@@ -252,7 +252,7 @@ def test_the_closing_baseline_says_whether_hp_alone_moved_during_the_run(
 
 
 @pytest.mark.parametrize(("run", "pair"), [
-    # Four real lp-phases runs on this host, 2026-11-30 (run-experiment --backend local --scenario dynamic --schedule
+    # Five real lp-phases runs on this host, 2026-11-30 (run-experiment --backend local --scenario dynamic --schedule
     # lp-phases --target auto; the summary.csv each wrote): in the second the probes at 0.125 and 0.0625 met
     # 40 % and 51 % of intervals while 0.25 met 94 % (the host stalled mid-bisection); the first ran the right way
     # (within 2 points). In the third, 0.422 met 78 % of intervals against 93 % at 0.438.
@@ -262,6 +262,8 @@ def test_the_closing_baseline_says_whether_hp_alone_moved_during_the_run(
     # The fourth reran its probe at 0.461 (76 % of intervals against 86 % at 0.469; the rerun met 100 %): the first
     # run is kind superseded, and left out.
     pytest.param("local-dynamic-lp-phases-pid-gated-run4-2026-11-30", None, id="stalled-probe-rerun"),
+    # The fifth reran two probes, and the rerun at 0.562 still met 38 % of intervals against 53 % at 0.625.
+    pytest.param("local-dynamic-lp-phases-pid-gated-aba-2026-11-30", ("oracle-7", "oracle-5"), id="rerun-still-disagrees"),
 ])
 def test_probes_whose_attainment_runs_the_wrong_way_are_found(run: str, pair: tuple[str, str] | None) -> None:
     found = disagreeing_levels(pd.read_csv(RESULTS / run / "summary.csv"))
