@@ -348,7 +348,7 @@ def run_experiment(
             loaded = loaded.scaled(schedule_scale)
         if drcio_after and scenario != "dynamic":
             raise ValueError("--drcio-after is only for --scenario dynamic")
-        after = scenario == "dynamic" and (backend != "sim" if drcio_after is None else drcio_after)
+        after = scenario == "dynamic" and (not _repeatable(backend) if drcio_after is None else drcio_after)
         plan_config = PlanConfig(duration, warmup, sweep_levels, sweep_duration, schedule=loaded, drcio_after=after)
         plan = plan_scenarios(scenario, plan_config, need_baseline=setting.target_ms is None)
         _check_slo(base_slo, slo_source, setting)
@@ -440,6 +440,18 @@ def run_experiment(
     console.print(f"done in {(time.monotonic() - started) / 60:.1f} min: {output / 'report.md'}, "
                   f"{output / 'summary.csv'}")
     return 0
+
+
+def _repeatable(backend: str) -> bool:
+    """The ``repeatable`` of ``--backend``'s class (:class:`experiments.model.Backend`), before one is built."""
+    if backend == "sim":
+        from experiments.backends.sim import SimBackend
+        return SimBackend.repeatable
+    if backend == "kubernetes":
+        from experiments.backends.kubernetes import KubernetesBackend
+        return KubernetesBackend.repeatable
+    from experiments.backends.local import LocalBackend
+    return LocalBackend.repeatable
 
 
 def _schedule_info(schedule: Schedule | None, scale: float, probes: int, plan: list[ScenarioSpec], *,
