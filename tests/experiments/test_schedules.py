@@ -235,7 +235,7 @@ def _dynamic_run(out: Path, stall_level: float | None, *, repeatable: bool = Fal
     return summary
 
 
-def test_an_oracle_probe_spoiled_by_a_host_stall_is_run_again_and_the_oracle_is_the_one_without_it(
+def test_a_probe_spoiled_by_a_host_stall_is_run_again_and_the_oracle_is_the_one_without_it_unless_runs_repeat(
     tmp_path: Path,
 ) -> None:
     clean = _dynamic_run(tmp_path / "clean", None)
