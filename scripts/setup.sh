@@ -33,13 +33,18 @@ fi
 # Reinstall only when pyproject.toml changed since the last successful install.
 if [ ! -f .venv/.setup-stamp ] || [ pyproject.toml -nt .venv/.setup-stamp ]; then
   echo "setup: installing drcio and its dependencies into .venv" >&2
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  # pip byte-compiles what it installs one module at a time (~40 s here, most of it the kubernetes
-  # client's models); compileall does the same on every core. Not skipped: this machine's environment
-  # sets PYTHONDONTWRITEBYTECODE, so these .pyc files are the only ones any process (and the cgroup v2
-  # guest, which sees the venv read-only) ever gets.
-  .venv/bin/python -m pip install -q --no-compile -e '.[test]'
-  .venv/bin/python -m compileall -q -j 0 .venv/lib/python*/site-packages >/dev/null
+  # With uv (installed into .venv first): on the 2-core machine, 5 s warm / 24 s cold against pip's 47 s, and it
+  # byte-compiles on every core in 21 s against compileall's 32 s. Byte-compiling is not skipped: this machine's
+  # environment sets PYTHONDONTWRITEBYTECODE, so these .pyc files are the only ones any process (and the cgroup v2
+  # guest, which sees the venv read-only) ever gets. pip stays the fallback where uv cannot be installed.
+  if .venv/bin/python -m pip install -q --disable-pip-version-check uv >/dev/null 2>&1; then
+    .venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode -e '.[test]'
+  else
+    echo "setup: uv not available, installing with pip" >&2
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q --no-compile -e '.[test]'
+    .venv/bin/python -m compileall -q -j 0 .venv/lib/python*/site-packages >/dev/null
+  fi
   touch .venv/.setup-stamp
 fi
 
