@@ -42,6 +42,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 from experiments.convergence import SETTLE_BAND, step_table
+from experiments.schedules import Schedule
 
 __all__ = [
     "SUMMARY_COLUMNS",
@@ -58,6 +59,7 @@ __all__ = [
     "period_buckets",
     "bucket_bounds",
     "slo_attainment",
+    "phase_table",
     "auto_target_ms",
     "summarize",
     "oracle_row",
@@ -124,6 +126,8 @@ class ScenarioResult:
     notes: dict[str, str] = field(default_factory=dict)
     #: Load steps (start s, end s, what) of the scenario: its start, and each phase of a load schedule.
     steps: list[tuple[float, float, str]] = field(default_factory=list)
+    #: The load schedule the scenario followed, if any (its phases label the report's per-phase table).
+    schedule: Schedule | None = None
 
 
 @dataclass(frozen=True)
@@ -200,16 +204,24 @@ def _measured(series: pd.DataFrame, warmup_seconds: float) -> pd.DataFrame:
     return series[series["elapsed_seconds"] >= warmup_seconds]
 
 
-def slo_attainment(series: pd.DataFrame, target_ms: float, warmup_seconds: float) -> float:
-    """Fraction of intervals after warm-up (minus the first three) whose ``hp_p95_ms`` met ``target_ms``."""
+def _counted(series: pd.DataFrame, warmup_seconds: float) -> pd.DataFrame:
+    """The intervals ``slo_attainment`` counts: after warm-up, minus the first three, HP not scheduled quiet."""
     rows = _measured(series, warmup_seconds).sort_values("elapsed_seconds").iloc[SKIPPED_INTERVALS:]
     # A scheduled quiet spell (HP sent nothing: rate exactly 0) has nothing to protect and does not count;
     # an interval without a P95 while HP had traffic, or without a rate at all, counts as missed.
-    rows = rows[~rows["hp_request_rate"].eq(0.0)]
+    return rows[~rows["hp_request_rate"].eq(0.0)]
+
+
+def _met(rows: pd.DataFrame, target_ms: float) -> pd.Series:
+    return rows["hp_p95_ms"].le(target_ms) & rows["hp_p95_ms"].notna()
+
+
+def slo_attainment(series: pd.DataFrame, target_ms: float, warmup_seconds: float) -> float:
+    """Fraction of intervals after warm-up (minus the first three) whose ``hp_p95_ms`` met ``target_ms``."""
+    rows = _counted(series, warmup_seconds)
     if rows.empty:
         return math.nan
-    met = rows["hp_p95_ms"].le(target_ms) & rows["hp_p95_ms"].notna()
-    return float(met.mean())
+    return float(_met(rows, target_ms).mean())
 
 
 def auto_target_ms(baseline_p95_ms: float, multiple: float, bucket_edges_seconds: Sequence[float]) -> float:
@@ -680,6 +692,61 @@ def _convergence(results: Sequence[ScenarioResult], target_ms: float) -> list[st
     return out
 
 
+def phase_table(results: Sequence[ScenarioResult], summary: pd.DataFrame, target_ms: float) -> pd.DataFrame:
+    """drcio's runs and the oracle's fixed levels phase by phase, over the schedule they all followed.
+
+    One row per phase of the schedule (``phase``: what LP and HP do; ``seconds``: when). For each dynamic run
+    (drcio), then the oracle's probe and the lowest probe above it that missed the SLO (the oracle's
+    bracket), three columns: the mean level, LP's MiB/s (mean of the 1 s series) and ``missed`` = intervals
+    over the target / intervals counted, counted as ``slo_attainment`` counts them (so a run's ``missed``
+    adds up to its attainment). Empty when no dynamic run followed a schedule.
+    """
+    runs = [r for r in results if r.kind == "dynamic" and r.schedule is not None]
+    if not runs:
+        return pd.DataFrame()
+    schedule = runs[0].schedule
+    assert schedule is not None
+    oracle = summary[summary["scenario"] == "oracle"]
+    if not oracle.empty:
+        probes = summary[summary["kind"] == "probe"]
+        level = float(oracle["level"].iloc[0])
+        chosen = probes[(probes["level"] == level) & (probes["lp_mbps"] == float(oracle["lp_mbps"].iloc[0]))]
+        above = probes[(probes["level"] > level) & (probes["slo_attainment"] < ORACLE_ATTAINMENT)].sort_values("level")
+        names = [*chosen["scenario"].iloc[:1], *above["scenario"].iloc[:1]]
+        runs += [r for name in names for r in results if r.name == name and r.schedule == schedule]
+    table: dict[str, list[str]] = {
+        "phase": [p.label for p in schedule.phases],
+        "seconds": [f"{a:g}-{b:g}" for a, b, _ in schedule.segments()],
+    }
+    for r in runs:
+        counted = _counted(r.series, r.warmup_seconds)
+        levels: list[str] = []
+        mbps: list[str] = []
+        missed: list[str] = []
+        segments = schedule.segments()
+        for i, (a, b, _) in enumerate(segments):
+            b = math.inf if i == len(segments) - 1 else b  # the row at the schedule's end belongs to its last phase
+            inside = r.series[(r.series["elapsed_seconds"] >= a) & (r.series["elapsed_seconds"] < b)]
+            judged = counted[(counted["elapsed_seconds"] >= a) & (counted["elapsed_seconds"] < b)]
+            levels.append(f"{inside['throttle_level'].mean():.3f}" if inside["throttle_level"].notna().any() else "–")
+            mbps.append(f"{inside['lp_bytes_per_second'].fillna(0).mean() / MIB:.1f}" if not inside.empty else "–")
+            missed.append(f"{int((~_met(judged, target_ms)).sum())}/{len(judged)}")
+        table[f"{r.name} level"], table[f"{r.name} MiB/s"], table[f"{r.name} missed"] = levels, mbps, missed
+    return pd.DataFrame(table)
+
+
+def _phases(results: Sequence[ScenarioResult], summary: pd.DataFrame, target_ms: float) -> list[str]:
+    """The report's per-phase section (:func:`phase_table`), when a dynamic run followed a schedule."""
+    table = phase_table(results, summary, target_ms)
+    if table.empty or math.isnan(target_ms):
+        return []
+    return ["## Per phase", "",
+            "Where drcio's LP came from and where it missed, phase by phase, beside the oracle's fixed level "
+            "(and the lowest level above it that missed the SLO): mean level, LP MiB/s (mean of the 1 s "
+            "series), and intervals over the target / intervals counted (as `slo_attainment` counts them).", "",
+            _markdown_table(table, list(table.columns)), ""]
+
+
 def write_report(
     out: Path,
     results: Sequence[ScenarioResult],
@@ -724,6 +791,7 @@ def write_report(
     checks = _checks(summary)
     if checks:
         lines += ["## Against the acceptance figures", "", *checks, ""]
+    lines += _phases(results, summary, target.target_ms)
     lines += _convergence(results, target.target_ms)
     if pending:
         lines += ["## Not run", "", "Planned but not run (interrupted or failed): " + ", ".join(pending) + ".", ""]

@@ -256,11 +256,12 @@ def _result_from_files(output: Path, meta: dict[str, Any]) -> ScenarioResult:
     histogram = pd.read_csv(raw / "histogram.csv")
     client = read_client_csv(raw / "client.csv", float(meta["start"]))
     record = meta.get("schedule")
-    steps = (Schedule.from_record(record).segments() if record
-             else [(0.0, float(meta["duration_seconds"]), "start")])
+    schedule = Schedule.from_record(record) if record else None
+    steps = schedule.segments() if schedule else [(0.0, float(meta["duration_seconds"]), "start")]
     return ScenarioResult(name=name, kind=meta["kind"], series=series, histogram=histogram, client=client,
                           warmup_seconds=float(meta["warmup_seconds"]), lp=bool(meta["lp"]), level=meta.get("level"),
-                          notes={str(k): str(v) for k, v in (meta.get("notes") or {}).items()}, steps=steps)
+                          notes={str(k): str(v) for k, v in (meta.get("notes") or {}).items()}, steps=steps,
+                          schedule=schedule)
 
 
 def load_results(output: Path) -> tuple[list[ScenarioResult], TargetChoice | None, dict[str, str]]:

@@ -118,6 +118,15 @@ class Phase:
         period = self.burst_on_seconds + self.burst_off_seconds
         return "mixed" if (t % period) < self.burst_on_seconds else "idle"
 
+    @property
+    def label(self) -> str:
+        """What LP and HP do in the phase, for a table: ``bursts (5s on, 10s off), HP 50->300/s``."""
+        lp = (f"bursts ({self.burst_on_seconds:g}s on, {self.burst_off_seconds:g}s off)" if self.lp == "bursts"
+              else self.lp)
+        hp = "quiet" if self.hp_rate == 0 and not self.hp_rate_end else (
+            f"{self.hp_rate:g}/s" if self.hp_rate_end is None else f"{self.hp_rate:g}->{self.hp_rate_end:g}/s")
+        return f"LP {lp}, HP {hp}"
+
 
 @dataclass(frozen=True)
 class Schedule:

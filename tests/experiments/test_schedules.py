@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from experiments.backends.sim import SimBackend, SimConfig
 from experiments.cli import _run_command
 from experiments.model import ScenarioRun, ScenarioSpec
-from experiments.report import LEVEL_DISAGREEMENT, ORACLE_ATTAINMENT, SUPERSEDED
-from experiments.scenarios import PlanConfig, RunConfig, TargetSetting, load_base_slo, plan_scenarios, run_plan
+from experiments.report import LEVEL_DISAGREEMENT, ORACLE_ATTAINMENT, SUPERSEDED, phase_table
+from experiments.scenarios import (PlanConfig, RunConfig, TargetSetting, load_base_slo, load_results, plan_scenarios,
+                                  run_plan)
 from tests.experiments.progress import Quiet
 from experiments.schedules import BUILTIN_SCHEDULES, ScheduleError, load_schedule, parse_schedule
 
@@ -85,6 +86,25 @@ def test_dynamic_on_the_sim_runs_the_schedule_and_bisects_its_oracle(tmp_path: P
     assert "## Not run" not in report
     assert CliRunner().invoke(_run_command, ["--report-only", "--output", str(out)]).exit_code == 0
     assert "## Not run" not in (out / "report.md").read_text()
+
+    # Per phase: drcio, the oracle's probe and the lowest probe above it that missed, side by side; each run's
+    # misses over the phases add up to its attainment, and a probe holds its level in every phase.
+    summary = pd.read_csv(out / "summary.csv").set_index("scenario")
+    results, _, _ = load_results(out)
+    table = phase_table(results, summary.reset_index(), 10.0)
+    assert list(table["phase"]) == ["LP idle, HP 200/s", "LP mixed, HP 200/s"]
+    assert list(table["seconds"]) == ["0-30", "30-90"]
+    chosen = report.split("bisection: ")[1].split(" ")[0]
+    above = report.split("(next miss ")[1].split(" ")[0]
+    assert [c.removesuffix(" missed") for c in table.columns if c.endswith(" missed")] == [
+        "dynamic-lp-step", chosen, above]
+    for name in ("dynamic-lp-step", chosen, above):
+        missed, counted = zip(*(map(int, cell.split("/")) for cell in table[f"{name} missed"]))
+        assert 1 - sum(missed) / sum(counted) == pytest.approx(summary.loc[name, "slo_attainment"]), name
+    assert sum(int(cell.split("/")[0]) for cell in table[f"{above} missed"]) > 0  # it missed somewhere
+    for name in (chosen, above):
+        assert all(float(v) == pytest.approx(summary.loc[name, "level"], abs=5e-4) for v in table[f"{name} level"])
+    assert "## Per phase" in report and "| LP idle, HP 200/s | 0-30 |" in report
 
 
 def test_an_auto_target_in_a_dynamic_run_comes_from_hp_alone_under_the_schedule(tmp_path: Path) -> None:
