@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from experiments.export import SERIES_COLUMNS
+from experiments.schedules import BUILTIN_SCHEDULES
 from experiments.report import (
     MIB,
     SKIPPED_INTERVALS,
@@ -24,6 +25,7 @@ from experiments.report import (
     host_warnings,
     oracle_row,
     period_buckets,
+    phase_table,
     slo_attainment,
     summarize,
     write_report,
@@ -291,6 +293,29 @@ def test_the_note_on_a_rerun_probe_says_whether_the_rerun_cleared_it(
     assert len(stalled) + len(off) == len(notes)
     assert [w.split("ran again as ")[1].split(" ")[0] for w in stalled] == cleared
     assert [w.split("ran again as ")[1].split(",")[0] for w in off] == still_off
+
+
+def test_the_per_phase_table_of_a_real_diurnal_run_adds_up_to_its_attainment() -> None:
+    """The fourth local diurnal A-B-A run (2026-11-30; the series and summary.csv it wrote, kept with both drcio runs
+    and the oracle's bracket): its schedule has a quiet spell (HP rate 0, no P95), which attainment leaves out."""
+    run = RESULTS / "local-dynamic-diurnal-pid-gated-aba-run4-2026-11-30"
+    summary = pd.read_csv(run / "summary.csv")
+    empty = pd.DataFrame()
+    kinds = {"dynamic-diurnal": "dynamic", "dynamic-diurnal-after": "dynamic", "oracle-9": "probe", "oracle-10": "probe"}
+    results = [ScenarioResult(name, kind, pd.read_csv(run / f"{name}.csv"), empty, empty, warmup_seconds=5.0, lp=True,
+                              schedule=BUILTIN_SCHEDULES["diurnal"]) for name, kind in kinds.items()]
+    target = float(summary["slo_target_ms"].iloc[0])
+    table = phase_table(results, summary, target)
+    assert len(table) == 7 and table["phase"].iloc[5] == "LP read, HP quiet"
+    by_name = summary.set_index("scenario")
+    for name in kinds:  # the oracle's probe and the next miss are found from the summary, as in the report
+        missed, counted = zip(*(map(int, cell.split("/")) for cell in table[f"{name} missed"]))
+        assert 1 - sum(missed) / sum(counted) == pytest.approx(by_name.loc[name, "slo_attainment"]), name
+        # The phases' LP, weighted by their length, is the run's LP within the rate window's edges (5 %).
+        seconds = [float(b) - float(a) for a, b in (span.split("-") for span in table["seconds"])]
+        mean = sum(float(v) * w for v, w in zip(table[f"{name} MiB/s"], seconds)) / sum(seconds)
+        assert mean == pytest.approx(by_name.loc[name, "lp_mbps"], rel=0.05), name
+    assert [int(c.split("/")[0]) for c in table["oracle-10 missed"]][2] > 30  # the next level up fails at 300/s
 
 
 def test_the_report_warns_when_a_lower_fixed_level_did_worse_than_a_higher_one(tmp_path: Path) -> None:
