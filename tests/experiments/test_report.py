@@ -270,6 +270,8 @@ def test_the_closing_baseline_says_whether_hp_alone_moved_during_the_run(
     # A diurnal A-B-A run the same day, nine probes: attainment falls with the level but for 0.438 (98.2 %) and
     # 0.484 (95.4 %) below 0.492's 100 %: at most 4.6 points, within the 10.
     pytest.param("local-dynamic-diurnal-pid-gated-aba-2026-11-30", None, id="nine-probes-agree"),
+    # An lp-phases A-B-A run of the next session, on a host that stalled: 0.0156 met 66.7 % of intervals, 0.125 93.1 %.
+    pytest.param("local-dynamic-lp-phases-pid-gated-aba-run2-2026-11-30", ("oracle-8", "oracle-5"), id="stalled-aba"),
 ])
 def test_probes_whose_attainment_runs_the_wrong_way_are_found(run: str, pair: tuple[str, str] | None) -> None:
     found = disagreeing_levels(pd.read_csv(RESULTS / run / "summary.csv"))
