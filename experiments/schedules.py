@@ -120,7 +120,7 @@ class Phase:
 
     @property
     def label(self) -> str:
-        """What LP and HP do in the phase, for a table: ``bursts (5s on, 10s off), HP 50->300/s``."""
+        """What LP and HP do in the phase, for a table: ``LP bursts (5s on, 10s off), HP 50->300/s``."""
         lp = (f"bursts ({self.burst_on_seconds:g}s on, {self.burst_off_seconds:g}s off)" if self.lp == "bursts"
               else self.lp)
         hp = "quiet" if self.hp_rate == 0 and not self.hp_rate_end else (
