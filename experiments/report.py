@@ -714,18 +714,18 @@ def phase_table(results: Sequence[ScenarioResult], summary: pd.DataFrame, target
         above = probes[(probes["level"] > level) & (probes["slo_attainment"] < ORACLE_ATTAINMENT)].sort_values("level")
         names = [*chosen["scenario"].iloc[:1], *above["scenario"].iloc[:1]]
         runs += [r for name in names for r in results if r.name == name and r.schedule == schedule]
+    bounds = [(a, b) for a, b, _ in schedule.segments()]
     table: dict[str, list[str]] = {
         "phase": [p.label for p in schedule.phases],
-        "seconds": [f"{a:g}-{b:g}" for a, b, _ in schedule.segments()],
+        "seconds": [f"{a:g}-{b:g}" for a, b in bounds],
     }
+    spans = [*bounds[:-1], (bounds[-1][0], math.inf)]  # the row at the schedule's end belongs to its last phase
     for r in runs:
         counted = _counted(r.series, r.warmup_seconds)
         levels: list[str] = []
         mbps: list[str] = []
         missed: list[str] = []
-        segments = schedule.segments()
-        for i, (a, b, _) in enumerate(segments):
-            b = math.inf if i == len(segments) - 1 else b  # the row at the schedule's end belongs to its last phase
+        for a, b in spans:
             inside = r.series[(r.series["elapsed_seconds"] >= a) & (r.series["elapsed_seconds"] < b)]
             judged = counted[(counted["elapsed_seconds"] >= a) & (counted["elapsed_seconds"] < b)]
             levels.append(f"{inside['throttle_level'].mean():.3f}" if inside["throttle_level"].notna().any() else "–")
