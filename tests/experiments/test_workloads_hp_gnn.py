@@ -6,7 +6,8 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,16 +55,63 @@ def hp_service() -> Iterator[str]:
         yield url
 
 
-def _assert_p95s_agree(server_p95: float, client_p95: float) -> None:
-    """The server's timer covers a sub-interval of the client's (it cannot see the loopback hop,
+def _p95s_disagree(server_p95: float, client_p95: float) -> str | None:
+    """Why the two P95s disagree, or None.
+
+    The server's timer covers a sub-interval of the client's (it cannot see the loopback hop,
     HTTP parsing before the app runs, or the client's event loop), and ``histogram_quantile``
     interpolates inside a bucket: so the server's P95 may not exceed the client's by more than
     one bucket ratio, and the client's may exceed the server's by one bucket ratio plus that
     small unseen part."""
     unseen_seconds = 0.002  # loopback + HTTP parsing + event-loop hand-over on a shared 2-core machine
     seen = f"server P95 {server_p95 * 1e3:.2f} ms, client P95 {client_p95 * 1e3:.2f} ms"
-    assert server_p95 <= client_p95 * LATENCY_BUCKET_RATIO, seen
-    assert client_p95 <= server_p95 * LATENCY_BUCKET_RATIO + unseen_seconds, seen
+    if server_p95 > client_p95 * LATENCY_BUCKET_RATIO:
+        return f"{seen}: the server's exceeds the client's by more than a bucket"
+    if client_p95 > server_p95 * LATENCY_BUCKET_RATIO + unseen_seconds:
+        return f"{seen}: the client's exceeds the server's by more than a bucket and {unseen_seconds * 1e3:g} ms"
+    return None
+
+
+#: Measurements per comparison before it fails. A host stall outside the server's timer spoils one 4 s
+#: measurement (seen once, in a full test run on 2026-11-30 on this 2-core machine: server 94.7 ms, client
+#: 163.3 ms, where eight measurements in a row beside the same LP job agreed within 0.3-3.7 %); a real
+#: disagreement (a timer in the wrong place, a wrong bucket ladder or query) spoils every one, and the
+#: failure lists them all.
+ATTEMPTS = 3
+
+
+def _assert_p95s_agree_in_one_of(measure: Callable[[int], tuple[float, float]]) -> None:
+    """Call ``measure(attempt)`` -> (server P95, client P95) until they agree, at most :data:`ATTEMPTS` times."""
+    spoiled: list[str] = []
+    for attempt in range(ATTEMPTS):
+        why = _p95s_disagree(*measure(attempt))
+        if why is None:
+            if spoiled:
+                warnings.warn(f"the P95s agreed on attempt {attempt + 1} after: {'; '.join(spoiled)}", stacklevel=2)
+            return
+        spoiled.append(why)
+    pytest.fail(f"the P95s disagreed in all {ATTEMPTS} measurements: {'; '.join(spoiled)}")
+
+
+def test_the_comparison_fails_when_every_measurement_disagrees_and_warns_when_one_was_spoiled() -> None:
+    measured = iter([(0.070, 0.070)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # agrees at once: no warning, no failure
+        _assert_p95s_agree_in_one_of(lambda attempt: next(measured))
+
+    calls: list[int] = []
+
+    def always_apart(attempt: int) -> tuple[float, float]:
+        calls.append(attempt)
+        return 0.0947, 0.1633
+
+    with pytest.raises(pytest.fail.Exception, match=f"disagreed in all {ATTEMPTS} measurements: server P95 94.70 ms"):
+        _assert_p95s_agree_in_one_of(always_apart)
+    assert calls == list(range(ATTEMPTS))
+
+    spoiled_once = iter([(0.0947, 0.1633), (0.070, 0.0712)])
+    with pytest.warns(UserWarning, match="agreed on attempt 2 after: server P95 94.70 ms, client P95 163.30 ms"):
+        _assert_p95s_agree_in_one_of(lambda attempt: next(spoiled_once))
 
 
 def test_latency_buckets_are_a_fine_geometric_ladder_from_0_1_ms_to_10_s() -> None:
@@ -128,16 +176,18 @@ def test_health_names_the_store(hp_service: str) -> None:
 def test_server_and_client_p95_agree_within_the_histograms_resolution(hp_service: str, scratch: Path) -> None:
     """The open-loop client's own P95 is an independent check on the server's histogram."""
     with lp_job_reading(scratch) as lp_metrics:
-        before = buckets(scrape(f"{hp_service}/metrics"), "gnn_request_latency_seconds")
-        result = run_load(f"{hp_service}/score", 100.0, 4.0, seed=5, max_in_flight=64, timeout_seconds=5.0)
-        after = buckets(scrape(f"{hp_service}/metrics"), "gnn_request_latency_seconds")
-        assert scrape(lp_metrics)[("batch_io_bytes_total", (("op", "read"),))] > 0
+        def measure(attempt: int) -> tuple[float, float]:
+            before = buckets(scrape(f"{hp_service}/metrics"), "gnn_request_latency_seconds")
+            result = run_load(f"{hp_service}/score", 100.0, 4.0, seed=5 + attempt, max_in_flight=64,
+                              timeout_seconds=5.0)
+            after = buckets(scrape(f"{hp_service}/metrics"), "gnn_request_latency_seconds")
+            assert scrape(lp_metrics)[("batch_io_bytes_total", (("op", "read"),))] > 0
+            assert result.count("ok") == len(result.records) >= 300
+            window = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
+            assert window[-1][1] == len(result.records)  # the histogram saw exactly this run's requests
+            return histogram_quantile(0.95, window), float(result.summary()["p95_ms"]) / 1000.0  # type: ignore[arg-type]
 
-    assert result.count("ok") == len(result.records) >= 300
-    window = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
-    assert window[-1][1] == len(result.records)  # the histogram saw exactly this run's requests
-    client_p95 = float(result.summary()["p95_ms"]) / 1000.0  # type: ignore[arg-type]
-    _assert_p95s_agree(histogram_quantile(0.95, window), client_p95)
+        _assert_p95s_agree_in_one_of(measure)
 
 
 def _query(prom: PrometheusServer, promql: str) -> float:
@@ -151,21 +201,26 @@ def _query(prom: PrometheusServer, promql: str) -> float:
 def test_real_prometheus_reads_the_same_p95_as_the_client_with_the_controllers_query(scratch: Path) -> None:
     """Scraped by the real Prometheus, queried the way the controller does (histogram_quantile
     over the summed bucket rates), the service's P95 agrees with the client's own."""
-    with running_hp_service() as hp, lp_job_reading(scratch):
-        target = ScrapeTarget("hp-gnn", hp.removeprefix("http://"))
-        with PrometheusServer([target], scrape_interval_seconds=0.5) as prom:
-            count = 'gnn_request_latency_seconds_count{job="hp-gnn"}'
-            prom.wait_for_samples(count)
-            result = run_load(f"{hp}/score", 100.0, 4.0, seed=9, max_in_flight=64, timeout_seconds=5.0)
-            deadline = time.monotonic() + 10  # bounded: until a scrape after the last request
-            while _query(prom, count) < len(result.records) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert _query(prom, count) == len(result.records)
-            # The window reaches back past Prometheus' first scrape (all zeros), so it holds exactly this run.
-            server_p95 = _query(prom, 'histogram_quantile(0.95, sum by (le) '
-                                      '(rate(gnn_request_latency_seconds_bucket{job="hp-gnn"}[1m])))')
-    client_p95 = float(result.summary()["p95_ms"]) / 1000.0  # type: ignore[arg-type]
-    _assert_p95s_agree(server_p95, client_p95)
+    with lp_job_reading(scratch):
+        def measure(attempt: int) -> tuple[float, float]:
+            # A fresh service and Prometheus each attempt, so the window holds this attempt's requests alone.
+            with running_hp_service() as hp:
+                target = ScrapeTarget("hp-gnn", hp.removeprefix("http://"))
+                with PrometheusServer([target], scrape_interval_seconds=0.5) as prom:
+                    count = 'gnn_request_latency_seconds_count{job="hp-gnn"}'
+                    prom.wait_for_samples(count)
+                    result = run_load(f"{hp}/score", 100.0, 4.0, seed=9 + attempt, max_in_flight=64,
+                                      timeout_seconds=5.0)
+                    deadline = time.monotonic() + 10  # bounded: until a scrape after the last request
+                    while _query(prom, count) < len(result.records) and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    assert _query(prom, count) == len(result.records)
+                    # The window reaches back past Prometheus' first scrape (all zeros), so it holds exactly this run.
+                    server_p95 = _query(prom, 'histogram_quantile(0.95, sum by (le) '
+                                              '(rate(gnn_request_latency_seconds_bucket{job="hp-gnn"}[1m])))')
+            return server_p95, float(result.summary()["p95_ms"]) / 1000.0  # type: ignore[arg-type]
+
+        _assert_p95s_agree_in_one_of(measure)
 
 
 def test_sigterm_stops_the_service_cleanly() -> None:
