@@ -74,7 +74,7 @@ def _p95s_disagree(server_p95: float, client_p95: float) -> str | None:
 
 #: Measurements per comparison before it fails. A host stall outside the server's timer spoils one 4 s
 #: measurement (seen once, in a full test run on 2026-11-30 on this 2-core machine: server 94.7 ms, client
-#: 163.3 ms, where eight measurements in a row beside the same LP job agreed within 0.3-3.7 %); a real
+#: 163.3 ms, where eight measurements in a row beside the same LP job agreed within 3.7 %); a real
 #: disagreement (a timer in the wrong place, a wrong bucket ladder or query) spoils every one, and the
 #: failure lists them all.
 ATTEMPTS = 3
