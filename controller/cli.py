@@ -25,7 +25,14 @@ from prometheus_client import start_http_server
 from controller.config import ControllerConfig, load_config
 from controller.decision_log import DecisionLog
 from controller.errors import ConfigError
-from controller.leader import ElectionConfig, LeaderElector, LeaderGatedPusher, LeaseApi, in_cluster_lease_api
+from controller.leader import (
+    ElectionConfig,
+    LeaderElector,
+    LeaderGatedPusher,
+    LeaseApi,
+    in_cluster_lease_api,
+    push_gate,
+)
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
 from controller.push import (
@@ -94,7 +101,9 @@ def build_controller(
     else:
         k = config.writers.kubernetes
         assert k is not None  # the config model guarantees one source
-        kube = KubernetesWriterDirectory(namespace=k.namespace, service=k.service, port=k.port, scheme=k.scheme)
+        # The writers' push deadline bounds the listing of them too.
+        kube = KubernetesWriterDirectory(namespace=k.namespace, service=k.service, port=k.port, scheme=k.scheme,
+                                         timeout_seconds=config.writers.timeout_seconds)
         writers, node_of = kube, kube.node_of
     if shard is not None and shard.count > 1:
         writers = ShardedWriters(writers, shard, node_of=node_of)
@@ -270,7 +279,8 @@ def _command(
                 raise click.UsageError(str(e)) from None
         gate: list[LeaderElector] = []
         controller = build_controller(config, dry_run=dry, metrics=metrics, decision_log=dlog,
-                                      leader=(lambda: gate[0].is_leader()) if election is not None else None, shard=shard)
+                                      leader=push_gate(lambda: gate[0].is_leader(), lambda: controller.take_over_pending)
+                                      if election is not None else None, shard=shard)
         if election is not None:
             elector = build_elector(controller, in_cluster_lease_api(), election, metrics)
             gate.append(elector)

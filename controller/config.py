@@ -392,6 +392,11 @@ class ControllerConfig(BaseModel):
                     f"LP group {slo.throttle.group_name!r} is given two different selectors ({seen} and "
                     f"{dict(slo.throttle.selector)}); name the groups apart with throttle.group"
                 )
+        if self.lease_ttl_seconds is not None and self.lease_ttl_seconds < 2 * self.interval_seconds:
+            raise ValueError(
+                f"lease_ttl ({self.lease_ttl_seconds:g}s) must be at least twice the interval "
+                f"({self.interval_seconds:g}s): a push lost or late would otherwise drop the writers into their fail-safe"
+            )
         for slo in self.slos:
             if self.prometheus.timeout_seconds * (1 + self.prometheus.retries) >= self.interval_seconds:
                 raise ValueError(

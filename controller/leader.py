@@ -49,7 +49,7 @@ from typing import Any, Protocol
 from controller.push import InForce, Pusher, PushResult
 from writer.api import TargetsPush
 
-__all__ = ["ElectionConfig", "LeaseApi", "LeaderElector", "LeaderGatedPusher", "GENERATION_ANNOTATION"]
+__all__ = ["ElectionConfig", "LeaseApi", "LeaderElector", "LeaderGatedPusher", "GENERATION_ANNOTATION", "push_gate"]
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +284,17 @@ def _int(text: str | None) -> int:
         return int(text) if text is not None else 0
     except ValueError:
         return 0
+
+
+def push_gate(is_leader: Callable[[], bool], take_over_pending: Callable[[], bool]) -> Callable[[], bool]:
+    """Whether a push may go out now: this replica leads, and no take-over waits for the next tick.
+
+    The elector requests the take-over (:func:`controller.cli.build_elector`'s ``elected``) before it
+    counts as leader (``_renewed_at`` is set after the round). Asking ``is_leader`` first and the pending
+    take-over second therefore never sees a replica that leads without seeing its take-over: a tick whose
+    policies ran as a standby cannot push their levels, however the elector's thread interleaves with it.
+    """
+    return lambda: is_leader() and not take_over_pending()
 
 
 class LeaderGatedPusher:

@@ -137,6 +137,10 @@ class Controller:
         self._states = [_SloState(slo, pol[slo.name], level=pol[slo.name].level) for slo in config.slos]
         self._generation = 0
         self._take_over_pending = threading.Event()
+        #: The label values of drcio_controller_pushes_total this replica has set: writer -> results.
+        self._push_series: dict[str, set[str]] = {}
+        # The elector's thread raises the generation floor (resume_after) while the loop counts on from it.
+        self._generation_lock = threading.Lock()
         for slo in config.slos:
             self.metrics.target.labels(slo=slo.name).set(slo.target_seconds)
 
@@ -166,7 +170,13 @@ class Controller:
 
     def resume_after(self, generation: int) -> None:
         """Continue strictly above ``generation`` (a new leader above its predecessor's last push)."""
-        self._generation = max(self._generation, generation)
+        with self._generation_lock:
+            self._generation = max(self._generation, generation)
+
+    @property
+    def take_over_pending(self) -> bool:
+        """Whether the next tick starts with :meth:`take_over` (requested, not yet done)."""
+        return self._take_over_pending.is_set()
 
     def request_take_over(self) -> None:
         """Have the next tick call :meth:`take_over` first (safe from another thread: the leader elector's)."""
@@ -206,8 +216,9 @@ class Controller:
         # Wall-clock milliseconds keep generations increasing across controller
         # restarts (a restarted controller must not look stale to the writers);
         # +1 keeps them strictly increasing within a run.
-        self._generation = max(self._generation + 1, int(now * 1000))
-        return self._generation
+        with self._generation_lock:
+            self._generation = max(self._generation + 1, int(now * 1000))
+            return self._generation
 
     def step(self, now: float) -> TickResult:
         """One sense-decide-map-push tick at evaluation time ``now`` (Unix seconds).
@@ -327,6 +338,14 @@ class Controller:
                 m.target_weight.labels(group=g.group).set(g.target.io_weight)
         for p in pushes:
             m.pushes.labels(writer=p.writer, result=p.outcome).inc()
+            self._push_series.setdefault(p.writer, set()).add(p.outcome)
+        if pushes:
+            # A writer no longer pushed to (a node gone, a writer pod replaced: a new IP) leaves its series:
+            # every rollout of the DaemonSet would otherwise add a node's worth of series for good.
+            pushed = {p.writer for p in pushes}
+            for gone in [w for w in self._push_series if w not in pushed]:
+                for result in self._push_series.pop(gone):
+                    m.pushes.remove(gone, result)
 
     # -- the outer loop ---------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ breaking change for them.
 | ``drcio_controller_slo_status`` | slo, status | 1 for the current status (ok / no_data / sensor_error) |
 | ``drcio_controller_failsafe_active`` | slo | 1 while the SLO's policy applies its fail-safe level |
 | ``drcio_controller_sensor_errors_total`` | slo, reason | failed readings |
-| ``drcio_controller_pushes_total`` | writer, result | pushes by writer and outcome |
+| ``drcio_controller_pushes_total`` | writer, result | pushes by writer and outcome (a writer no longer pushed to drops out) |
 | ``drcio_controller_writers`` | | writers known this tick |
 | ``drcio_controller_conflicts`` | group | other SLOs on the group plus groups whose selectors overlap it (0 = no conflict) |
 | ``drcio_controller_target_bytes_per_second`` | group, direction | io.max bandwidth pushed (absent = max) |

@@ -134,11 +134,15 @@ class WriterDirectory(Protocol):
 
 
 def read_token(path: Path | None) -> str | None:
-    """The bearer token from its file (whitespace stripped); a missing or empty file is a config error."""
+    """The bearer token: the file's first line (whitespace stripped); a missing or empty file is a config error.
+
+    The writers accept every line of the same file (a rotation lists the new token beside the old one), the
+    controller sends the first.
+    """
     if path is None:
         return None
     try:
-        token = path.read_text().strip()
+        token = path.read_text().strip().split("\n", 1)[0].strip()
     except OSError as e:
         raise ConfigError(str(path), [f"token_file {path}: cannot read: {e.strerror or e}"]) from None
     if not token:
@@ -413,14 +417,17 @@ class KubernetesWriterDirectory:
 
     ``api`` is a ``kubernetes.client.DiscoveryV1Api``-like object. A failed
     listing keeps the last known set (logged), so an API-server blip does not
-    stop actuation.
+    stop actuation. Every listing has a deadline (``timeout_seconds``): the
+    client's default is none, and a half-open connection to the API server
+    would stop the loop inside its tick while the leader keeps its Lease.
     """
 
     def __init__(
         self, *, namespace: str, service: str, port: int, scheme: str = "http", api: Any | None = None,
-        api_factory: Callable[[], Any] | None = None,
+        api_factory: Callable[[], Any] | None = None, timeout_seconds: float = 2.0,
     ) -> None:
         self.namespace, self.service, self.port, self.scheme = namespace, service, port, scheme
+        self.timeout_seconds = timeout_seconds
         self._api = api
         self._api_factory = api_factory or _in_cluster_discovery_api
         self._last: list[str] = []
@@ -435,7 +442,8 @@ class KubernetesWriterDirectory:
             if self._api is None:
                 self._api = self._api_factory()
             slices = self._api.list_namespaced_endpoint_slice(
-                self.namespace, label_selector=f"kubernetes.io/service-name={self.service}"
+                self.namespace, label_selector=f"kubernetes.io/service-name={self.service}",
+                _request_timeout=self.timeout_seconds,
             )
         except Exception as e:  # the Kubernetes client raises many types; all mean "listing failed"
             log.warning("listing writer endpoints failed, keeping %d known writers: %s", len(self._last), e)

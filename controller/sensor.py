@@ -12,10 +12,14 @@ series and a finite, non-negative value. Everything else is classified:
   from ``histogram_quantile`` over zero traffic;
 * ``sensor_error`` — connection refused, timeout, HTTP error, bad query, an
   answer of the wrong shape, **an absent series** (an unknown metric name, a
-  label typo: the quantile or count query returns an empty vector), or the
-  HP scrape job down (``up == 0`` for the SLO's labels). The reason names
-  what is missing. drcio must never open LP up because it has gone blind:
-  an absent series looks exactly like "no traffic" to a careless reader.
+  label typo: the quantile or count query returns an empty vector), the
+  HP scrape job down (``up == 0`` for the SLO's labels), a window holding
+  fewer than two scrapes of the series (``rate()`` cannot see the traffic:
+  the series is new, or the window is shorter than two scrape intervals),
+  or NaN from ``histogram_quantile`` while the request rate shows traffic.
+  The reason names what is missing. drcio must never open LP up because it
+  has gone blind: an absent series looks exactly like "no traffic" to a
+  careless reader.
 
 For an SLO whose policy gates on LP's use of its limit
 (``SloConfig.uses_lp_utilisation``: the PID's ``gate_utilisation``), an OK
@@ -40,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import requests
+import urllib3
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
 
@@ -166,7 +171,12 @@ class PrometheusSensor:
             reason = "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(e) else _short(e)
             raise SensorError("tls", f"TLS with Prometheus at {self.config.url} failed ({reason}; verified against {verify})") from None
         except requests.exceptions.ConnectionError as e:
-            raise SensorError("unreachable", f"Prometheus at {self.config.url} is unreachable: {_errno(e)}") from None
+            if not _timed_out(e):
+                raise SensorError("unreachable", f"Prometheus at {self.config.url} is unreachable: {_errno(e)}") from None
+            # With the retry policy, requests reports a read timeout as a ConnectionError (max retries exceeded).
+            raise SensorError(
+                "timeout", f"Prometheus at {self.config.url} did not answer within {self.config.timeout_seconds}s"
+            ) from None
         except requests.exceptions.Timeout:
             raise SensorError(
                 "timeout", f"Prometheus at {self.config.url} did not answer within {self.config.timeout_seconds}s"
@@ -177,6 +187,12 @@ class PrometheusSensor:
             raise SensorError("http_error", f"request to Prometheus failed: {_short(e)}") from None
         except ValueError as e:  # JSON decoding
             raise SensorError("bad_answer", f"Prometheus answered something that is not JSON: {_short(e)}") from None
+        except (KeyError, TypeError) as e:
+            # prometheus-api-client reads response.json()["data"]["result"]: a 200 from something that is not
+            # Prometheus' query API (a proxy's page, a wrong URL path) has no such keys.
+            raise SensorError(
+                "bad_answer", f"Prometheus at {self.config.url} answered 200 without data.result ({type(e).__name__}: {_short(e)})"
+            ) from None
         if not isinstance(result, list) or not all(
             isinstance(s, dict) and isinstance(s.get("value"), list) and len(s["value"]) == 2 for s in result
         ):
@@ -232,12 +248,23 @@ class PrometheusSensor:
             if rq is not None:
                 rate = self._single_value(rq, at)
                 if rate is None and slo.metric is not None and self._series_exists(slo, at):
-                    # A series scraped once so far: rate() needs two samples. Present, not absent.
-                    return Reading(SensorStatus.NO_DATA, None, error="HP request series has fewer than two samples in the window")
+                    # Present, but rate() needs two samples in the window: a series scraped once so far, or a
+                    # window shorter than two scrape intervals. Traffic cannot be told from none: blind, not idle.
+                    return Reading(
+                        SensorStatus.SENSOR_ERROR, None, reason="too_few_samples",
+                        error=f"the HP request series has fewer than two samples in the {slo.window_seconds:g} s "
+                              "window: new, or scraped less often than twice per window (make the window at least "
+                              "twice the scrape interval)",
+                    )
                 if rate is None:
                     return Reading(
                         SensorStatus.SENSOR_ERROR, None, reason="absent",
                         error=f"no series for the HP request rate {rq!r}: unknown metric, label typo, or scrape down",
+                    )
+                if math.isinf(rate) or rate < 0:
+                    return Reading(
+                        SensorStatus.SENSOR_ERROR, None, reason="bad_answer",
+                        error=f"the HP request rate {rq!r} returned {rate}, not a rate >= 0",
                     )
                 if math.isnan(rate) or rate < slo.min_rate:
                     shown = "none" if math.isnan(rate) else f"{rate:.3g}/s"
@@ -255,6 +282,13 @@ class PrometheusSensor:
                 error=f"no series for the HP latency quantile {qq!r}: unknown metric, label typo, or scrape down",
             )
         if math.isnan(value):
+            if rate is not None and rate > 0:
+                # The count says requests were served, the buckets say none were: not "nothing to measure".
+                return Reading(
+                    SensorStatus.SENSOR_ERROR, None, request_rate=rate, reason="bad_answer",
+                    error=f"the HP latency quantile is NaN while the request rate is {rate:.3g}/s: "
+                          f"the buckets do not match the count ({qq!r})",
+                )
             return Reading(SensorStatus.NO_DATA, None, request_rate=rate, error="no HP latency samples in the window")
         if value < 0 or value == -math.inf:
             return Reading(
@@ -280,6 +314,13 @@ class PrometheusSensor:
         if not (math.isfinite(used) and used >= 0):
             return dataclasses.replace(reading, lp_utilisation_error=f"{query!r} returned {used}, not a ratio >= 0")
         return dataclasses.replace(reading, lp_utilisation=used)
+
+
+def _timed_out(e: requests.exceptions.ConnectionError) -> bool:
+    """Whether a ConnectionError is a timeout: requests' ConnectTimeout, or urllib3's retries running out on a
+    read timeout (not NewConnectionError, which urllib3 derives from its ConnectTimeoutError: a refusal)."""
+    reason = getattr(e.args[0], "reason", None) if e.args else None
+    return isinstance(e, requests.exceptions.Timeout) or isinstance(reason, urllib3.exceptions.ReadTimeoutError)
 
 
 def _errno(e: BaseException) -> str:

@@ -20,7 +20,11 @@ query from the start, and any other query the per-SLO logic has asked once
 tick is one request whatever the sensor checks. If the batch itself fails (a raw
 ``query:`` with a syntax error fails the whole expression, Prometheus down),
 each query is asked alone, so one bad SLO cannot blind the others and every
-error is reported against the SLO that caused it. The batched expression
+error is reported against the SLO that caused it; but not when Prometheus
+could not be reached or did not answer in time (``unreachable``, ``timeout``,
+``tls``): then every read of that tick fails at once with the same error,
+so a blackholed Prometheus costs a tick one deadline, not one per query and
+SLO (the fail-safe counts ticks, so it must not be slowed either). The batched expression
 goes through the same client, deadline and answer checks as a single query
 (about 40 KB of URL for 100 SLOs; Prometheus accepts up to 1 MB).
 
@@ -45,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: The label that tells the batched answers apart.
 BATCH_LABEL = "drcio_query"
+#: Sensor error reasons that mean Prometheus was not reached this tick (not that one query was bad).
+UNREACHED = frozenset({"unreachable", "timeout", "tls"})
 
 
 def batch_query(queries: Sequence[str]) -> str:
@@ -76,20 +82,34 @@ class BatchedPrometheusSensor(PrometheusSensor):
                 self.queries[q] = None
         self._at: float | None = None
         self._answers: dict[str, list[dict[str, Any]]] = {}
+        #: This tick's transport failure, if any: every later read of the tick fails with it, unsent.
+        self._down: SensorError | None = None
         #: HTTP requests sent to Prometheus so far (for the benchmark and tests).
         self.requests = 0
 
     def _instant(self, query: str, at: float) -> list[dict[str, Any]]:
         if self._at != at:
             self._at = at
+            self._down = None
             self._answers = self._batch(at)
+        if self._down is not None:
+            raise SensorError(self._down.reason, str(self._down))
         answer = self._answers.get(query)
         if answer is not None:
             return answer
         if len(self.queries) < self.MAX_BATCHED:
             self.queries[query] = None
+        return self._ask(query, at)
+
+    def _ask(self, query: str, at: float) -> list[dict[str, Any]]:
+        """One request; a transport failure is remembered for the rest of the tick."""
         self.requests += 1
-        return super()._instant(query, at)
+        try:
+            return super()._instant(query, at)
+        except SensorError as e:
+            if e.reason in UNREACHED:
+                self._down = e
+            raise
 
     def _batch(self, at: float) -> dict[str, list[dict[str, Any]]]:
         """Every known query's series at ``at`` in one request; empty (ask one by one) if that fails."""
@@ -97,10 +117,10 @@ class BatchedPrometheusSensor(PrometheusSensor):
         if len(queries) < 2:
             return {}
         try:
-            self.requests += 1
-            return self._split(queries, super()._instant(batch_query(queries), at))
+            return self._split(queries, self._ask(batch_query(queries), at))
         except SensorError as e:
-            log.info("batched query failed (%s); asking each query alone this tick", e)
+            if self._down is None:
+                log.info("batched query failed (%s); asking each query alone this tick", e)
             return {}
 
     @staticmethod

@@ -21,7 +21,8 @@ deciding and the others only fanning out, would need a replica-to-replica
 channel and make the decider a single point of failure for every shard;
 independent computation needs neither. What it cannot guarantee is
 identity across different *histories*: a replica restarted mid-run starts
-its policies from the fail-safe level and converges from there, like any
+its policies afresh from the level its writers hold (``start_level:
+in-force``, or the fail-safe level) and converges from there, like any
 restarted controller.
 """
 

@@ -73,6 +73,8 @@ class ScrapeTarget:
     address: str  # host:port
     metrics_path: str = "/metrics"
     labels: dict[str, str] = field(default_factory=dict)
+    #: This job's own scrape interval (None: the server's).
+    scrape_interval_seconds: float | None = None
 
 
 @dataclass
@@ -105,6 +107,8 @@ class PrometheusServer:
                 {
                     "job_name": t.job,
                     "metrics_path": t.metrics_path,
+                    **({"scrape_interval": f"{int(t.scrape_interval_seconds * 1000)}ms"}
+                       if t.scrape_interval_seconds is not None else {}),
                     "scrape_timeout": interval,
                     "static_configs": [{"targets": [t.address], "labels": dict(t.labels)}],
                 }

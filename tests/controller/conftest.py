@@ -9,7 +9,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -135,6 +135,7 @@ class ScrapedJobs:
     prometheus: PrometheusServer
     exporters: dict[str, LatencyExporter]
     failing: dict[str, FailingTarget]
+    texts: dict[str, TextTarget] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -142,22 +143,29 @@ class ScrapedJobs:
 
 
 @contextmanager
-def scraped_jobs(*, latency: Sequence[str] = (), failing: Sequence[str] = ()) -> Iterator[ScrapedJobs]:
-    """Start an idle :class:`LatencyExporter` per ``latency`` job and a 500-answering target per ``failing`` job,
-    and a real Prometheus scraping each under its job name; return once every job has been scraped."""
+def scraped_jobs(*, latency: Sequence[str] = (), failing: Sequence[str] = (),
+                 texts: Mapping[str, Callable[[], str]] | None = None,
+                 intervals: Mapping[str, float] | None = None) -> Iterator[ScrapedJobs]:
+    """Start an idle :class:`LatencyExporter` per ``latency`` job, a 500-answering target per ``failing`` job and
+    a target answering ``texts[job]()`` per ``texts`` job, and a real Prometheus scraping each under its job name
+    (every ``SCRAPE_INTERVAL``, or ``intervals[job]``); return once every job has been scraped."""
+    intervals = intervals or {}
     with ExitStack() as stack:
         exporters = {job: stack.enter_context(serving_latency_exporter()) for job in latency}
         targets = {job: stack.enter_context(serving_failing_target()) for job in failing}
+        served = {job: stack.enter_context(serving_text_target(body)) for job, body in (texts or {}).items()}
+        addresses = {**{j: e.address for j, e in exporters.items()}, **{j: t.address for j, t in targets.items()},
+                     **{j: t.address for j, t in served.items()}}
         server = PrometheusServer(
-            targets=[*(ScrapeTarget(job=job, address=e.address) for job, e in exporters.items()),
-                     *(ScrapeTarget(job=job, address=t.address) for job, t in targets.items())],
+            targets=[ScrapeTarget(job=job, address=a, scrape_interval_seconds=intervals.get(job))
+                     for job, a in addresses.items()],
             scrape_interval_seconds=SCRAPE_INTERVAL,
         )
         stack.callback(server.stop)
         server.start()
-        for job in [*exporters, *targets]:
+        for job in addresses:
             server.wait_for_samples(f'up{{job="{job}"}}')
-        yield ScrapedJobs(server, exporters, targets)
+        yield ScrapedJobs(server, exporters, targets, served)
 
 
 def exponential_inverse_cdf(mean: float) -> Callable[[float], float]:
@@ -302,6 +310,33 @@ def serving_failing_target() -> Iterator[FailingTarget]:
 
     with serving_handler(Handler) as port:
         yield FailingTarget(address=f"127.0.0.1:{port}")
+
+
+@dataclass
+class TextTarget:
+    """A scrape target whose ``/metrics`` answers a text a test writes (:func:`serving_text_target`)."""
+
+    address: str
+
+
+@contextmanager
+def serving_text_target(body: Callable[[], str]) -> Iterator[TextTarget]:
+    """A scrape target whose ``/metrics`` answers ``body()`` in the text exposition format (an exporter whose
+    series a test writes by hand, e.g. one that breaks the histogram's rules)."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            data = body().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with serving_handler(Handler) as port:
+        yield TextTarget(address=f"127.0.0.1:{port}")
 
 
 @pytest.fixture

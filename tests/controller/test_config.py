@@ -128,6 +128,16 @@ def test_errors_name_the_file_the_slo_and_the_field(mutate: Any, where: str, wha
     assert any(p.startswith("slo.yaml: ") and where in p and what in p for p in problems), problems
 
 
+@pytest.mark.parametrize(("lease_ttl", "ok"), [("2s", False), ("9s", False), ("10s", True)])
+def test_a_lease_shorter_than_two_intervals_is_refused(lease_ttl: str, ok: bool) -> None:
+    raw = minimal(interval="5s", lease_ttl=lease_ttl)
+    if ok:
+        assert parse_config(raw).lease_ttl == 10.0
+    else:
+        (problem,) = problems_of(raw)
+        assert f"lease_ttl ({lease_ttl}) must be at least twice the interval (5s)" in problem
+
+
 def test_every_error_is_reported_at_once() -> None:
     raw = minimal(interval="0.1s", mode="x")
     raw["slos"][0]["quantile"] = 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import threading
 from contextlib import ExitStack
@@ -120,9 +121,11 @@ class FakeDiscoveryApi:
     def __init__(self, slices: list[Any] | Exception) -> None:
         self.slices = slices
         self.calls: list[tuple[str, str]] = []
+        self.timeouts: list[float] = []
 
-    def list_namespaced_endpoint_slice(self, namespace: str, label_selector: str) -> Any:
+    def list_namespaced_endpoint_slice(self, namespace: str, label_selector: str, _request_timeout: float) -> Any:
         self.calls.append((namespace, label_selector))
+        self.timeouts.append(_request_timeout)
         if isinstance(self.slices, Exception):
             raise self.slices
         return _Obj(items=self.slices)
@@ -147,6 +150,25 @@ def test_a_failed_endpoint_listing_keeps_the_last_known_writers() -> None:
     assert d.writers() == ["http://10.0.0.1:1"]
     api.slices = RuntimeError("apiserver down")
     assert d.writers() == ["http://10.0.0.1:1"]
+
+
+def test_an_api_server_that_never_answers_the_listing_costs_one_deadline_not_the_loop() -> None:
+    # The real kubernetes client against a loopback socket that accepts and never answers (a half-open
+    # connection to the API server): the client's own default waits forever.
+    from kubernetes import client
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        config = client.Configuration(host=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        api = client.DiscoveryV1Api(client.ApiClient(config))
+        d = KubernetesWriterDirectory(namespace="n", service="s", port=1, api=api, timeout_seconds=0.5)
+        found: list[list[str]] = []
+        listing = threading.Thread(target=lambda: found.append(d.writers()), daemon=True)
+        listing.start()
+        listing.join(timeout=10.0)  # without a deadline this thread would wait forever
+        assert not listing.is_alive() and found == [[]]
+    fake = FakeDiscoveryApi([])
+    KubernetesWriterDirectory(namespace="n", service="s", port=1, api=fake, timeout_seconds=1.5).writers()
+    assert fake.timeouts == [1.5]
 
 
 # -- at scale: connection reuse, bounded concurrency (behaviour; the timings live in benchmarks/scale.py) --

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -103,3 +104,18 @@ def test_the_batch_labels_each_query_apart() -> None:
     assert batch_query(["up", "sum(x)"]) == (
         'label_replace((up), "drcio_query", "0", "", "") or label_replace((sum(x)), "drcio_query", "1", "", "")'
     )
+
+
+def test_a_prometheus_that_does_not_answer_costs_a_tick_one_deadline_not_one_per_query() -> None:
+    # A blackholed Prometheus (a socket that accepts and never answers): the batch times out, and every SLO's
+    # reading of that tick is the same timeout without another request. The next tick tries again.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        config = PrometheusConfig.model_validate({"url": url, "timeout": "0.3s", "retries": 0})
+        slos = [slo(name, JOB) for name in ("a", "b", "c")]
+        sensor = BatchedPrometheusSensor(config, slos)
+        for tick, at in enumerate((1000.0, 1005.0), start=1):
+            readings = [sensor.read(s, at) for s in slos]
+            assert [(r.status, r.reason) for r in readings] == [(SensorStatus.SENSOR_ERROR, "timeout")] * 3, readings
+            assert all("did not answer within 0.3s" in (r.error or "") for r in readings)
+            assert sensor.requests == tick

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -16,18 +17,33 @@ import pytest
 from controller.config import PrometheusConfig, SloConfig
 from controller.sensor import PrometheusSensor, quantile_query, rate_query
 from policies import SensorStatus
-from tests.controller.conftest import BUCKET_WIDTH, ScrapedJobs, exponential_inverse_cdf, scraped_jobs
+from tests.controller.conftest import BUCKET_WIDTH, ScrapedJobs, exponential_inverse_cdf, scraped_jobs, serving_handler
 
 pytestmark = pytest.mark.prometheus
 
 #: One job per test that reads an exporter's series (idle until its test drives it), one failing target.
-LATENCY_JOBS = ("hp-gnn-p95", "hp-gnn-idle", "hp-gnn-nan", "hp-gnn-absent")
+LATENCY_JOBS = ("hp-gnn-p95", "hp-gnn-idle", "hp-gnn-nan", "hp-gnn-absent", "hp-gnn-sparse")
 FAILING_JOB = "hp-gnn-500"
+#: Scraped every 4 s, longer than a 3 s window: the window holds one sample or none.
+SPARSE_JOB, SPARSE_INTERVAL = "hp-gnn-sparse", 4.0
+#: An exporter breaking the histogram's rules: its count grows at 100/s, its buckets stay at 0.
+BROKEN_JOB = "hp-gnn-broken"
+_STARTED = time.monotonic()
+
+
+def _broken_histogram() -> str:
+    count = int((time.monotonic() - _STARTED) * 100)
+    return ("# TYPE gnn_request_latency_seconds histogram\n"
+            'gnn_request_latency_seconds_bucket{le="0.1"} 0\n'
+            'gnn_request_latency_seconds_bucket{le="+Inf"} 0\n'
+            "gnn_request_latency_seconds_sum 0\n"
+            f"gnn_request_latency_seconds_count {count}\n")
 
 
 @pytest.fixture(scope="module")
 def scraped() -> Iterator[ScrapedJobs]:
-    with scraped_jobs(latency=LATENCY_JOBS, failing=[FAILING_JOB]) as jobs:
+    with scraped_jobs(latency=LATENCY_JOBS, failing=[FAILING_JOB], texts={BROKEN_JOB: _broken_histogram},
+                      intervals={SPARSE_JOB: SPARSE_INTERVAL}) as jobs:
         yield jobs
 
 
@@ -98,6 +114,58 @@ def test_nan_from_histogram_quantile_is_no_data(scraped: ScrapedJobs) -> None:
     reading = sensor_for(scraped.url).read(slo(labels={"job": "hp-gnn-nan"}, min_rate=0.0), time.time())
     assert reading.status is SensorStatus.NO_DATA
     assert reading.error == "no HP latency samples in the window"
+
+
+def test_nan_from_histogram_quantile_while_requests_are_counted_is_a_sensor_error(scraped: ScrapedJobs) -> None:
+    # The count says requests were served, the buckets say none were: a broken exporter, not an idle service.
+    scraped.prometheus.wait_for_samples(f'rate(gnn_request_latency_seconds_count{{job="{BROKEN_JOB}"}}[5s]) > 0')
+    reading = sensor_for(scraped.url).read(slo(labels={"job": BROKEN_JOB}), time.time())
+    assert reading.status is SensorStatus.SENSOR_ERROR and reading.reason == "bad_answer", reading
+    assert reading.error is not None and "NaN while the request rate is" in reading.error
+
+
+def test_a_window_holding_fewer_than_two_scrapes_is_a_sensor_error_not_no_data(scraped: ScrapedJobs) -> None:
+    # rate() needs two samples; with one it is empty while the series is there. Until 2026-11-30 that read as
+    # no_data, on which the plain PID and AIMD open LP up: forever, where the scrape interval >= the window.
+    scraped.exporters[SPARSE_JOB].drive(exponential_inverse_cdf(0.03), per_second=200)
+    sensor, s = sensor_for(scraped.url), slo(labels={"job": SPARSE_JOB}, window="3s")
+    readings = [sensor.read(s, time.time())]
+    deadline = time.monotonic() + 3 * SPARSE_INTERVAL
+    while readings[-1].reason != "too_few_samples" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        readings.append(sensor.read(s, time.time()))
+    assert all(r.status is SensorStatus.SENSOR_ERROR for r in readings), readings  # one sample, or none: absent
+    last = readings[-1]
+    assert last.reason == "too_few_samples", readings
+    assert last.error is not None and "fewer than two samples in the 3 s window" in last.error
+    assert "twice the scrape interval" in last.error
+
+
+def test_an_infinite_request_rate_is_a_sensor_error(scraped: ScrapedJobs) -> None:
+    s = slo(metric=None, labels={}, query="vector(0.05)", rate_query="vector(1) / vector(0)")
+    reading = sensor_for(scraped.url).read(s, time.time())
+    assert reading.status is SensorStatus.SENSOR_ERROR and reading.reason == "bad_answer", reading
+    assert reading.error is not None and "returned inf" in reading.error
+
+
+@pytest.mark.parametrize("body", [b"{}", b"[]", b'{"status": "success", "data": null}'])
+def test_a_200_that_is_not_a_query_answer_is_a_sensor_error(body: bytes) -> None:
+    # What a proxy's page or a wrong URL path can answer: prometheus-api-client reads data.result from it.
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with serving_handler(Handler) as port:
+        reading = sensor_for(f"http://127.0.0.1:{port}").read(slo(), time.time())
+    assert reading.status is SensorStatus.SENSOR_ERROR and reading.reason == "bad_answer", reading
+    assert reading.error is not None and "answered 200 without data.result" in reading.error
 
 
 @pytest.mark.parametrize(

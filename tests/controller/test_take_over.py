@@ -18,7 +18,7 @@ import pytest
 
 from controller.cli import build_elector
 from controller.config import ControllerConfig, parse_config
-from controller.leader import ElectionConfig, LeaderElector, LeaderGatedPusher
+from controller.leader import ElectionConfig, LeaderElector, LeaderGatedPusher, push_gate
 from controller.loop import Controller, levels_in_force
 from controller.metrics import ControllerMetrics
 from controller.push import HttpPusher, InForce, StaticWriters
@@ -144,6 +144,57 @@ def test_a_tick_during_which_the_replica_is_elected_pushes_nothing(recorded_writ
         assert len(recorded_writer.bodies) == 1
         (rec,) = standby.step(1.7e9 + 6).records
     assert rec["level"] == pytest.approx(0.45) and recorded_writer.bodies[-1]["groups"][0]["level"] == pytest.approx(0.45)
+
+
+def test_an_election_between_the_ticks_check_and_the_push_gate_pushes_nothing(recorded_writer: RecordedWriter) -> None:
+    # The narrowest interleaving: the elector's thread elects this replica after the tick checked for a pending
+    # take-over and before the gate asks whether it leads. The gate (as controller.cli builds it) asks in the
+    # order that sees the take-over whenever it sees the leadership.
+    leave_level_in_force(recorded_writer, 0.35)
+    elected = False
+
+    def is_leader() -> bool:
+        nonlocal elected
+        if not elected and len(standby_ticks) == 6:
+            standby.request_take_over()  # what the elector does first, then it counts as leader
+            elected = True
+        return elected
+
+    standby_ticks: list[int] = []
+    with HttpPusher(token=PUSH_TOKEN, timeout_seconds=1) as http:
+        cfg = config([recorded_writer.url], {"kind": "aimd", "increase": 0.1, "decrease": 0.5})
+        gate = push_gate(is_leader, lambda: standby.take_over_pending)
+        standby = Controller(cfg, sensor=ScriptedSensor([HEADROOM]), pusher=LeaderGatedPusher(http, gate),
+                             writers=StaticWriters([recorded_writer.url]))
+        for i in range(6):
+            standby_ticks.append(i)
+            tick = standby.step(1.7e9 + i)
+        assert elected and tick.records[0]["level"] == pytest.approx(0.8) and tick.pushes == []
+        assert len(recorded_writer.bodies) == 1  # the drifted 0.8 never reached the writer
+        (rec,) = standby.step(1.7e9 + 6).records
+    assert rec["level"] == pytest.approx(0.45) and recorded_writer.bodies[-1]["groups"][0]["level"] == pytest.approx(0.45)
+
+
+def test_a_writer_no_longer_pushed_to_drops_out_of_the_push_metrics(recorded_writer: RecordedWriter,
+                                                                   dead_writer: str) -> None:
+    # A writer pod replaced by a rollout comes back under a new address: the old address's series must go.
+    urls = [recorded_writer.url, dead_writer]
+
+    class Listed:
+        def writers(self) -> list[str]:
+            return list(urls)
+
+    metrics = ControllerMetrics()
+    with HttpPusher(token=PUSH_TOKEN, timeout_seconds=1) as http:
+        c = Controller(config(urls, {"kind": "static", "level": 0.5}), sensor=ScriptedSensor([HEADROOM]), pusher=http,
+                       writers=Listed(), metrics=metrics)
+        c.step(1.7e9)
+        value = metrics.registry.get_sample_value
+        assert value("drcio_controller_pushes_total", {"writer": dead_writer, "result": "unreachable"}) == 1
+        urls.remove(dead_writer)
+        c.step(1.7e9 + 1)
+    assert value("drcio_controller_pushes_total", {"writer": dead_writer, "result": "unreachable"}) is None
+    assert value("drcio_controller_pushes_total", {"writer": recorded_writer.url, "result": "ok"}) == 2
 
 
 def test_the_level_a_take_over_starts_from_never_opens_lp_on_any_writer() -> None:
