@@ -161,6 +161,33 @@ def test_a_rotated_token_file_is_honoured_by_the_writer_and_the_controller(
     assert pusher.reloads == 1
 
 
+def test_a_rotation_lists_both_tokens_so_no_writer_refuses_the_controller_meanwhile(
+    tmp_path: Path, recorded_writer: RecordedWriter
+) -> None:
+    # The kubelet refreshes a Secret on each node in its own time. Rotating in three steps of the same file
+    # (old+new, new+old, new), every writer accepts what the controller sends at every step.
+    token_file = tmp_path / "token"
+    recorded_writer.writer.state.token_source = None
+    sent: list[str | None] = []
+    generation = 0
+    for content, writers_at in (("old\n", ["old\nnew\n", "old\n"]), ("old\nnew\n", ["new\nold\n", "old\n"]),
+                                ("new\nold\n", ["old\nnew\n", "new\n"]), ("new\n", ["new\nold\n", "new\n"])):
+        token_file.write_text(content)
+        controller_token = read_token(token_file)
+        sent.append(controller_token)
+        for writer_file in writers_at:  # a writer one step behind the controller, or one step ahead
+            recorded_writer.writer.state.token = writer_file
+            generation += 1
+            with closing(HttpPusher(token=controller_token, timeout_seconds=2.0)) as pusher:
+                [result] = pusher.push([recorded_writer.url], TargetsPush.model_validate(push_body(generation)))
+            assert result.outcome == "ok", (content, writer_file, result)
+    assert sent == ["old", "old", "new", "new"]  # the first line
+    recorded_writer.writer.state.token = "new\n"
+    with closing(HttpPusher(token="old", timeout_seconds=2.0)) as stale:
+        [refused] = stale.push([recorded_writer.url], TargetsPush.model_validate(push_body(generation + 1)))
+    assert refused.outcome == "unauthorized"  # once the old line is gone, so is the old token
+
+
 def test_the_controller_reloads_its_ca_when_the_file_changes(fake_v2: FakeTree, pki: tuple[Ca, Ca], tmp_path: Path) -> None:
     one, two = pki
     leaf = two.issue("writer")

@@ -137,14 +137,14 @@ def parse_size(value: object) -> int | None:
 # two regexes: remember the ones that passed. Failures raise, so they are never cached.
 @functools.lru_cache(maxsize=4096)
 def _check_label_key(key: str) -> str:
-    if len(key) > 317 or not _LABEL_KEY_RE.match(key):
+    if len(key) > 317 or not _LABEL_KEY_RE.fullmatch(key):
         raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
     return key
 
 
 @functools.lru_cache(maxsize=4096)
 def _check_label_value(value: str) -> str:
-    if not _LABEL_VALUE_RE.match(value):
+    if not _LABEL_VALUE_RE.fullmatch(value):
         raise ValueError(f"label value {value!r} is not a valid Kubernetes label value")
     return value
 

@@ -17,8 +17,9 @@ LP selector is ``"lp"``, else ``"other"``. HP wins when both match, because
 throttling a protected service is the one mistake the writer must not make.
 Labels are set by whoever deploys a pod, so the writer's config may restrict
 the roles to namespaces (``hp_namespaces`` / ``lp_namespaces``): a pod in
-another namespace that labels itself HP is not HP (it does not escape a group
-that selects it), and the workload's ``note`` says why, for ``/status``.
+another namespace that labels itself HP is not HP (an LP pod claiming HP stays
+LP), one labelled LP is not LP (the writer never limits it), and the
+workload's ``note`` says why, for ``/status``.
 Selectors are equality selectors (all pairs must match) and must not be empty:
 an empty selector would match every pod on the node.
 """

@@ -19,7 +19,16 @@ What is desired, per workload found by discovery:
 * an LP workload no group selects is lifted, and its weight reset to the
   default (the push is the whole desired state, so "not mentioned" means "no
   limit");
-* an HP workload is never written, even when a group's selector matches it;
+* only LP workloads are written: an HP workload never is, even when a
+  group's selector matches it, nor a pod whose role was refused outside its
+  namespaces (``lp_namespaces``; :func:`writer.discovery.namespaced_role`);
+* a workload that stops being LP while its pod runs (relabelled HP, or its
+  LP role refused) has io.max and the weight lifted once, the one write an
+  HP workload can get: the writer remembers last round's LP cgroups. Not a
+  pod that leaves discovery altogether (its LP label removed): that looks
+  the same as a pod terminating, whose limits must hold through its grace
+  period, so it keeps its limits until it restarts; nor a pod relabelled
+  while its node's writer was down;
 * before the first push the writer *holds*: it reads what is in force and
   writes nothing, so a restart does not disturb limits that are still right;
 * when the lease has run out, the fail-safe governs: ``static`` limits on the
@@ -74,6 +83,8 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["awaiting_first_push", "following_push", "failsafe"]
 UNASSIGNED = "unassigned"
+#: The group of a cgroup lifted because its workload stopped being LP.
+RELEASED = "released"
 _HISTORY = 50
 
 
@@ -170,6 +181,8 @@ class Reconciler:
         self._tree_problem = tree_problem
         self._unmatched: list[str] = []
         self._lp_found = 0
+        #: The cgroups of last round's LP workloads: what to lift when one is found with another role.
+        self._lp_seen: set[Path] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -208,6 +221,15 @@ class Reconciler:
                 unmatched_groups=list(self._unmatched),
                 warnings=warnings,
             )
+
+    def try_push(self, body: TargetsPush) -> PushResponse | None:
+        """:meth:`push` if nothing else holds the reconciler now (a round in progress), else None at once."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self.push(body)
+        finally:
+            self._lock.release()
 
     def reconcile(self) -> list[CgroupResult]:
         """One round: re-read discovery and files, write what differs. Never raises for a cgroup."""
@@ -274,9 +296,20 @@ class Reconciler:
         except Exception as err:  # discovery trouble skips the round, the next one retries
             self._error("discovery", f"snapshot failed: {err}")
             return []
-        results = [self._apply(plan) for plan in self._plan(workloads, mode)]
+        results = [self._apply(plan) for plan in [*self._plan(workloads, mode), *self._releases(workloads)]]
         self._last_results = results
         return results
+
+    def _releases(self, workloads: list[Workload]) -> list[_Plan]:
+        """Lift io.max and the weight from the workloads that were LP last round and are found with another role now."""
+        was_lp = self._lp_seen
+        self._lp_seen = {w.cgroup_dir for w in workloads if w.role == "lp"}
+        plans = []
+        for w in workloads:
+            if w.role != "lp" and w.cgroup_dir in was_lp:
+                self._event(f"{_label(w)} is no longer low-priority (now {w.role}): lifting its limits and weight")
+                plans.append(_Plan(w, RELEASED, {}, None, reset_weight=True))
+        return plans
 
     def _groups(self) -> list[GroupTarget]:
         return list(self._push.groups) if self._push is not None else []
@@ -299,7 +332,7 @@ class Reconciler:
         weight_acts = {g.name: any(self._mechanisms[d] != "none" for d in resolved[g.name][0]) for g in weighted}
         self._lp_found = sum(1 for w in workloads if w.role == "lp")
         self._unmatched = [
-            g.name for g in groups if not any(w.role != "hp" and matches(w.labels, g.selector) for w in workloads)
+            g.name for g in groups if not any(w.role == "lp" and matches(w.labels, g.selector) for w in workloads)
         ]
         fallback: tuple[list[str], str | None] | None = None
         plans: list[_Plan] = []
@@ -310,7 +343,11 @@ class Reconciler:
                 if matched:
                     plans.append(_Plan(w, matched[0].name, None, None, "refusing to throttle a high-priority workload"))
                 continue
-            if not matched and w.role != "lp":
+            if w.role != "lp":
+                # A role refused outside its namespaces (the note says which): not LP, so never throttled.
+                if matched:
+                    plans.append(_Plan(w, matched[0].name, None, None, f"refusing to throttle a workload that is not "
+                                                                        f"low-priority: {w.note or 'no LP label'}"))
                 continue
             if len(matched) > 1:
                 self._error(
@@ -448,7 +485,7 @@ class Reconciler:
         out: list[tuple[Workload, str]] = []
         for w in workloads:
             matched = [g.name for g in groups if matches(w.labels, g.selector)]
-            out.append((w, matched[0] if matched and w.role != "hp" else ("" if w.role != "lp" else UNASSIGNED)))
+            out.append((w, (matched[0] if matched else UNASSIGNED) if w.role == "lp" else ""))
         return out, notes, mechanisms, mode
 
     def _read_cgroup(self, w: Workload, group: str) -> CgroupReading:

@@ -583,3 +583,24 @@ def test_lp_namespaces_limit_who_is_low_priority(systemd_root: Path) -> None:
     role, note = roles["lp-static-worker-1"]  # kube-system
     assert role == "other" and note is not None and "lp_namespaces" in note
     assert roles["lp-scan-0"] == ("lp", None)
+
+
+def test_a_pod_outside_lp_namespaces_is_not_throttled_by_a_group_that_selects_it(systemd_root: Path) -> None:
+    from tests.writer.conftest import FakeTree, make_writer, push_body
+    from writer.api import TargetsPush
+    from writer.cgroups import Hierarchy, Limits, read_io_max
+
+    d = _discovery(systemd_root, FakeCoreV1Api("pods-worker-1.json"), lp_namespaces=["drcio-demo"])
+    d.relist()
+    by_name = {w.name: w for w in d.snapshot()}
+    refused, lp = by_name["lp-static-worker-1"], by_name["lp-scan-0"]  # both labelled group-id=lp
+    tree = FakeTree(Hierarchy(2, systemd_root))
+    (systemd_root / "cgroup.controllers").write_text("io\n")
+    for w in (refused, lp):
+        tree.group(str(w.cgroup_dir.relative_to(systemd_root)))
+    writer = make_writer(tree, discovery=d)
+    answer = writer.reconciler.push(TargetsPush.model_validate(push_body(1)))
+    assert read_io_max(tree.hierarchy, lp.cgroup_dir) == {"254:0": Limits(rbps=10 * 1024 * 1024)}
+    assert read_io_max(tree.hierarchy, refused.cgroup_dir) == {}
+    [result] = [r for r in answer.results if r.cgroup == str(refused.cgroup_dir)]
+    assert result.outcome == "error" and "not low-priority" in result.detail and "lp_namespaces" in result.detail

@@ -92,6 +92,34 @@ def test_an_lp_workload_no_group_selects_is_lifted(fake_v2: FakeTree) -> None:
     assert read_io_max(fake_v2.hierarchy, d) == {}
 
 
+def test_a_workload_relabelled_from_lp_to_hp_has_its_limits_and_weight_lifted_once(fake_v2: FakeTree) -> None:
+    d = fake_v2.group("pods/batch")
+    discovery = ScriptedDiscovery([_lp("batch", d)])
+    w = make_writer(fake_v2, discovery=discovery)
+    _push(w, io_weight=10)
+    assert read_io_max(fake_v2.hierarchy, d) == {"254:0": Limits(rbps=10 * MiB)} and read_weight(fake_v2.hierarchy, d) == 10
+    # kubectl label pod batch group-id=hp --overwrite: the same pod, the same cgroup, now protected.
+    discovery.workloads = [Workload("batch", "batch", None, MappingProxyType({"group-id": "hp"}), d, "hp")]
+    assert [(r.group, r.outcome) for r in w.reconciler.reconcile()] == [("released", "applied")]
+    assert read_io_max(fake_v2.hierarchy, d) == {} and read_weight(fake_v2.hierarchy, d) == 100
+    events = [str(e["event"]) for e in w.reconciler.status()["events"]]  # type: ignore[attr-defined]
+    assert "batch/batch is no longer low-priority (now hp): lifting its limits and weight" in events
+    before = fake_v2.snapshot()
+    assert w.reconciler.reconcile() == [] and fake_v2.snapshot() == before  # once: an HP workload is not written again
+
+
+def test_a_workload_that_leaves_discovery_keeps_its_limits_as_a_terminating_pod_must(fake_v2: FakeTree) -> None:
+    # A pod whose LP label is removed drops out of the watch exactly as a pod that terminates does; the latter
+    # still runs its I/O through its grace period, so neither is lifted.
+    d = fake_v2.group("pods/batch")
+    discovery = ScriptedDiscovery([_lp("batch", d)])
+    w = make_writer(fake_v2, discovery=discovery)
+    _push(w)
+    discovery.workloads = []
+    assert w.reconciler.reconcile() == []
+    assert read_io_max(fake_v2.hierarchy, d) == {"254:0": Limits(rbps=10 * MiB)}
+
+
 def test_a_vanished_cgroup_is_an_event_not_a_crash(fake_v2: FakeTree) -> None:
     alive = fake_v2.group("pods/alive")
     discovery = ScriptedDiscovery([_lp("gone", fake_v2.root / "pods/gone"), _lp("alive", alive)])

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from tests.writer.conftest import TOKEN, WriterUnderTest, push_body
+import threading
+from types import MappingProxyType
+from typing import Any
+
+import httpx
+
+from tests.writer.conftest import TOKEN, FakeTree, WriterUnderTest, make_writer, push_body, serving
+from writer.discovery import Workload
+from writer.server import build_app
 
 MB10 = 10 * 1024 * 1024
 
@@ -141,3 +149,57 @@ def test_openapi_describes_the_push_body(writer_v2: WriterUnderTest) -> None:
 def test_unknown_paths_answer_json_errors(writer_v2: WriterUnderTest) -> None:
     r = writer_v2.get("/nope")
     assert r.status_code == 404 and r.json()["error"]
+
+
+def test_a_push_during_a_long_reconcile_round_waits_off_the_event_loop(fake_v2: FakeTree) -> None:
+    # A background round holds the reconciler (here: discovery stuck inside it). A push waits for the round to end,
+    # and meanwhile the probes' /health and the scrapes' /metrics still answer.
+    lp = fake_v2.group("drcio-demo/lp")
+    entered, release = threading.Event(), threading.Event()
+
+    class StuckDiscovery:
+        def __init__(self) -> None:
+            self.stuck = False
+
+        def snapshot(self) -> list[Workload]:
+            if self.stuck:
+                entered.set()
+                release.wait(timeout=30)
+            return [Workload("lp-batch", None, None, MappingProxyType({"group-id": "lp"}), lp, "lp")]
+
+        def start(self, on_change: Any) -> None:
+            pass
+
+        def stop(self) -> None:
+            pass
+
+    discovery = StuckDiscovery()
+    w = make_writer(fake_v2, discovery=discovery)
+    arrived = threading.Event()
+    push_now = w.reconciler.push
+
+    def push_noting_arrival(body: Any) -> Any:
+        arrived.set()
+        return push_now(body)
+
+    w.reconciler.push = push_noting_arrival  # type: ignore[method-assign]
+    with serving(build_app(w.state)) as url:
+        w.url = url
+        discovery.stuck = True
+        round_ = threading.Thread(target=w.reconciler.reconcile, daemon=True)
+        round_.start()
+        assert entered.wait(timeout=10)
+        discovery.stuck = False
+        pushed: list[httpx.Response] = []
+        push = threading.Thread(target=lambda: pushed.append(w.put(push_body(), timeout=30)), daemon=True)
+        push.start()
+        try:
+            assert arrived.wait(timeout=10)  # the push is in the writer, waiting for the round
+            assert w.get("/health").status_code == 200  # and the event loop still answers
+            assert not pushed
+        finally:
+            release.set()
+        push.join(timeout=30)
+        round_.join(timeout=30)
+    assert pushed and pushed[0].status_code == 200, pushed
+    assert fake_v2.read("drcio-demo/lp", "io.max") == "254:0 rbps=10485760 wbps=max riops=max wiops=max\n"
