@@ -116,6 +116,10 @@ class SeriesQueries:
         def lp(op: str = "") -> str:
             return f"sum(rate(batch_io_bytes_total{_matcher(self.lp_matcher, op)}[{w}]))"
 
+        def leaders(selector: str) -> str:
+            # Every replica steps its policies and exports what it decided; only the leader's is in force.
+            return f"({selector} and on (job, instance) (drcio_controller_leader == 1))"
+
         def io_max(direction: str) -> str:
             # The tightest limit over the group's devices; unlimited keys are not exported by the writer.
             return f"min(drcio_io_max_bytes_per_second{_matcher(self.group_matcher, direction)})"
@@ -129,11 +133,11 @@ class SeriesQueries:
             "lp_read_bytes_per_second": lp('op="read"'),
             "lp_write_bytes_per_second": lp('op="write"'),
             # Several SLOs may govern one group; the most restrictive level is the one in force.
-            "throttle_level": f"min(drcio_controller_level{group})",
+            "throttle_level": f"min{leaders(f'drcio_controller_level{group}')}",
             "io_max_rbps": io_max('direction="read"'),
             "io_max_wbps": io_max('direction="write"'),
-            "controller_p95_ms": "1000 * max(drcio_controller_observed_latency_seconds)",
-            "slo_target_ms": "1000 * max(drcio_controller_target_latency_seconds)",
+            "controller_p95_ms": f"1000 * max{leaders('drcio_controller_observed_latency_seconds')}",
+            "slo_target_ms": f"1000 * max{leaders('drcio_controller_target_latency_seconds')}",
         }
 
     def histogram(self) -> str:

@@ -321,9 +321,11 @@ class KubernetesBackend:
         except OSError as e:
             raise BackendUnavailable(f"cannot read the demo manifests {self.config.manifests}: {e.strerror}",
                                      "Render them: kubectl kustomize deploy/demo > deploy/rendered/demo.yaml") from e
-        # Namespaces first, then everything else in file order (kustomize's order already puts
-        # RBAC and ConfigMaps before the workloads that use them).
-        return sorted(docs, key=lambda d: d["kind"] != "Namespace")
+        # Namespaces first, then their quotas (a quota the writer's priority class needs must exist
+        # before the DaemonSet creates pods), then everything else in file order (kustomize's order
+        # already puts RBAC and ConfigMaps before the workloads that use them).
+        first = {"Namespace": 0, "ResourceQuota": 1}
+        return sorted(docs, key=lambda d: first.get(d["kind"], 2))
 
     def __enter__(self) -> KubernetesBackend:
         c, cfg = self.cluster, self.config

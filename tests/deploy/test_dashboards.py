@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = {p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "dashboards").glob("*.json"))}
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
 def test_there_is_an_overview_and_a_per_node_dashboard() -> None:
@@ -53,3 +57,33 @@ def test_the_overview_has_an_slo_variable_and_the_panels_the_issue_names() -> No
 def test_the_node_dashboard_selects_one_writer() -> None:
     variables: dict[str, Any] = {v["name"]: v for v in DASHBOARDS["drcio-node"]["templating"]["list"]}
     assert variables["instance"]["multi"] is False
+
+
+def test_the_attainment_panel_counts_the_leaders_measurements_with_two_replicas_running(tmp_path: Path) -> None:
+    """deploy/base runs two controller replicas, and both export their target and their own measurements: a plain
+    ``on (slo)`` match between them is many-to-many, which Prometheus refuses (the panel showed an error).
+    Evaluated by promtool's PromQL engine on an hour of both replicas' series: the leader met the target
+    throughout, the standby (a worse view, or a stale one) never did."""
+    [panel] = [p for p in DASHBOARDS["drcio-overview"]["panels"] if p["title"] == "Control intervals meeting the target"]
+    [target] = panel["targets"]
+    expr = target["expr"].replace("$slo", "gnn-p95")
+    series = {}
+    for instance, leader, observed in (("10.0.0.1:9101", 1, 0.05), ("10.0.0.2:9101", 0, 0.2)):
+        labels = f'job="drcio-controller",instance="{instance}"'
+        series[f"drcio_controller_leader{{{labels}}}"] = f"{leader}+0x60"
+        series[f'drcio_controller_target_latency_seconds{{{labels},slo="gnn-p95"}}'] = "0.1+0x60"
+        series[f'drcio_controller_observed_latency_seconds{{{labels},slo="gnn-p95"}}'] = f"{observed}+0x60"
+    (tmp_path / "rules.yaml").write_text("groups: []\n")
+    test = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                   "promql_expr_test": [{"expr": expr, "eval_time": "60m",
+                                         "exp_samples": [{"labels": '{slo="gnn-p95"}', "value": 1}]}]}],
+    }
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
+    if not Path(PROMTOOL).exists():
+        pytest.fail("promtool is missing: scripts/setup.sh installs it with the 'prometheus' package")
+    proc = subprocess.run([PROMTOOL, "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr

@@ -180,10 +180,25 @@ def test_the_writer_runs_on_every_node_with_node_name_host_cgroups_and_no_privil
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert not pod.get("hostPID") and not pod.get("hostNetwork")
     assert "livenessProbe" in c and "readinessProbe" in c
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}  # it tolerates every taint: not Windows nodes
     svc = _by(rendered["base"], "Service", "drcio-writer")
     assert svc["spec"]["clusterIP"] == "None"
     role = _by(rendered["base"], "ClusterRole", "drcio-writer")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+
+
+def test_the_namespace_admits_the_writers_host_mounts_and_its_critical_priority(rendered: dict[str, Any]) -> None:
+    ns = _by(rendered["base"], "Namespace", "drcio-system")
+    # hostPath volumes are refused by Pod Security Admission's baseline and restricted levels.
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    # Where the API server admits a critical priority class only against a quota (GKE outside kube-system).
+    priority = _by(rendered["base"], "DaemonSet", "drcio-writer")["spec"]["template"]["spec"]["priorityClassName"]
+    quota = _by(rendered["base"], "ResourceQuota", "drcio-critical-pods")
+    assert quota["metadata"]["namespace"] == "drcio-system"
+    assert quota["spec"]["scopeSelector"]["matchExpressions"] == [
+        {"scopeName": "PriorityClass", "operator": "In", "values": [priority]}]
+    controller = _by(rendered["base"], "Deployment", "drcio-controller")["spec"]["template"]["spec"]
+    assert controller["nodeSelector"] == {"kubernetes.io/os": "linux"}
 
 
 def test_no_container_anywhere_is_privileged_and_every_one_has_limits(rendered: dict[str, Any]) -> None:

@@ -58,9 +58,16 @@ def prometheus() -> Iterator[tuple[PrometheusServer, float]]:
     io_max = Gauge("drcio_io_max_bytes_per_second", "io.max", ["group", "workload", "device", "direction"],
                    registry=registry)
     level.labels(group="lp").set(0.25)
+    Gauge("drcio_controller_leader", "leader", registry=registry).set(1)
     io_max.labels(group="lp", workload="lp-batch", device="254:0", direction="read").set(20 * 1024 * 1024)
     port = free_port()
     server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    # A standby replica: it steps its policies too, and its level (lower here) is not the one in force.
+    standby = CollectorRegistry()
+    Gauge("drcio_controller_level", "level", ["group"], registry=standby).labels(group="lp").set(0.1)
+    Gauge("drcio_controller_leader", "leader", registry=standby).set(0)
+    standby_port = free_port()
+    standby_server, _ = start_http_server(standby_port, addr="127.0.0.1", registry=standby)
     stop = threading.Event()
 
     def drive() -> None:
@@ -78,10 +85,12 @@ def prometheus() -> Iterator[tuple[PrometheusServer, float]]:
 
     thread = threading.Thread(target=drive, daemon=True)
     thread.start()
-    prom = PrometheusServer([ScrapeTarget("hp-gnn", f"127.0.0.1:{port}")], scrape_interval_seconds=1.0)
+    prom = PrometheusServer([ScrapeTarget("hp-gnn", f"127.0.0.1:{port}"),
+                             ScrapeTarget("drcio-controller", f"127.0.0.1:{standby_port}")], scrape_interval_seconds=1.0)
     try:
         prom.start()
         prom.wait_for_samples("gnn_requests_total")
+        prom.wait_for_samples('drcio_controller_leader{job="drcio-controller"}')
         started = time.time()
         time.sleep(8)  # enough scrapes for a 5 s rate window
         yield prom, started
@@ -89,8 +98,9 @@ def prometheus() -> Iterator[tuple[PrometheusServer, float]]:
         stop.set()
         thread.join(timeout=5)
         prom.stop()
-        server.shutdown()
-        server.server_close()
+        for srv in (server, standby_server):
+            srv.shutdown()
+            srv.server_close()
 
 
 def test_export_has_every_column_and_the_rates_and_quantiles_of_the_exporter(
@@ -109,7 +119,7 @@ def test_export_has_every_column_and_the_rates_and_quantiles_of_the_exporter(
     assert math.isnan(last["lp_write_bytes_per_second"])  # no write series: a NaN column, not missing
     assert 1.0 < last["hp_p50_ms"] <= 2.0  # the bucket holding 90 % of requests
     assert 4.0 < last["hp_p95_ms"] <= 8.0  # the bucket holding the slow 10 %
-    assert last["throttle_level"] == 0.25
+    assert last["throttle_level"] == 0.25  # the leader's, not the standby's 0.1
     assert last["io_max_rbps"] == 20 * 1024 * 1024
     assert math.isnan(last["io_max_wbps"])
     assert list(export.histogram.columns) == HISTOGRAM_COLUMNS
