@@ -321,8 +321,8 @@ class TextTarget:
 
 @contextmanager
 def serving_text_target(body: Callable[[], str]) -> Iterator[TextTarget]:
-    """A scrape target whose ``/metrics`` answers ``body()`` in the text exposition format (an exporter whose
-    series a test writes by hand, e.g. one that breaks the histogram's rules)."""
+    """A target whose every GET (``/metrics`` for a scrape) answers ``body()``: an exporter whose series a test
+    writes by hand (e.g. one that breaks the histogram's rules), or a server that is not Prometheus."""
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             data = body().encode()

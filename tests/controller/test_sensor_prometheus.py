@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -17,7 +16,13 @@ import pytest
 from controller.config import PrometheusConfig, SloConfig
 from controller.sensor import PrometheusSensor, quantile_query, rate_query
 from policies import SensorStatus
-from tests.controller.conftest import BUCKET_WIDTH, ScrapedJobs, exponential_inverse_cdf, scraped_jobs, serving_handler
+from tests.controller.conftest import (
+    BUCKET_WIDTH,
+    ScrapedJobs,
+    exponential_inverse_cdf,
+    scraped_jobs,
+    serving_text_target,
+)
 
 pytestmark = pytest.mark.prometheus
 
@@ -151,19 +156,8 @@ def test_an_infinite_request_rate_is_a_sensor_error(scraped: ScrapedJobs) -> Non
 @pytest.mark.parametrize("body", [b"{}", b"[]", b'{"status": "success", "data": null}'])
 def test_a_200_that_is_not_a_query_answer_is_a_sensor_error(body: bytes) -> None:
     # What a proxy's page or a wrong URL path can answer: prometheus-api-client reads data.result from it.
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    with serving_handler(Handler) as port:
-        reading = sensor_for(f"http://127.0.0.1:{port}").read(slo(), time.time())
+    with serving_text_target(body.decode) as target:
+        reading = sensor_for(f"http://{target.address}").read(slo(), time.time())
     assert reading.status is SensorStatus.SENSOR_ERROR and reading.reason == "bad_answer", reading
     assert reading.error is not None and "answered 200 without data.result" in reading.error
 
