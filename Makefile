@@ -12,17 +12,12 @@ experiment: setup
 	.venv/bin/run-experiment --scenario all --duration $(DURATION) --output $(OUTPUT)
 
 ## the default test run: type check, import contracts, pytest (benchmarks excluded): first the tests that
-## need neither the kernel's cgroups nor a real Prometheus, on both cores (pytest-xdist), with mypy beside
-## them (CPU work all of it, which the two cores share: about 30 s less than one after the other); then the
-## kernel, prometheus and `serial` ones, one at a time (they measure the disk, the host and HP latency,
-## which a busy core would skew)
+## need neither the kernel's cgroups nor a real Prometheus, on both cores (pytest-xdist); then those and the
+## `serial` ones, one at a time (they measure the disk, the host and HP latency, which a busy core would skew)
 test: setup
+	.venv/bin/mypy
 	.venv/bin/lint-imports
-	@echo ".venv/bin/mypy (beside the first pytest part; its output follows that part's)"
-	@.venv/bin/mypy > .venv/mypy.log 2>&1 & typing=$$!; \
-	.venv/bin/pytest -q -n 2 --dist loadscope -m "not benchmark and not kernel and not prometheus and not serial" --durations=5; \
-	tests=$$?; wait $$typing; typed=$$?; echo ".venv/bin/mypy:"; cat .venv/mypy.log; \
-	test $$tests -eq 0 -a $$typed -eq 0
+	.venv/bin/pytest -q -n 2 --dist loadscope -m "not benchmark and not kernel and not prometheus and not serial" --durations=5
 	.venv/bin/pytest -q -m "not benchmark and (kernel or prometheus or serial)" --durations=15
 
 ## long real-disk benchmarks (not in CI)
