@@ -174,7 +174,8 @@ def build_app(state: ServerState) -> FastAPI:
             # hop to a thread and back cost more CPU than the push itself (0.5 ms of
             # ~1.4 ms per push, measured with benchmarks/scale_fleet.py). Unless a
             # background round holds the reconciler (0.57 s at 1,000 cgroups on v1):
-            # then the push waits for it in a thread, so /health and /metrics answer.
+            # then the push waits for it in a thread, and the event loop goes on
+            # serving (/health at once; /metrics reads the reconciler, after the round).
             result = state.reconciler.try_push(body)
             if result is None:
                 result = await run_in_threadpool(state.reconciler.push, body)
