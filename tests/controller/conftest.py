@@ -134,8 +134,8 @@ class ScrapedJobs:
 
     prometheus: PrometheusServer
     exporters: dict[str, LatencyExporter]
-    failing: dict[str, FailingTarget]
-    texts: dict[str, TextTarget] = field(default_factory=dict)
+    failing: dict[str, ServedTarget]
+    texts: dict[str, ServedTarget] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -291,42 +291,20 @@ def serving_handler(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
 
 
 @dataclass
-class FailingTarget:
-    """A scrape target whose ``/metrics`` answers 500 (an HP service failing under contention)."""
+class ServedTarget:
+    """A loopback HTTP target a test serves (:func:`serving_text_target`, :func:`serving_failing_target`)."""
 
     address: str
 
 
 @contextmanager
-def serving_failing_target() -> Iterator[FailingTarget]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            self.send_response(500)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    with serving_handler(Handler) as port:
-        yield FailingTarget(address=f"127.0.0.1:{port}")
-
-
-@dataclass
-class TextTarget:
-    """A scrape target whose ``/metrics`` answers a text a test writes (:func:`serving_text_target`)."""
-
-    address: str
-
-
-@contextmanager
-def serving_text_target(body: Callable[[], str]) -> Iterator[TextTarget]:
-    """A target whose every GET (``/metrics`` for a scrape) answers ``body()``: an exporter whose series a test
-    writes by hand (e.g. one that breaks the histogram's rules), or a server that is not Prometheus."""
+def serving_text_target(body: Callable[[], str], *, status: int = 200) -> Iterator[ServedTarget]:
+    """A target whose every GET (``/metrics`` for a scrape) answers ``status`` with ``body()``: an exporter whose
+    series a test writes by hand (e.g. one that breaks the histogram's rules), or a server that is not Prometheus."""
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             data = body().encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -336,11 +314,18 @@ def serving_text_target(body: Callable[[], str]) -> Iterator[TextTarget]:
             pass
 
     with serving_handler(Handler) as port:
-        yield TextTarget(address=f"127.0.0.1:{port}")
+        yield ServedTarget(address=f"127.0.0.1:{port}")
+
+
+@contextmanager
+def serving_failing_target() -> Iterator[ServedTarget]:
+    """A scrape target whose ``/metrics`` answers 500 (an HP service failing under contention)."""
+    with serving_text_target(lambda: "", status=500) as target:
+        yield target
 
 
 @pytest.fixture
-def failing_target() -> Iterator[FailingTarget]:
+def failing_target() -> Iterator[ServedTarget]:
     with serving_failing_target() as target:
         yield target
 
