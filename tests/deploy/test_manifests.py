@@ -241,6 +241,15 @@ def test_dashboard_configmaps_carry_the_grafana_sidecar_label(rendered: dict[str
         assert m["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
+@pytest.mark.parametrize("overlay", ["monitoring", "overlays/cert-manager"])
+def test_instance_names_the_writers_node_and_the_controllers_pod(overlay: str, rendered: dict[str, Any]) -> None:
+    """Not the pod's IP:port: the node dashboard's picker and the writer alerts' summaries name the node."""
+    source = {"drcio-writer": "__meta_kubernetes_pod_node_name", "drcio-controller": "__meta_kubernetes_pod_name"}
+    for name, label in source.items():
+        for endpoint in _by(rendered[overlay], "ServiceMonitor", name)["spec"]["endpoints"]:
+            assert {"sourceLabels": [label], "targetLabel": "instance"} in endpoint.get("relabelings", []), (name, endpoint)
+
+
 def test_generated_monitoring_files_are_up_to_date() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate-deploy.py"), "--check"],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
