@@ -244,12 +244,14 @@ def _operational(o: RuleOptions) -> list[dict[str, Any]]:
          "annotations": {"summary": "Writer {{ $labels.instance }} finds no kubelet cgroup tree under its cgroup root",
                          "description": "LP pods on this node are not throttled: check cgroup_root and "
                                         "kubelet_cgroup_root in the writer's file."}},
-        # A group that selects nothing on one node is normal (not every node runs LP pods);
-        # one that selects nothing on any node is a selector typo or a missing label.
+        # A group that selects nothing on one node is normal (not every node runs LP pods); one that
+        # selects nothing on any node while LP pods run is a selector typo. While no LP pod runs
+        # anywhere (between batch runs; the demo's LP Job at parallelism 0) it cannot tell, and stays quiet.
         {"alert": "DrcioGroupSelectsNoWorkload",
-         "expr": f"count by (group) (drcio_push_group_unmatched{{{w}}} == 1) >= scalar(count(up{{{w}}} == 1))",
+         "expr": f"count by (group) (drcio_push_group_unmatched{{{w}}} == 1) >= scalar(count(up{{{w}}} == 1))"
+                 f" and on () sum(drc_io_low_priority_pods{{{w}}}) > 0",
          "for": "15m", "labels": {"severity": "ticket"},
-         "annotations": {"summary": "LP group {{ $labels.group }} selects no workload on any node",
+         "annotations": {"summary": "LP group {{ $labels.group }} selects none of the LP pods running",
                          "description": "Check the SLO's throttle.selector against the LP pods' labels."}},
         {"alert": "DrcioWriterKernelErrors",
          "expr": f"increase(drc_io_controller_errors_total{{{w}}}[10m]) > 0", "for": "10m",

@@ -140,3 +140,25 @@ def test_a_missing_target_bucket_raises_its_alert(tmp_path: Path) -> None:
          "exp_alerts": [{"exp_labels": {**missing["labels"], "job": "hp-gnn", "le": "0.1"},
                          "exp_annotations": missing["annotations"]}]},
     ])
+
+
+def test_a_group_selecting_none_of_the_running_lp_pods_alerts_and_no_lp_pod_at_all_does_not(tmp_path: Path) -> None:
+    """Two writers; group "lp" matches nothing on either. Minutes 0-29 no LP pod runs anywhere (between
+    batch runs): quiet. From minute 30 one node runs an LP pod the group does not select: a selector typo."""
+    rules = rules_file(load_config(SLO))
+    alert = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "DrcioGroupSelectsNoWorkload")
+    _promtool_test(tmp_path, rules, {
+        'up{job="drcio-writer",instance="node-a"}': "1x90",
+        'up{job="drcio-writer",instance="node-b"}': "1x90",
+        'drcio_push_group_unmatched{job="drcio-writer",instance="node-a",group="lp"}': "1x90",
+        'drcio_push_group_unmatched{job="drcio-writer",instance="node-b",group="lp"}': "1x90",
+        'drc_io_low_priority_pods{job="drcio-writer",instance="node-a"}': "0x90",
+        'drc_io_low_priority_pods{job="drcio-writer",instance="node-b"}': "0x29 1x60",
+    }, [
+        {"eval_time": "28m", "alertname": "DrcioGroupSelectsNoWorkload", "exp_alerts": []},
+        {"eval_time": "40m", "alertname": "DrcioGroupSelectsNoWorkload", "exp_alerts": []},  # pending (for: 15m)
+        {"eval_time": "50m", "alertname": "DrcioGroupSelectsNoWorkload",
+         "exp_alerts": [{"exp_labels": {**alert["labels"], "group": "lp"}, "exp_annotations": {
+             "summary": "LP group lp selects none of the LP pods running",
+             "description": alert["annotations"]["description"]}}]},
+    ])
