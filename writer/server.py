@@ -109,7 +109,10 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 
 def build_app(state: ServerState) -> FastAPI:
     """The FastAPI application over ``state``."""
-    app = FastAPI(title="drcio writer", version="1", description="Per-node cgroup I/O writer of drcio.")
+    # No /docs, /redoc or /openapi.json: a node agent serves its API, its probe and its scrape, nothing
+    # else without the token (the schema is app.openapi(), for the tests' fuzzer and anyone reading the code).
+    app = FastAPI(title="drcio writer", version="1", description="Per-node cgroup I/O writer of drcio.",
+                  docs_url=None, redoc_url=None, openapi_url=None)
     pushes = state.reconciler.metrics.pushes
 
     @app.exception_handler(StarletteHTTPException)
