@@ -22,7 +22,8 @@ phases; each phase holds for its duration (the last one holds after the end):
 writes), ``mixed`` (half and half, the steady scenarios' load), ``idle`` (no
 LP I/O) and ``bursts`` (mixed for ``burst_on``, idle for ``burst_off``,
 repeating). ``hp_rate`` is HP requests/s (open-loop Poisson); 0 is a quiet
-spell. Durations take ``ms``/``s``/``m``.
+spell. Durations take ``ms``/``s``/``m``. ``name`` names the run's files
+(``dynamic-<name>.csv``): letters, digits, ``.``, ``_`` and ``-`` only.
 
 Built-in schedules (:data:`BUILTIN_SCHEDULES`): ``hp-steps``, ``lp-phases``
 and ``diurnal`` are the issue's dynamic schedules; ``steady``, ``lp-step``,
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +60,9 @@ __all__ = [
 LpMode = Literal["read", "write", "mixed", "idle", "bursts"]
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
 class ScheduleError(ValueError):
     """A schedule file or name is unusable; the message says where and why."""
 
@@ -74,8 +79,8 @@ def _seconds(value: object) -> float:
 class _PhaseModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
     duration: float
-    hp_rate: float = Field(ge=0, allow_inf_nan=False)
-    hp_rate_end: float | None = Field(None, ge=0, allow_inf_nan=False)
+    hp_rate: float = Field(ge=0, allow_inf_nan=False, strict=True)  # strict: ``true`` is not 1 request/s
+    hp_rate_end: float | None = Field(None, ge=0, allow_inf_nan=False, strict=True)
     lp: LpMode
     burst_on: float = 5.0
     burst_off: float = 10.0
@@ -88,9 +93,18 @@ class _PhaseModel(BaseModel):
 
 class _ScheduleModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1)
+    name: str
     description: str = ""
     phases: list[_PhaseModel] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        # The name becomes file and directory names (raw/dynamic-<name>/, dynamic-<name>.csv).
+        if not _NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a usable name: 1-63 letters, digits, '.', '_' or '-', "
+                             "starting with a letter or digit (it names the run's files)")
+        return v
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,11 @@ def test_a_schedule_file_gives_rates_modes_ramps_and_bursts(tmp_path: Path) -> N
                      id="unknown-lp-mode"),
         pytest.param({"name": "x", "phases": [{"duration": "1s", "hp_rate": 1, "lp": "read", "colour": 1}]},
                      "phases.0.colour", id="unknown-field"),
+        pytest.param({"name": "x/../../escaped", "phases": [{"duration": "1s", "hp_rate": 1, "lp": "read"}]},
+                     "name", id="name-with-a-path"),
+        pytest.param({"name": "", "phases": [{"duration": "1s", "hp_rate": 1, "lp": "read"}]}, "name", id="empty-name"),
+        pytest.param({"name": "x", "phases": [{"duration": "1s", "hp_rate": True, "lp": "read"}]}, "phases.0.hp_rate",
+                     id="boolean-rate"),
     ],
 )
 def test_a_bad_schedule_is_refused_with_where_and_why(doc: object, message: str) -> None:
