@@ -296,6 +296,17 @@ def _write_run_json(config: RunConfig, target: TargetChoice | None, plan: Sequen
     }, indent=2))
 
 
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every infinite or NaN float, however deep in dicts and lists, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def _probe_spec(spec: ScenarioSpec, index: int, level: float) -> ScenarioSpec:
     return ScenarioSpec(f"oracle-{index}", "probe", spec.duration_seconds, spec.warmup_seconds, lp=True,
                         controlled=True, level=round(level, 6), schedule=spec.schedule)
@@ -400,9 +411,9 @@ def run_plan(plan: Sequence[ScenarioSpec], backend: Backend, config: RunConfig, 
             found = bisect_oracle(probe, tolerance=config.oracle_tolerance, max_probes=config.oracle_max_probes,
                                   recheck_gap=None if backend.repeatable else LEVEL_DISAGREEMENT)
             progress.message(f"oracle: {found.describe()}")
-            # Strict JSON: an unbounded uncertainty (no level met, or none missed) is null, not Infinity.
-            found_record = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-                            for k, v in asdict(found).items()}
+            # Strict JSON: an unbounded uncertainty (no level met, or none missed) is null, not Infinity, and so
+            # is a probe's LP when its series was missing (NaN).
+            found_record = _finite_or_null(asdict(found))
             (out / "oracle.json").write_text(json.dumps({**found_record, "scenario": spec.name,
                                                          "tolerance": config.oracle_tolerance,
                                                          "max_probes": config.oracle_max_probes,

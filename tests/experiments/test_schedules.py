@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 
 from experiments.backends.sim import SimBackend, SimConfig
 from experiments.cli import _run_command
+from experiments.export import Export
 from experiments.model import ScenarioRun, ScenarioSpec
 from experiments.report import LEVEL_DISAGREEMENT, ORACLE_ATTAINMENT, SUPERSEDED, phase_table
 from experiments.scenarios import (PlanConfig, RunConfig, TargetSetting, load_base_slo, load_results, plan_scenarios,
@@ -299,3 +301,25 @@ def test_a_probe_spoiled_by_a_host_stall_is_run_again_and_the_oracle_is_the_one_
     assert level in levels and len(set(levels)) == len(levels)
     report = (tmp_path / "repeatable" / "report.md").read_text()
     assert "a probe of the oracle was run again" not in report and "the fixed levels disagree" in report
+
+
+class _LpSeriesLost(SimBackend):
+    """The simulator whose LP byte series comes back empty for every oracle probe, as when the writer's
+    exporter was not scraped: each probe's LP is unknown (NaN)."""
+
+    def export(self, run: ScenarioRun) -> Export:
+        found = super().export(run)
+        if not run.name.startswith("oracle-"):
+            return found
+        return dataclasses.replace(found, series=found.series.assign(lp_bytes_per_second=math.nan))
+
+
+def test_probes_without_an_lp_series_still_give_a_strict_json_oracle_record(tmp_path: Path) -> None:
+    base, _ = load_base_slo(None)
+    schedule = BUILTIN_SCHEDULES["lp-step"].scaled(0.5)
+    plan = plan_scenarios("dynamic", PlanConfig(duration_seconds=schedule.duration_seconds, schedule=schedule))
+    run_plan(plan, _LpSeriesLost(SimConfig(base_slo=base)),
+             RunConfig(tmp_path, TargetSetting(10.0, "given"), pause_seconds=0, report_each_scenario=False), Quiet())
+    record = json.loads((tmp_path / "oracle.json").read_text())  # json.loads takes NaN; the file must not hold it
+    assert "NaN" not in (tmp_path / "oracle.json").read_text()
+    assert record["probes"] and all(p["lp_bytes_per_second"] is None for p in record["probes"])
