@@ -118,6 +118,12 @@ class PlanConfig:
                 f"warm-up ({self.warmup_seconds:g} s) must be shorter than every scenario "
                 f"(duration {self.duration_seconds:g} s, sweep steps {self.sweep_seconds:g} s)"
             )
+        elif self.schedule is not None and self.warmup_seconds >= self.schedule.duration_seconds:
+            # A dynamic run's scenarios last as long as the schedule, whatever --duration says.
+            errors.append(
+                f"warm-up ({self.warmup_seconds:g} s) must be shorter than the schedule "
+                f"({self.schedule.name}: {self.schedule.duration_seconds:g} s); lower --warmup or scale the schedule up"
+            )
         if self.sweep_levels < 2:
             errors.append(f"the sweep needs at least 2 levels, got {self.sweep_levels}")
         if errors:

@@ -76,6 +76,16 @@ def test_an_unknown_schedule_name_exits_2_and_writes_nothing(tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_schedule_no_longer_than_the_warm_up_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    # hp-steps scaled to 3.8 s against the default 5 s warm-up: no interval would be measured.
+    result = CliRunner().invoke(_run_command, ["--backend", "sim", "--scenario", "dynamic", "--schedule", "hp-steps",
+                                               "--schedule-scale", "0.02", "--target", "5ms",
+                                               "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "warm-up (5 s) must be shorter than the schedule (hp-steps: 3.8 s)" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_dynamic_on_the_sim_runs_the_schedule_and_bisects_its_oracle(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = CliRunner().invoke(_run_command, ["--backend", "sim", "--scenario", "dynamic", "--schedule", "lp-step",
