@@ -134,7 +134,12 @@ def build_elector(
                          on_change=lambda lead: metrics.leader.set(1.0 if lead else 0.0), monotonic=monotonic, wall=wall)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# main() dispatches export-rules by hand (this command has no subcommands), so the epilog names it.
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Also: drcio-controller export-rules --help: build the Prometheus recording rules and alerts "
+    "of the SLO file.",
+)
 @click.option(
     "--config",
     "config_path",

@@ -116,6 +116,8 @@ def test_help_documents_every_option() -> None:
     assert proc.returncode == 0
     for option in ("--config", "--once", "--dry-run", "--metrics-listen", "--decision-log", "--max-ticks", "--log-level"):
         assert option in proc.stdout
+    # export-rules is dispatched by hand in main(), so only the epilog tells a user it exists.
+    assert "drcio-controller export-rules --help" in proc.stdout
 
 
 def test_the_decision_log_keeps_the_same_record_as_once_prints(tmp_path: Path, recorded_writer: RecordedWriter) -> None:
