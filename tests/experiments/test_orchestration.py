@@ -267,7 +267,8 @@ def test_all_runs_baseline_contention_static_max_an_8_level_sweep_the_bisected_o
     plan = plan_scenarios("all", PlanConfig(duration_seconds=40))
     assert [s.name for s in plan] == ["baseline", "contention", "static-max",
                                       *[f"sweep-{i}" for i in range(8)], "oracle", "drcio", "baseline-end"]
-    assert [s.duration_seconds for s in plan if s.kind == "oracle"] == [20.0]
+    # The oracle's probes as long as drcio's run, held to the same share over as many intervals.
+    assert [s.duration_seconds for s in plan if s.kind in ("oracle", "drcio")] == [40.0, 40.0]
     levels = [s.level for s in plan if s.kind == "sweep"]
     assert levels == pytest.approx([i / 7 for i in range(8)])
     assert {s.duration_seconds for s in plan if s.kind == "sweep"} == {20.0}
