@@ -167,8 +167,9 @@ def _query_range(
         result = prom.custom_query_range(
             query,
             start_time=datetime.fromtimestamp(start, tz=timezone.utc),
-            end_time=datetime.fromtimestamp(end, tz=timezone.utc),
-            step=f"{step:g}s",
+            # The client rounds to a second: rounded up, the range still holds the grid's last point.
+            end_time=datetime.fromtimestamp(math.ceil(end), tz=timezone.utc),
+            step=f"{step:g}",  # seconds as a number: Prometheus' duration syntax has no fractions ("1.5s")
         )
     except requests.exceptions.RequestException as exc:
         raise ExportError(f"cannot reach Prometheus at {url}: {exc.__class__.__name__}: {exc}") from exc
@@ -205,21 +206,24 @@ def export_range(
         raise ExportError(f"step must be > 0 seconds, got {step_seconds!r}")
     queries = queries or SeriesQueries()
     step = _step_for(start, end, step_seconds)
-    # Align to whole steps so every query returns the same timestamps.
-    start = math.floor(start / step) * step
-    end = math.ceil(end / step) * step
+    # Align to whole steps so every query returns the same timestamps, starting on a whole second:
+    # prometheus_api_client sends start and end rounded to seconds, and Prometheus' grid is start + i * step.
+    start = math.floor(math.floor(start / step) * step)
+    points = math.ceil((end - start) / step - 1e-9)
+    end = start + points * step
     # One quick retry rides out a blip; the client's default (several, with back-off) makes a
     # wrong URL take many seconds to report.
     retry = Retry(total=1, backoff_factor=0.1, status_forcelist=(502, 503, 504), allowed_methods=None)
     prom = PrometheusConnect(url=url, disable_ssl=True, timeout=int(max(1, timeout_seconds)), retry=retry)
-    index = pd.Index([start + i * step for i in range(int(round((end - start) / step)) + 1)], name="timestamp")
+    index = pd.Index([start + i * step for i in range(points + 1)], name="timestamp")
 
     frame = pd.DataFrame(index=index)
     for column, promql in queries.series().items():
         result = _query_range(prom, url, promql, start, end, step)
         # Aggregated queries return at most one series; take the first if a user's PromQL returns more.
         values = _values(result[0]) if result else pd.Series(dtype="float64")
-        frame[column] = values.reindex(index)
+        # Nearest within a tenth of a step: a fractional step's timestamps are not exact binary fractions.
+        frame[column] = values.reindex(index, method="nearest", tolerance=step / 10) if len(values) else math.nan
     frame = frame.reset_index()
     frame.insert(1, "elapsed_seconds", frame["timestamp"] - start)
     series = frame[SERIES_COLUMNS]

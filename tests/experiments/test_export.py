@@ -126,6 +126,19 @@ def test_export_has_every_column_and_the_rates_and_quantiles_of_the_exporter(
     assert set(export.histogram["le"]) == {*BUCKETS, math.inf}
 
 
+@pytest.mark.parametrize("step", [0.5, 1.5])
+def test_a_fractional_step_from_a_fractional_start_fills_every_row(prometheus: tuple[PrometheusServer, float],
+                                                                   step: float) -> None:
+    # The client sends start and end rounded to whole seconds; the rows must still meet Prometheus' grid.
+    prom, started = prometheus
+    export = export_range(prom.url, started + 3.37, time.time() - 0.5, step_seconds=step,
+                          queries=SeriesQueries(window_seconds=5, group_matcher='group="lp"'))
+    s = export.series
+    gaps = s["elapsed_seconds"].diff().dropna().tolist()
+    assert len(gaps) >= 2 and gaps == pytest.approx([step] * len(gaps))
+    assert s["hp_request_rate"].notna().all(), s[["elapsed_seconds", "hp_request_rate"]]
+
+
 def test_export_metrics_cli_writes_the_same_columns(prometheus: tuple[PrometheusServer, float], tmp_path: Path) -> None:
     prom, _ = prometheus
     out, hist = tmp_path / "series.csv", tmp_path / "hist.csv"
