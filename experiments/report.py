@@ -13,7 +13,10 @@ Definitions the report states and the README quotes:
   difference of the cumulative HP histogram between its ends, interpolated
   within a bucket exactly like PromQL's ``histogram_quantile``.
 * **client_p95_ms**: P95 of the load generator's own latencies (requests sent
-  in the measured period); an independent check on the server's histogram.
+  in the measured period and answered ok); an independent check on the
+  server's histogram. **client_requests** counts every request scheduled in
+  the period, those dropped at the in-flight cap included, and
+  **client_errors** those not answered ok (errors, timeouts, drops).
 * **slo_attainment**: the fraction of evaluation intervals (one per series
   step, 1 s = the controller's interval; each with the P95 over the trailing
   export window) in the measured period, excluding the first

@@ -243,6 +243,9 @@ class ProgressSink(Protocol):
 def read_client_csv(path: Path, start: float) -> pd.DataFrame:
     """The load generator's CSV as (timestamp, latency_ms, ok); ``sent_s`` is relative to its own start.
 
+    Every request scheduled is a row: one dropped at the in-flight cap (never
+    sent) is stamped with its scheduled time, without a latency and not ok, so
+    that overload shows in the client's request and error counts.
     The local backend starts the load generator with a signal sent just after
     it takes ``start``, so its timestamps are early by that delivery time
     (milliseconds); the simulator's are exact.
@@ -251,11 +254,10 @@ def read_client_csv(path: Path, start: float) -> pd.DataFrame:
         return pd.DataFrame({"timestamp": pd.Series(dtype="float64"), "latency_ms": pd.Series(dtype="float64"),
                              "ok": pd.Series(dtype="bool")})
     raw = pd.read_csv(path)
-    sent = raw[raw["sent_s"].notna()]
     return pd.DataFrame({
-        "timestamp": start + sent["sent_s"].astype(float),
-        "latency_ms": 1000.0 * sent["latency_s"].astype(float),
-        "ok": sent["outcome"].astype(str).eq("ok"),
+        "timestamp": start + raw["sent_s"].fillna(raw["scheduled_s"]).astype(float),
+        "latency_ms": 1000.0 * raw["latency_s"].astype(float),
+        "ok": raw["outcome"].astype(str).eq("ok"),
     }).reset_index(drop=True)
 
 

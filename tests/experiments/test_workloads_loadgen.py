@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from experiments.scenarios import read_client_csv
 from experiments.schedules import load_schedule
 from experiments.workloads.loadgen import CSV_COLUMNS, main, poisson_schedule, run_load, scheduled_arrivals
 from tests.experiments.test_workloads_support import REPO
@@ -98,12 +99,18 @@ def test_requests_follow_the_schedule_not_the_response_time(slow_server: SlowSer
 
 
 @pytest.mark.parametrize("slow_server", [None], indirect=True, ids=["never-answers"])
-def test_arrivals_beyond_max_in_flight_are_dropped_not_queued(slow_server: SlowServer) -> None:
+def test_arrivals_beyond_max_in_flight_are_dropped_not_queued(slow_server: SlowServer, tmp_path: Path) -> None:
     result = run_load(slow_server.url, 100.0, 0.5, seed=4, max_in_flight=5, timeout_seconds=0.5)
     assert result.sent == 5
     assert result.count("dropped") == len(result.records) - 5 > 0
     assert result.count("timeout") == 5  # the run ended by itself although the server never answered
     assert len(slow_server.received) == 5
+    # The run's reader counts the dropped requests too: as requests and as errors, at their scheduled time.
+    result.write_csv(tmp_path / "client.csv")
+    client = read_client_csv(tmp_path / "client.csv", 1000.0)
+    assert len(client) == len(result.records) and not client["ok"].any()
+    dropped = [r for r in result.records if r.outcome == "dropped"]
+    assert sorted(client["timestamp"])[-1] == pytest.approx(1000.0 + max(r.scheduled_s for r in dropped))
 
 
 @pytest.mark.parametrize("slow_server", ["hang-up"], indirect=True, ids=["closes-after-each-answer"])
