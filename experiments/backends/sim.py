@@ -68,7 +68,8 @@ class SimConfig:
     seed: fixes every random draw (arrivals, service times, jitter).
     nodes: simulated nodes; each has its own disk, HP share and LP job, one
         writer each; the HP SLO is over all nodes' requests (as one service).
-    hp_rate_per_second: HP requests/s per node for the steady scenarios.
+    hp_rate_per_second: HP requests/s of the service for the steady scenarios, spread evenly over the nodes
+        (as a schedule's rates are).
     lp_mode: LP's mode in the steady scenarios (``mixed`` as the local medium level).
     dt_seconds: the plant's time step. 0.1 s: ten steps per scrape, fine
         enough that a limit change lands within a tenth of a controller interval.
@@ -353,7 +354,8 @@ class SimBackend:
 
     def describe(self) -> dict[str, str]:
         fit = self.config.fit or load_fit()
-        hp, lp = load_facts(f"{self.config.hp_rate_per_second:g} requests/s per node, open loop (Poisson)",
+        spread = "" if self.config.nodes == 1 else f", spread over {self.config.nodes} nodes"
+        hp, lp = load_facts(f"{self.config.hp_rate_per_second:g} requests/s{spread}, open loop (Poisson)",
                             self.config.lp_mode, self.config.schedule_name)
         return {
             "backend": f"sim (seeded model, seed {self.config.seed}, {self.config.nodes} node(s); the real controller "
