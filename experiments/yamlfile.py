@@ -21,5 +21,7 @@ def read_yaml(path: Path, error: type[ValueError], what: str) -> Any:
         return yaml.safe_load(path.read_text())
     except OSError as exc:
         raise error(f"{path}: cannot read the {what}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: the {what} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML: {exc}") from exc

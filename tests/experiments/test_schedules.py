@@ -76,6 +76,20 @@ def test_an_unknown_schedule_name_exits_2_and_writes_nothing(tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("content", "message"), [
+    (b"name: x\nphases: [\n", "not valid YAML"),
+    (b"name: caf\xe9\nphases: []\n", "the schedule is not UTF-8 text (byte 9"),
+], ids=["not-yaml", "latin-1"])
+def test_an_unreadable_schedule_file_exits_2_naming_the_file(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "day.yaml"
+    path.write_bytes(content)
+    result = CliRunner().invoke(_run_command, ["--backend", "sim", "--scenario", "dynamic", "--schedule", str(path),
+                                               "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert f"{path}: {message}" in result.output.replace("\n", "")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_schedule_no_longer_than_the_warm_up_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     # hp-steps scaled to 3.8 s against the default 5 s warm-up: no interval would be measured.
     result = CliRunner().invoke(_run_command, ["--backend", "sim", "--scenario", "dynamic", "--schedule", "hp-steps",
