@@ -48,7 +48,7 @@ __all__ = ["main", "export_main", "run_experiment", "export_metrics"]
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 #: Files a run writes at the top of its output dir; a rerun into the same dir replaces exactly these.
-_OUTPUT_GLOBS = ("run.json", "summary.csv", "report.md", "*.png", "*.csv")
+_OUTPUT_GLOBS = ("run.json", "summary.csv", "report.md", "oracle.json", "*.png", "*.csv")
 
 
 class RichProgress:
@@ -248,7 +248,7 @@ def _default_output() -> Path:
                    "first. Costs one more schedule (+ ~7 s of set-up and --pause).")
 @click.option("--seed", type=int, default=1, show_default=True, help="sim backend: the random seed (same seed, same files).")
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="sim backend: simulated nodes (one disk, HP share and LP job each).")
+              help="sim backend: simulated nodes (one disk, an even share of HP's requests and an LP job each).")
 @click.option("--warmup", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds at the start of each scenario left out of every figure.")
 @click.option("--pause", type=click.FloatRange(min=0), default=5.0, show_default=True,
@@ -333,10 +333,19 @@ def run_experiment(
             setting = TargetSetting(None, "auto", multiple=target_multiple)
         else:
             how = "given with --target" if target is not None else f"given in the SLO file {slo_source}"
-            setting = TargetSetting(_parse_target(target_text), how)
-        from experiments.workloads.lp_batch import parse_size
+            try:
+                setting = TargetSetting(_parse_target(target_text), how)
+            except ValueError as exc:
+                raise ValueError(f"{slo_source}: slos[0].target: {exc}" if target is None else f"--target: {exc}") from exc
+        from experiments.workloads.levels import load_level as level_preset
+        from experiments.workloads.lp_batch import BatchConfig, parse_size
 
-        parse_size(lp_file_size)  # a bad size is a usage error now, not a failed LP job later
+        # A bad size is a usage error now, not a failed LP job after the last run's results are gone.
+        try:
+            BatchConfig(Path("."), block_size_bytes=level_preset(load_level).lp_block_size_bytes,
+                        file_size_bytes=parse_size(lp_file_size))
+        except ValueError as exc:
+            raise ValueError(f"--lp-file-size {lp_file_size}: {exc}") from exc
         from experiments.schedules import ScheduleError, load_schedule
 
         try:
@@ -465,9 +474,9 @@ def _schedule_info(schedule: Schedule | None, scale: float, probes: int, plan: l
                             f"{scaled}" + (f"; {schedule.description}" if schedule.description else "")
                             + "; every scenario of the run follows it (the baselines its HP rates, LP off)")
     if any(s.kind == "oracle" for s in plan):
+        length = "the whole schedule" if schedule is not None else "as long as drcio's run"
         info["oracle"] = (f"bisected until the met / missed bracket's LP throughputs differ by <= 5 %, at most "
-                          f"{probes} probes (--oracle-probes), each probe a whole "
-                          f"{'schedule' if schedule is not None else 'sweep step'}; "
+                          f"{probes} probes (--oracle-probes), each probe {length}; "
                           + (f"a probe that misses the target in a share of intervals more than "
                              f"{100 * LEVEL_DISAGREEMENT:g} points below a higher level's is run once more and the "
                              "first run kept as superseded" if reruns else
@@ -549,11 +558,16 @@ def _report_only(output: Path | None, console: Console) -> int:
     if output is None or not (output / "run.json").exists():
         console.print("[red]run-experiment --report-only needs --output pointing to an earlier run (with run.json)[/red]")
         return 2
-    results, target, info = load_results(output)
+    try:
+        results, target, info = load_results(output)
+        planned = json.loads((output / "run.json").read_text()).get("plan", [])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # a file gone, cut short or edited
+        console.print(f"[red]run-experiment --report-only: cannot read the run in {output}: "
+                      f"{type(exc).__name__}: {exc}[/red]")
+        return 2
     if not results or target is None:
         console.print(f"[red]{output} holds no finished scenario with a known target; nothing to report[/red]")
         return 2
-    planned = json.loads((output / "run.json").read_text()).get("plan", [])
     # The oracle's probes are results of their own (oracle-N); its bisection ended when it wrote oracle.json.
     done = {r.name for r in results} | {s["name"] for s in planned if s.get("kind") == "oracle"
                                         and (output / "oracle.json").exists()}

@@ -176,7 +176,22 @@ def check_prerequisites(
     if not config.work_root.is_dir():
         raise BackendUnavailable(f"the work dir parent {config.work_root} does not exist",
                                  "Pass --work-dir pointing to a directory on a real disk.")
+    scheduler = SchedulerSwitch(disk_name(_work_disk(config.work_root)[0]))
+    for needed in config.needs_scheduler:
+        if needed not in scheduler.available():
+            raise BackendUnavailable(
+                f"a planned scenario needs the {needed} scheduler, which {scheduler.path} does not offer",
+                "Run the other scenarios, or load it with `modprobe " + needed + "`.")
     return hierarchy
+
+
+def _work_disk(path: Path) -> list[str]:
+    """The devices (MAJ:MIN) of the disk holding ``path``; :class:`BackendUnavailable` if it cannot be told."""
+    try:
+        return resolve_devices([MountRef(mount=str(path))])
+    except DeviceError as exc:
+        raise BackendUnavailable(f"cannot tell which disk holds {path}: {exc}",
+                                 "Pass --work-dir on a local disk.") from exc
 
 
 class LocalBackend:
@@ -276,17 +291,8 @@ class LocalBackend:
             f.write(secrets.token_urlsafe(32) + "\n")
         for d in ("hp-data", "lp-data"):
             (self.workdir / d).mkdir()
-        try:
-            self.devices = resolve_devices([MountRef(mount=str(self.workdir))])
-        except DeviceError as exc:
-            raise BackendUnavailable(f"cannot tell which disk holds {self.workdir}: {exc}",
-                                     "Pass --work-dir on a local disk.") from exc
+        self.devices = _work_disk(self.workdir)  # its schedulers were checked on entry (check_prerequisites)
         self.scheduler = SchedulerSwitch(disk_name(self.devices[0]))
-        for needed in self.config.needs_scheduler:
-            if needed not in self.scheduler.available():
-                raise BackendUnavailable(
-                    f"a planned scenario needs the {needed} scheduler, which {self.scheduler.path} does not offer",
-                    "Run the other scenarios, or load it with `modprobe " + needed + "`.")
         self.ports = {name: free_port() for name in ("hp", "lp", "writer", "controller")}
 
         self.status("building the HP feature store and the LP data file (once per run)")
@@ -439,17 +445,19 @@ class LocalBackend:
             wait_until("the load generator", json_event(logs / "loadgen.log", "ready"), proc=loadgen,
                        supervisor=sup, timeout=60)
             # One start for both: their schedules (or fixed load) count from these two signals, sent back to back.
-            start = time.time()
+            # Unix time for the export's range; the scenario's length by the monotonic clock (a wall step
+            # must not stretch or cut it).
+            start, began = time.time(), time.monotonic()
             pressure_before = pressure_totals()
             os.kill(loadgen.pid, signal.SIGUSR1)
             if lp is not None:
                 os.kill(lp.pid, signal.SIGUSR1)
-            while (elapsed := time.time() - start) < D:
+            while (elapsed := time.monotonic() - began) < D:
                 sup.check()
                 tick(min(elapsed, D), D, "running")
                 time.sleep(min(0.5, max(0.0, D - elapsed)))
             end = start + D
-            notes.update(pressure_notes(pressure_before, pressure_totals(), time.time() - start))
+            notes.update(pressure_notes(pressure_before, pressure_totals(), time.monotonic() - began))
             tick(D, D, "finishing")
             # One more scrape so every series has a sample at the end of the range.
             time.sleep(self.config.scrape_interval_seconds + 0.5)

@@ -110,7 +110,19 @@ class Supervisor:
         raise KeyError(proc.pid)
 
     def stop(self, proc: subprocess.Popen[bytes], *, timeout: float | None = None) -> int | None:
-        """Terminate ``proc``'s process group; returns its exit status."""
+        """Terminate ``proc``'s process group; returns its exit status.
+
+        A process already reaped (waited for, or polled by :meth:`check`)
+        gets no signal of its own: its id is free, and hours later, at the end
+        of a run, a process that reused it could be signalled instead. Only
+        stragglers of its group are killed, and only while no process holds
+        its id (a process that reused the id would lead a group of that id).
+        """
+        if proc.returncode is not None:
+            if not Path(f"/proc/{proc.pid}").exists():
+                _signal_group(proc.pid, signal.SIGKILL)
+            self._running = [m for m in self._running if m.proc is not proc]
+            return proc.returncode
         timeout = self.stop_timeout_seconds if timeout is None else timeout
         _signal_group(proc.pid, signal.SIGTERM)
         try:
@@ -128,7 +140,8 @@ class Supervisor:
     def stop_all(self) -> None:
         """Stop every running process: SIGTERM to all groups first, so they stop in parallel, then wait."""
         for m in self._running:
-            _signal_group(m.proc.pid, signal.SIGTERM)
+            if m.proc.returncode is None:  # not yet reaped (see stop)
+                _signal_group(m.proc.pid, signal.SIGTERM)
         for m in list(reversed(self._running)):
             self.stop(m.proc)
 

@@ -72,6 +72,42 @@ def test_supervisor_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None
     assert not alive(proc.pid)
 
 
+def test_supervisor_never_signals_the_group_of_a_process_it_already_reaped(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its id is free once reaped: a later process may hold it. The kernel cannot be made to reuse an id on
+    # demand, so the signals sent are recorded, and a process holding the id stands in for the reuse: while
+    # /proc/<its pid> exists, the supervisor must leave that id alone.
+    sup = Supervisor(stop_timeout_seconds=5)
+    done = sup.start("setup", ["sh", "-c", "exit 0"], log_path=tmp_path / "setup.log", expect_exit=True)
+    assert done.wait(timeout=5) == 0
+    real_exists = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda self: True if str(self) == f"/proc/{done.pid}" else real_exists(self))
+    running = sup.start("service", ["sleep", "60"], log_path=tmp_path / "service.log")
+    signalled: list[int] = []
+    real_killpg = os.killpg
+
+    def killpg(pgid: int, sig: int) -> None:
+        signalled.append(pgid)
+        real_killpg(pgid, sig)
+
+    monkeypatch.setattr(os, "killpg", killpg)
+    sup.stop_all()
+    assert done.pid not in signalled and running.pid in signalled
+    assert sup.running == [] and not alive(running.pid)
+
+
+def test_supervisor_still_kills_the_stragglers_of_a_process_it_reaped(tmp_path: Path) -> None:
+    sup = Supervisor(stop_timeout_seconds=5)
+    proc = sup.start("leaves-a-child", ["sh", "-c", f"sleep 60 & echo $! > {tmp_path / 'child'}; exit 0"],
+                     log_path=tmp_path / "l.log", expect_exit=True)
+    assert proc.wait(timeout=5) == 0
+    child = int((tmp_path / "child").read_text())
+    assert alive(child) and _group_members(proc.pid) == [child]
+    sup.stop_all()
+    time.sleep(0.2)
+    assert not alive(child)
+
+
 def test_supervisor_reports_an_unexpected_exit_with_the_log_tail(tmp_path: Path) -> None:
     sup = Supervisor()
     proc = sup.start("crasher", ["sh", "-c", "echo 'cannot open the store' >&2; exit 3"], log_path=tmp_path / "c.log")
@@ -179,6 +215,16 @@ def test_no_cgroup_io_controller_says_what_is_missing() -> None:
     assert "--backend sim" in err.value.alternative
 
 
+def test_a_scheduler_the_work_disk_lacks_is_found_before_anything_is_created(tmp_path: Path) -> None:
+    # Checked with the other prerequisites, before the CLI empties an earlier run's output dir.
+    # /var/tmp: on a real disk (the local backend's default work dir), where /tmp may be a tmpfs.
+    config = LocalConfig(work_root=Path("/var/tmp"), needs_scheduler=("cfq",))  # cfq left the kernel in 5.0
+    hierarchy = Hierarchy(version=2, root=tmp_path)
+    with pytest.raises(BackendUnavailable) as err:
+        check_prerequisites(config, euid=lambda: 0, detect=lambda root: hierarchy, prometheus=lambda: "/usr/bin/prometheus")
+    assert "needs the cfq scheduler" in err.value.missing and "modprobe cfq" in err.value.alternative
+
+
 def test_the_cli_exits_2_without_root_and_creates_nothing(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to drop to another user with setpriv")
@@ -219,6 +265,8 @@ def test_the_cli_exits_2_when_the_cgroup_root_has_no_io_control(tmp_path: Path) 
         pytest.param(["--target", "banana"], "banana", id="target-not-a-duration"),
         pytest.param(["--duration", "10", "--warmup", "20"], "warm-up (20 s) must be shorter", id="warmup-too-long"),
         pytest.param(["--lp-file-size", "lots"], "not a size", id="bad-lp-file-size"),
+        pytest.param(["--lp-file-size", "1000"], "--lp-file-size 1000: bad LP batch config: file size", id="lp-file-unaligned"),
+        pytest.param(["--lp-file-size", "64K"], "must be >= block size", id="lp-file-below-a-block"),
         pytest.param(["--drcio-after"], "--drcio-after is only for --scenario dynamic", id="drcio-after-not-dynamic"),
     ],
 )
@@ -243,12 +291,55 @@ def test_a_bad_slo_file_is_reported_with_file_and_field(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("target", ["fast", 0.005], ids=["not-a-duration", "a-bare-number"])
+def test_a_bad_target_in_the_slo_file_is_reported_with_file_and_field(tmp_path: Path, target: object) -> None:
+    slo = tmp_path / "slo.yaml"
+    doc, _ = load_base_slo(None)
+    doc["slos"][0]["target"] = target
+    slo.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(_run_command, ["--slo", str(slo), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert f"{slo}: slos[0].target:" in result.output.replace("\n", "")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_slo_file_without_slos_is_refused(tmp_path: Path) -> None:
     slo = tmp_path / "slo.yaml"
     slo.write_text("interval: 1s\n")
     result = CliRunner().invoke(_run_command, ["--slo", str(slo), "--output", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "needs a 'slos' list" in result.output
+
+
+def test_a_run_into_an_earlier_runs_dir_leaves_none_of_its_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sim = ["--backend", "sim", "--target", "10ms", "--output", str(out)]
+    first = CliRunner().invoke(_run_command, [*sim, "--scenario", "dynamic", "--schedule", "lp-step",
+                                              "--schedule-scale", "0.2", "--warmup", "2", "--oracle-probes", "2"])
+    assert first.exit_code == 0, first.output
+    assert (out / "oracle.json").exists()
+    second = CliRunner().invoke(_run_command, [*sim, "--scenario", "contention", "--duration", "10"])
+    assert second.exit_code == 0, second.output
+    assert sorted(p.name for p in out.glob("*.json")) == ["run.json"]  # no oracle.json claiming an oracle ran
+    assert sorted(p.name for p in out.glob("*.csv")) == ["contention.csv", "summary.csv"]
+    assert sorted(p.name for p in (out / "raw").iterdir()) == ["contention"]
+
+
+@pytest.mark.parametrize("damage", ["run.json emptied", "a scenario's CSV deleted"])
+def test_report_only_on_a_damaged_run_exits_2_saying_what_it_could_not_read(tmp_path: Path, damage: str) -> None:
+    out = tmp_path / "out"
+    run = CliRunner().invoke(_run_command, ["--backend", "sim", "--target", "10ms", "--output", str(out),
+                                            "--scenario", "contention", "--duration", "10"])
+    assert run.exit_code == 0, run.output
+    if damage == "run.json emptied":
+        (out / "run.json").write_text("")
+    else:
+        (out / "contention.csv").unlink()
+    report = (out / "report.md").read_text()
+    result = CliRunner().invoke(_run_command, ["--report-only", "--output", str(out)])
+    assert result.exit_code == 2
+    assert f"cannot read the run in {out}" in result.output.replace("\n", "")
+    assert (out / "report.md").read_text() == report
 
 
 def test_a_non_empty_output_dir_that_is_not_a_run_is_left_alone(tmp_path: Path) -> None:
