@@ -87,6 +87,10 @@ def _promtool_test(tmp_path: Path, rules: dict[str, Any], series: dict[str, str]
     assert "SUCCESS" in proc.stdout
 
 
+def _alert(rules: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == name)
+
+
 def _burn_alert(rules: dict[str, Any], severity: str) -> dict[str, Any]:
     for group in rules["groups"]:
         for rule in group["rules"]:
@@ -127,7 +131,7 @@ def test_burn_rate_alerts_fire_during_a_burn_and_clear_after_it(tmp_path: Path) 
 
 def test_a_missing_target_bucket_raises_its_alert(tmp_path: Path) -> None:
     rules = rules_file(load_config(SLO))
-    missing = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "DrcioSloTargetBucketMissing")
+    missing = _alert(rules, "DrcioSloTargetBucketMissing")
     _promtool_test(tmp_path, rules, {
         # edges around the target but none at 0.1
         'gnn_request_latency_seconds_bucket{job="hp-gnn",le="0.0848"}': "0+500x30",
@@ -146,7 +150,7 @@ def test_a_group_selecting_none_of_the_running_lp_pods_alerts_and_no_lp_pod_at_a
     """Two writers; group "lp" matches nothing on either. Minutes 0-29 no LP pod runs anywhere (between
     batch runs): quiet. From minute 30 one node runs an LP pod the group does not select: a selector typo."""
     rules = rules_file(load_config(SLO))
-    alert = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "DrcioGroupSelectsNoWorkload")
+    alert = _alert(rules, "DrcioGroupSelectsNoWorkload")
     _promtool_test(tmp_path, rules, {
         'up{job="drcio-writer",instance="node-a"}': "1x90",
         'up{job="drcio-writer",instance="node-b"}': "1x90",
