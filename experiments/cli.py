@@ -340,10 +340,10 @@ def run_experiment(
         from experiments.workloads.levels import load_level as level_preset
         from experiments.workloads.lp_batch import BatchConfig, parse_size
 
+        preset = level_preset(load_level)
         # A bad size is a usage error now, not a failed LP job after the last run's results are gone.
         try:
-            BatchConfig(Path("."), block_size_bytes=level_preset(load_level).lp_block_size_bytes,
-                        file_size_bytes=parse_size(lp_file_size))
+            BatchConfig(Path("."), block_size_bytes=preset.lp_block_size_bytes, file_size_bytes=parse_size(lp_file_size))
         except ValueError as exc:
             raise ValueError(f"--lp-file-size {lp_file_size}: {exc}") from exc
         from experiments.schedules import ScheduleError, load_schedule
@@ -395,9 +395,7 @@ def run_experiment(
     chosen: Backend
     if backend == "sim":
         from experiments.backends.sim import SimBackend, SimConfig
-        from experiments.workloads.levels import load_level as level_preset
 
-        preset = level_preset(load_level)
         chosen = SimBackend(SimConfig(seed=seed, nodes=nodes, hp_rate_per_second=preset.hp_rate_per_second,
                                       lp_mode=lp_mode or preset.lp_mode, base_slo=base_slo,
                                       schedule_name=local_config.schedule_name))
