@@ -35,12 +35,16 @@ drawn from the state of the disk during the step it arrives in.
 **Measurement path.** Every request lands in a cumulative histogram with the
 HP service's real bucket edges (``LATENCY_BUCKETS_SECONDS``); "Prometheus"
 scrapes the cumulative counts every ``scrape_interval_seconds``;
-:meth:`Node.window` returns the increase between the oldest and newest
-scrape inside a trailing window, which is what ``histogram_quantile(q,
+:meth:`Node.window` returns the per-second rate of each counter over the
+scrapes inside a trailing window, extrapolated as Prometheus' ``rate()``
+does (:func:`prometheus_rate`), which is what ``histogram_quantile(q,
 rate(..[w]))`` sees, so the controller reads the P95 with the real bucket
-resolution and lag. Each scrape also records LP's byte counters and the
-``io.max`` in force (the writer's limit gauge), so :meth:`Node.lp_utilisation`
-reads LP's use of its limit as the sensor's PromQL does.
+resolution and lag, and HP's request rate as the real sensor reads it: at
+a series' start (every counter starts at 0 when the schedule does) the rate
+climbs over one window, as it does when the real load generator starts.
+Each scrape also records LP's byte counters and the ``io.max`` in force
+(the writer's limit gauge), so :meth:`Node.lp_utilisation` reads LP's use
+of its limit as the sensor's PromQL does.
 
 Not measured, assumed (so nobody reads more into the sim): how the knee moves
 with HP's request rate (only 200 requests/s was measured; the model scales
@@ -63,7 +67,7 @@ import numpy as np
 
 from experiments.workloads.hp_gnn import LATENCY_BUCKETS_SECONDS
 
-__all__ = ["PlantFit", "LpDemand", "Node", "load_fit", "histogram_quantile", "BUCKETS_SECONDS"]
+__all__ = ["PlantFit", "LpDemand", "Node", "load_fit", "histogram_quantile", "prometheus_rate", "BUCKETS_SECONDS"]
 
 #: The HP service's histogram edges: the simulated histogram has the real one's resolution.
 BUCKETS_SECONDS: tuple[float, ...] = LATENCY_BUCKETS_SECONDS
@@ -73,9 +77,11 @@ def histogram_quantile(q: float, cumulative: np.ndarray, edges: np.ndarray) -> f
     """PromQL's ``histogram_quantile`` on cumulative counts (last = +Inf) over finite ``edges``.
 
     The same rules as :func:`experiments.report.histogram_quantile` (a test
-    checks they agree): linear inside the bucket, a rank in the +Inf bucket
+    checks they agree): counts made monotonic first, linear inside the bucket, a rank in the +Inf bucket
     gives the highest finite bound, NaN without observations.
     """
+    # PromQL's ensureMonotonic: buckets' rates, each extrapolated on its own, may dip below a lower bucket's.
+    cumulative = np.maximum.accumulate(cumulative)
     total = float(cumulative[-1])
     if not total > 0:
         return math.nan
@@ -87,6 +93,32 @@ def histogram_quantile(q: float, cumulative: np.ndarray, edges: np.ndarray) -> f
     below = float(cumulative[i - 1]) if i > 0 else 0.0
     count = float(cumulative[i]) - below
     return lower + (float(edges[i]) - lower) * ((rank - below) / count) if count > 0 else lower
+
+
+def prometheus_rate(t0: float, t1: float, samples: int, v0: Any, v1: Any, at: float, window_seconds: float) -> Any:
+    """``rate(c[w])`` at ``at`` of counters (float or array) whose first and last samples in the window are ``v0`` at
+    ``t0`` and ``v1`` at ``t1``, ``samples`` samples in all: Prometheus 2.x's ``extrapolatedRate``.
+
+    The increase is stretched from the sampled span towards the window's
+    edges: all the way to an edge less than 1.1 average sample gaps away, half a
+    gap otherwise, and at the start never past the point where the counter
+    would have been 0 (a series that begins inside the window). Then it is
+    divided by the whole window. So a counter that starts inside the window
+    (the load has just begun) reads low until the window is full of its
+    samples, as the real sensor reads it. The sim's counters never reset, so
+    resets are not handled.
+    """
+    sampled = t1 - t0
+    increase = np.subtract(v1, v0, dtype=float)
+    gap = sampled / (samples - 1)
+    threshold = 1.1 * gap
+    with np.errstate(divide="ignore", invalid="ignore"):
+        to_zero = np.where(increase > 0, sampled * np.divide(v0, increase), np.inf)
+    to_start = np.minimum(t0 - (at - window_seconds), to_zero)
+    to_end = at - t1
+    stretched = (sampled + np.where(to_start < threshold, to_start, gap / 2)
+                 + (to_end if to_end < threshold else gap / 2))
+    return increase * (stretched / sampled) / window_seconds
 
 
 @dataclass(frozen=True)
@@ -237,8 +269,9 @@ class Node:
         return None if last - first < 1 else (first, last)
 
     def window(self, at: float, window_seconds: float) -> tuple[np.ndarray, float, float, float] | None:
-        """Increase of (cumulative buckets, requests/s, LP read B/s, LP write B/s) over the scrapes in (at - w, at].
+        """``rate()`` over the scrapes in (at - w, at] of (cumulative buckets, requests, LP read bytes, LP write bytes).
 
+        Per second, extrapolated per counter as Prometheus does (:func:`prometheus_rate`).
         None with fewer than two scrapes in the window (Prometheus' rate() is empty then).
         """
         span_idx = self._window_scrapes(at, window_seconds)
@@ -246,14 +279,16 @@ class Node:
             return None
         first, last = span_idx
         (t0, b0, n0, r0, w0), (t1, b1, n1, r1, w1) = self.scrapes[first], self.scrapes[last]
-        span = t1 - t0
-        return b1 - b0, (n1 - n0) / span, (r1 - r0) / span, (w1 - w0) / span
+        n = last - first + 1
+        rates = [prometheus_rate(t0, t1, n, v0, v1, at, window_seconds)
+                 for v0, v1 in ((n0, n1), (r0, r1), (w0, w1))]
+        return prometheus_rate(t0, t1, n, b0, b1, at, window_seconds), *map(float, rates)
 
     def lp_utilisation(self, at: float, window_seconds: float) -> float | None:
         """LP's use of its io.max over the scrapes in (at - w, at], as the sensor's ``lp_utilisation_query`` reads it.
 
         Per direction with a limit scraped in the window: LP bytes/s (the
-        counters' increase, as ``rate()``) over the mean of the limit samples
+        counters' ``rate()``, :func:`prometheus_rate`) over the mean of the limit samples
         (``avg_over_time``); the larger of the two. None with fewer than two
         scrapes or no limit in the window.
         """
@@ -262,7 +297,9 @@ class Node:
             return None
         first, last = span_idx
         (t0, _, _, r0, w0), (t1, _, _, r1, w1) = self.scrapes[first], self.scrapes[last]
-        moved = ((r1 - r0) / (t1 - t0), (w1 - w0) / (t1 - t0))
+        n = last - first + 1
+        moved = (float(prometheus_rate(t0, t1, n, r0, r1, at, window_seconds)),
+                 float(prometheus_rate(t0, t1, n, w0, w1, at, window_seconds)))
         ratios = []
         for direction in (0, 1):
             limits = [v for s in self.limit_scrapes[first:last + 1] if (v := s[direction]) is not None]

@@ -212,3 +212,23 @@ def test_a_restarted_controller_takes_over_from_the_level_its_writers_hold_or_th
     else:
         assert at == pytest.approx(0.2, abs=0.05)  # back at the fail-safe level, one PID step away from it
     assert plain["level"].iloc[:45].tolist() == restarted["level"].iloc[:45].tolist()  # nothing before the restart
+
+
+def test_the_controller_reads_the_hp_rate_climb_over_one_window_at_the_start_as_from_prometheus() -> None:
+    """Every counter starts with the schedule, so ``rate()`` over 5 s climbs for one window (measured locally:
+    4, 53, 99, 150, 204 requests/s on the first ticks with data of the 2026-12-01 steady run), and the gate
+    holds the gated PID at the fail-safe level through it, as it did there."""
+    base, _ = load_base_slo(None)
+    backend = SimBackend(SimConfig(base_slo=base))
+    doc = slo_document(ScenarioSpec("drcio", "drcio", 90, 5, lp=True, controlled=True), base, target_ms=10.0,
+                       wiring=backend.wiring())
+    stream = io.StringIO()
+    simulate(PLANT_SCHEDULES["steady"], SimConfig(seed=1), slo=doc, decision_log=DecisionLog(stream=stream))
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    rates = [r["request_rate"] for r in records[:12]]
+    seen = [r for r in rates if r]
+    assert seen[0] < 0.6 * 200  # the first window holds a second or two of the load
+    assert seen[:4] == sorted(seen[:4]) and seen[3] > 1.4 * seen[0]  # climbing while the window fills
+    assert rates[8] == pytest.approx(200, rel=0.1)  # full
+    assert {r["level"] for r in records[:8]} == {0.2}  # held at the fail-safe level meanwhile
+    assert any(r["terms"]["gated"] == 1.0 for r in records[2:8])
