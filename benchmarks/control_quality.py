@@ -155,6 +155,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pid-gated-ki0.05": {**PID_GATED, "ki": 0.05},
     "pid-gated-ki0.2": {**PID_GATED, "ki": 0.2},
     "pid-gated-ki0.05-sp0.25": {**PID_GATED, "ki": 0.05, "setpoint": 0.25},
+    "pid-gated-nostep": {**PID_GATED, "gate_step": 0.0},
+    "pid-gated-step2s": {**PID_GATED, "gate_step_seconds": 2.0},
 }
 STATICS = ("static-max", "static-weight", "none", "oracle")
 

@@ -238,6 +238,8 @@ def test_pid_defaults_are_the_documented_ones() -> None:
         "gate_rise": 0.05,
         "gate_fall": 0.25,
         "gate_rise_seconds": 5.0,
+        "gate_step": 0.5,
+        "gate_step_seconds": 3.0,
     }
 
 
@@ -259,6 +261,10 @@ def test_pid_defaults_are_the_documented_ones() -> None:
         pytest.param({"gate_rise": -0.05}, "gate_rise must be >= 0", id="negative-gate-rise"),
         pytest.param({"gate_fall": 1.5}, "gate_fall must be in [0, 1]", id="gate-fall-over-one"),
         pytest.param({"gate_rise_seconds": 0}, "gate_rise_seconds must be > 0", id="zero-gate-rise-seconds"),
+        pytest.param({"gate_step": -0.5}, "gate_step must be >= 0", id="negative-gate-step"),
+        pytest.param({"gate_step_seconds": 0}, "gate_step_seconds must be > 0", id="zero-gate-step-seconds"),
+        pytest.param({"gate_step_seconds": 6}, "gate_step_seconds must be <= gate_rise_seconds (5), got 6",
+                     id="step-longer-than-rise"),
     ],
 )
 def test_pid_params_refuse_bad_values_naming_field_and_range(kwargs: dict[str, object], message: str) -> None:
@@ -359,6 +365,27 @@ def test_gated_pid_holds_while_hp_traffic_rises_even_with_lp_bound() -> None:
     steady = [policy.step(gated_ok(0.7, 0.95, rate=200.0 * 1.03**7)) for _ in range(8)]
     # it opens again once no rate of the last 5 s is more than 5 % below the current one (the fourth tick)
     assert steady[:3] == [rising[1]] * 3 and steady[3] > rising[1]
+
+
+def test_after_a_step_in_hp_traffic_the_gated_pid_waits_until_the_rate_has_held_still_for_gate_step_seconds() -> None:
+    # HP starts: after two ticks without traffic, a 5 s window's rate climbs for five ticks (as measured at a real
+    # start: 4, 53, 99, 150, 204 requests/s), then holds still. LP is bound and the P95 shows headroom all along.
+    quiet = Observation(SensorStatus.NO_DATA, None, TARGET_SECONDS, STEP, request_rate_per_second=0.0)
+    climb = [40.0, 80.0, 120.0, 160.0, 200.0]
+
+    def levels(params: PidParams, rates: list[float]) -> list[float]:
+        policy = PidPolicy(params, initial_level=0.5)  # above GATED's gate_above: every rise needs the gate open
+        return [policy.step(quiet) for _ in range(2)] + [policy.step(gated_ok(0.7, 0.95, rate=r)) for r in rates]
+
+    def first_rise(params: PidParams) -> int:
+        return next(k for k, level in enumerate(levels(params, climb + [200.0] * 8)) if level > 0.5)
+
+    # with the step rule: held through the climb (ticks 2-6) and until the rate has been still for 3 s (tick 9)
+    assert first_rise(GATED) == 9
+    # without it: held until no rate of the last 5 s is 5 % below the current one (tick 11)
+    assert first_rise(dataclasses.replace(GATED, gate_step=0.0)) == 11
+    # a rate still rising after the step holds as any rise does
+    assert levels(GATED, climb + [200.0 * 1.03**k for k in range(1, 9)]) == [0.5] * 15
 
 
 def test_gated_pid_does_not_open_into_hp_going_quiet_but_does_through_a_slow_fall() -> None:

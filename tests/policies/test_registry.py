@@ -77,7 +77,7 @@ def test_registry_builds_independent_policies() -> None:
         pytest.param(
             "pid",
             {"kq": 1},
-            ["unknown policy parameter 'kq' (allowed: kp, ki, kd, setpoint, deadband, violation_gain, no_data_rate, gate_utilisation, gate_above, gate_rise, gate_fall, gate_rise_seconds)"],
+            ["unknown policy parameter 'kq' (allowed: kp, ki, kd, setpoint, deadband, violation_gain, no_data_rate, gate_utilisation, gate_above, gate_rise, gate_fall, gate_rise_seconds, gate_step, gate_step_seconds)"],
             id="unknown-key",
         ),
         pytest.param(
