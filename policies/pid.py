@@ -138,9 +138,9 @@ class PidParams:
     gate_rise_seconds: how far back ``gate_rise`` and ``gate_fall`` compare,
         > 0. Default 5 s (the template's window).
     gate_step: with the gate on, a rise of more than this fraction within
-        ``gate_rise_seconds`` is a step in HP's load, not a ramp, >= 0: it
-        holds only until the rate has risen by at most ``gate_rise`` over the
-        last ``gate_step_seconds``. Default 0.5. A windowed rate climbs for
+        ``gate_rise_seconds`` is a step in HP's load, not a ramp, 0 or >=
+        ``gate_rise``: it holds only until the rate has risen by at most
+        ``gate_rise`` over the last ``gate_step_seconds``. Default 0.5. A windowed rate climbs for
         one window after a step (HP starting, or back from quiet) and then
         stops, and from then on the window holds the new load alone; without
         this the rise check held ``gate_rise_seconds`` longer. The ramps it
@@ -188,7 +188,11 @@ class PidParams:
             range_problem("gate_step", self.gate_step, ge=0),
             range_problem("gate_step_seconds", self.gate_step_seconds, gt=0),
         ]
-        if all(p is None for p in problems[-3:]) and self.gate_step_seconds > self.gate_rise_seconds:
+        rise, rise_seconds, step, step_seconds = problems[-5], problems[-3], problems[-2], problems[-1]
+        if rise is None and step is None and 0 < self.gate_step < self.gate_rise:
+            problems.append(f"gate_step must be 0 (off) or >= gate_rise ({self.gate_rise:g}): a step is a rise "
+                            f"larger than the ones that hold, got {self.gate_step:g}")
+        if rise_seconds is None and step_seconds is None and self.gate_step_seconds > self.gate_rise_seconds:
             problems.append(f"gate_step_seconds must be <= gate_rise_seconds ({self.gate_rise_seconds:g}), "
                             f"got {self.gate_step_seconds:g}")
         gains_ok = all(p is None for p in problems[:2])

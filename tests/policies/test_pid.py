@@ -263,6 +263,7 @@ def test_pid_defaults_are_the_documented_ones() -> None:
         pytest.param({"gate_rise_seconds": 0}, "gate_rise_seconds must be > 0", id="zero-gate-rise-seconds"),
         pytest.param({"gate_step": -0.5}, "gate_step must be >= 0", id="negative-gate-step"),
         pytest.param({"gate_step_seconds": 0}, "gate_step_seconds must be > 0", id="zero-gate-step-seconds"),
+        pytest.param({"gate_step": 0.02}, "gate_step must be 0 (off) or >= gate_rise (0.05)", id="step-below-rise"),
         pytest.param({"gate_step_seconds": 6}, "gate_step_seconds must be <= gate_rise_seconds (5), got 6",
                      id="step-longer-than-rise"),
     ],
