@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -171,17 +172,23 @@ def test_two_nodes_get_every_push_and_share_the_hp_load(tmp_path: Path) -> None:
     assert series["hp_request_rate"].iloc[10:].mean() == pytest.approx(200, rel=0.15)  # the service's rate, summed
 
 
-def test_the_sim_measures_lp_use_of_its_limit_as_the_sensor_does_and_the_gate_holds_while_lp_is_idle() -> None:
-    """lp-step: LP idle for 30 s, then at full demand. The gated PID opens only once LP uses its limit."""
+def _decisions(schedule: str, policy: dict[str, object] | None = None) -> list[dict[str, Any]]:
+    """The decision log of the template's drcio scenario (``policy`` replacing its policy) on a plant schedule, seed 1."""
     base, _ = load_base_slo(None)
-    base["slos"][0]["policy"] = {"kind": "pid", "kp": 0.5, "ki": 0.1, "kd": 0.0, "setpoint": 0.27, "no_data_rate": 0.0,
-                                 "gate_utilisation": 0.9}
+    if policy is not None:
+        base["slos"][0]["policy"] = policy
     backend = SimBackend(SimConfig(base_slo=base))
     doc = slo_document(ScenarioSpec("drcio", "drcio", 90, 5, lp=True, controlled=True), base, target_ms=10.0,
                        wiring=backend.wiring())
     stream = io.StringIO()
-    simulate(PLANT_SCHEDULES["lp-step"], SimConfig(seed=1), slo=doc, decision_log=DecisionLog(stream=stream))
-    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    simulate(PLANT_SCHEDULES[schedule], SimConfig(seed=1), slo=doc, decision_log=DecisionLog(stream=stream))
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_the_sim_measures_lp_use_of_its_limit_as_the_sensor_does_and_the_gate_holds_while_lp_is_idle() -> None:
+    """lp-step: LP idle for 30 s, then at full demand. The gated PID opens only once LP uses its limit."""
+    records = _decisions("lp-step", {"kind": "pid", "kp": 0.5, "ki": 0.1, "kd": 0.0, "setpoint": 0.27,
+                                     "no_data_rate": 0.0, "gate_utilisation": 0.9})
     idle = [r for r in records if 10 <= r["time"] - records[0]["time"] < 30]
     busy = [r for r in records if r["time"] - records[0]["time"] >= 40]
     assert all(r["lp_utilisation"] == 0.0 for r in idle)  # limited, moving nothing
@@ -218,13 +225,7 @@ def test_the_controller_reads_the_hp_rate_climb_over_one_window_at_the_start_as_
     """Every counter starts with the schedule, so ``rate()`` over 5 s climbs for one window (measured locally:
     4, 53, 99, 150, 204 requests/s on the first ticks with data of the 2026-12-01 steady run), and the gate
     holds the gated PID at the fail-safe level through it, as it did there."""
-    base, _ = load_base_slo(None)
-    backend = SimBackend(SimConfig(base_slo=base))
-    doc = slo_document(ScenarioSpec("drcio", "drcio", 90, 5, lp=True, controlled=True), base, target_ms=10.0,
-                       wiring=backend.wiring())
-    stream = io.StringIO()
-    simulate(PLANT_SCHEDULES["steady"], SimConfig(seed=1), slo=doc, decision_log=DecisionLog(stream=stream))
-    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    records = _decisions("steady")
     rates = [r["request_rate"] for r in records[:12]]
     seen = [r for r in rates if r]
     assert seen[0] < 0.6 * 200  # the first window holds a second or two of the load
