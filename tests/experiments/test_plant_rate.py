@@ -6,8 +6,11 @@ at many instants is compared with :func:`experiments.plant.prometheus_rate`
 on the same samples. The series are the shapes the experiments produce: a
 counter that begins when the load does (the start of every scenario: the
 rate climbs over one window), one running long before, and one flat through
-a quiet spell and then rising (HP's return). Scrape times wander by up to
-30 ms, as real scrapes do, so the extrapolation's threshold is crossed both ways.
+a quiet spell and then rising (HP's return), and a sparse one (windows with no
+increase). Scrape times wander by up to 30 ms, as real scrapes do. Both branches
+of the extrapolation are taken: to the window's edge (most instants), and by half
+a sample gap where the window begins before the first sample and the counter's
+zero does not cut it short (the first seconds of the long-running series).
 """
 
 from __future__ import annotations
