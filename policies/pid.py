@@ -172,31 +172,34 @@ class PidParams:
     gate_step_seconds: float = 3.0
 
     def __post_init__(self) -> None:
-        problems = [
-            range_problem("kp", self.kp, ge=0),
-            range_problem("ki", self.ki, ge=0),
-            range_problem("kd", self.kd, ge=0),
-            range_problem("setpoint", self.setpoint, ge=0, lt=1),
-            range_problem("deadband", self.deadband, ge=0, lt=1),
-            range_problem("violation_gain", self.violation_gain, ge=1),
-            range_problem("no_data_rate", self.no_data_rate, ge=0, le=1),
-            range_problem("gate_utilisation", self.gate_utilisation, ge=0, le=1),
-            range_problem("gate_above", self.gate_above, ge=0, le=1),
-            range_problem("gate_rise", self.gate_rise, ge=0),
-            range_problem("gate_fall", self.gate_fall, ge=0, le=1),
-            range_problem("gate_rise_seconds", self.gate_rise_seconds, gt=0),
-            range_problem("gate_step", self.gate_step, ge=0),
-            range_problem("gate_step_seconds", self.gate_step_seconds, gt=0),
-        ]
-        rise, rise_seconds, step, step_seconds = problems[-5], problems[-3], problems[-2], problems[-1]
-        if rise is None and step is None and 0 < self.gate_step < self.gate_rise:
+        checked = {
+            "kp": range_problem("kp", self.kp, ge=0),
+            "ki": range_problem("ki", self.ki, ge=0),
+            "kd": range_problem("kd", self.kd, ge=0),
+            "setpoint": range_problem("setpoint", self.setpoint, ge=0, lt=1),
+            "deadband": range_problem("deadband", self.deadband, ge=0, lt=1),
+            "violation_gain": range_problem("violation_gain", self.violation_gain, ge=1),
+            "no_data_rate": range_problem("no_data_rate", self.no_data_rate, ge=0, le=1),
+            "gate_utilisation": range_problem("gate_utilisation", self.gate_utilisation, ge=0, le=1),
+            "gate_above": range_problem("gate_above", self.gate_above, ge=0, le=1),
+            "gate_rise": range_problem("gate_rise", self.gate_rise, ge=0),
+            "gate_fall": range_problem("gate_fall", self.gate_fall, ge=0, le=1),
+            "gate_rise_seconds": range_problem("gate_rise_seconds", self.gate_rise_seconds, gt=0),
+            "gate_step": range_problem("gate_step", self.gate_step, ge=0),
+            "gate_step_seconds": range_problem("gate_step_seconds", self.gate_step_seconds, gt=0),
+        }
+        problems = list(checked.values())
+
+        def valid(*names: str) -> bool:
+            return all(checked[n] is None for n in names)
+
+        if valid("gate_rise", "gate_step") and 0 < self.gate_step < self.gate_rise:
             problems.append(f"gate_step must be 0 (off) or >= gate_rise ({self.gate_rise:g}): a step is a rise "
                             f"larger than the ones that hold, got {self.gate_step:g}")
-        if rise_seconds is None and step_seconds is None and self.gate_step_seconds > self.gate_rise_seconds:
+        if valid("gate_rise_seconds", "gate_step_seconds") and self.gate_step_seconds > self.gate_rise_seconds:
             problems.append(f"gate_step_seconds must be <= gate_rise_seconds ({self.gate_rise_seconds:g}), "
                             f"got {self.gate_step_seconds:g}")
-        gains_ok = all(p is None for p in problems[:2])
-        if gains_ok and self.kp == 0 and self.ki == 0:
+        if valid("kp", "ki") and self.kp == 0 and self.ki == 0:
             problems.append("at least one of kp, ki must be > 0 (otherwise the level never moves)")
         raise_problems("pid policy", problems)
 
