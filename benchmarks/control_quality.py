@@ -16,6 +16,12 @@ see ``experiments/schedules.py``) and each policy:
   the PID with its gate (``PidParams.gate_utilisation``: it opens only while
   LP uses its limit and HP's rate is not rising), setpoint 0.27, holding
   while HP is quiet (:data:`PID_GATED`);
+* ``pid-gated-warm``: the same loop started where it ended on an earlier
+  run of the same scenario (on seed + :data:`REMEMBERED_SEED_OFFSET`), as
+  ``run-experiment --start-from`` starts it and as a deployed controller
+  resumes from the level its writers hold; every other loop starts at the
+  fail-safe level (0.2), a first start with nothing remembered. Its records
+  carry the levels it started at (``start_levels``);
 * ``static-max``: LP io.max fixed at read 200M / write 50M;
 * ``static-weight``: LP io.weight 10 only. The sim does not model io.weight
   (see ``experiments/plant.py``): it runs as no limit, which is roughly what
@@ -114,12 +120,17 @@ SEEDS = [1, 2, 3]
 #: Every scenario, by name: the plant schedules, then the dynamic ones.
 SCENARIOS: dict[str, Schedule] = {**PLANT_SCHEDULES, **DYNAMIC_SCHEDULES}
 ORACLE_ATTAINMENT = 0.99
-POLICIES = ("pid", "aimd", "knee", "pid-gated", "static-max", "static-weight", "none", "oracle", "clairvoyant",
-            "phase-oracle")
+POLICIES = ("pid", "aimd", "knee", "pid-gated", "pid-gated-warm", "static-max", "static-weight", "none", "oracle",
+            "clairvoyant", "phase-oracle")
 #: References, not loops: left out by ``--quick``.
 REFERENCES = ("clairvoyant", "phase-oracle")
 PIECE_SECONDS = 10.0
-LOOPS = ("pid", "aimd", "knee", "pid-gated")
+LOOPS = ("pid", "aimd", "knee", "pid-gated", "pid-gated-warm")
+#: Loops that start where the same loop ended on an earlier run of the scenario (``run-experiment
+#: --start-from``), not at the fail-safe level: name -> the loop. The earlier run plays the same schedule on seed
+#: + :data:`REMEMBERED_SEED_OFFSET`, noise no measured record (nor the held-out replay) sees.
+WARM_LOOPS: dict[str, str] = {"pid-gated-warm": "pid-gated"}
+REMEMBERED_SEED_OFFSET = 1000
 #: The plain PID: the template's policy until 2026-11-29 (setpoint 0.2, no gate).
 PID_PLAIN: dict[str, Any] = {"kind": "pid", "kp": 0.5, "ki": 0.1, "kd": 0.0, "setpoint": 0.2}
 #: The template's policy: the PID with the LP gate (``PidParams.gate_utilisation``), aiming at 73 % of the
@@ -169,7 +180,7 @@ class Cell:
 
 
 def _slo(policy: str, base: dict[str, Any], target_ms: float, backend: SimBackend, level: float | None = None,
-         ) -> dict[str, Any] | None:
+         start_level: float | None = None) -> dict[str, Any] | None:
     if policy in ("none", "static-weight"):
         return None  # io.weight is not modelled: the same plant as no limit (module docstring)
     kinds: dict[str, Kind] = {"static-max": "static-max", "oracle": "sweep"}
@@ -179,8 +190,24 @@ def _slo(policy: str, base: dict[str, Any], target_ms: float, backend: SimBacken
     section = {**LOOP_POLICIES, **VARIANTS}.get(policy)
     if section is not None:
         doc["slos"][0]["policy"] = section
-    spec = ScenarioSpec(policy, kind, 1.0, 0.0, lp=True, controlled=True, level=level)
+    spec = ScenarioSpec(policy, kind, 1.0, 0.0, lp=True, controlled=True, level=level, start_level=start_level)
     return slo_document(spec, doc, target_ms=target_ms, wiring=backend.wiring())
+
+
+def loop_cells(policy: str, schedule: Schedule, base: dict[str, Any], target_ms: float, backend: SimBackend,
+               seeds: Sequence[int]) -> tuple[list[dict[str, Any]], list[float] | None]:
+    """A loop's (or variant's) cells per seed, and for a :data:`WARM_LOOPS` entry the levels each seed started at."""
+    loop = WARM_LOOPS.get(policy)
+    if loop is None:
+        slo = _slo(policy, base, target_ms, backend)
+        return [cell_metrics(_run(schedule, slo, seed), schedule, target_ms) for seed in seeds], None
+    cells, starts = [], []
+    for seed in seeds:
+        earlier = _run(schedule, _slo(loop, base, target_ms, backend), seed + REMEMBERED_SEED_OFFSET)
+        starts.append(float(earlier.decisions["level"].iloc[-1]))
+        slo = _slo(loop, base, target_ms, backend, start_level=starts[-1])
+        cells.append(cell_metrics(_run(schedule, slo, seed), schedule, target_ms))
+    return cells, starts
 
 
 def _run(schedule: Schedule, slo: dict[str, Any] | None, seed: int) -> SimResult:
@@ -414,8 +441,9 @@ def _scenario_records(name: str, policies: list[str], target_ms: float, window: 
             extra["piece_levels"] = levels
             cells = piece_cells(schedule, levels, base, target_ms, backend, seeds, seconds=seconds)
         else:
-            slo = _slo(policy, base, target_ms, backend)
-            cells = [cell_metrics(_run(schedule, slo, seed), schedule, target_ms) for seed in seeds]
+            cells, starts = loop_cells(policy, schedule, base, target_ms, backend, seeds)
+            if starts is not None:
+                extra["start_levels"] = starts
         agg = _aggregate(cells)
         records.append({
             "policy": policy,

@@ -219,7 +219,8 @@ def _scenario_rows(name: str, ref: dict[str, dict[str, Any]], seeds: list[int], 
             cells = cq.piece_cells(schedule, lowered, base, target_ms, backend, seeds, seconds=schedule.duration_seconds)
             rows.append(_row(name, "phase-oracle", margin, cells, oracle_bytes))
     for loop in [*cq.LOOPS, *variants]:
-        rows.append(_row(name, loop, None, measure(loop), oracle_bytes))
+        cells, _ = cq.loop_cells(loop, schedule, base, target_ms, backend, seeds)
+        rows.append(_row(name, loop, None, cells, oracle_bytes))
     return rows
 
 

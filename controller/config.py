@@ -363,11 +363,21 @@ class ControllerConfig(BaseModel):
     #: (default): the level its writers hold from the last push, the lowest over the writers that
     #: answer within one interval (a writer in fail-safe or without a push counts as the fail-safe
     #: level at most; none answering: the fail-safe level), so a restart or a fail-over continues
-    #: from the limits in force. ``failsafe``: ``failsafe.level``.
-    start_level: Literal["in-force", "failsafe"] = "in-force"
+    #: from the limits in force. ``failsafe``: ``failsafe.level``. A number in [0, 1]: that level
+    #: (``run-experiment --start-from`` sets the level an earlier run's loop ended at).
+    start_level: Literal["in-force", "failsafe"] | float = "in-force"
     #: How long a push stays valid on the writers; default 6 intervals (>= 15 s).
     lease_ttl_seconds: Seconds | None = Field(None, alias="lease_ttl")
     slos: Annotated[list[SloConfig], Field(min_length=1)]
+
+    @field_validator("start_level", mode="before")
+    @classmethod
+    def _start_level(cls, v: Any) -> Any:
+        if v in ("in-force", "failsafe"):
+            return v
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0:
+            return float(v)
+        raise ValueError(f"must be 'in-force', 'failsafe' or a level in [0, 1], got {v!r}")
 
     @field_validator("interval_seconds")
     @classmethod
@@ -406,6 +416,13 @@ class ControllerConfig(BaseModel):
             if slo.metric is not None and slo.window_seconds < 2 * 1.0:
                 raise ValueError(f"slos[{slo.name}].window must be >= 2s so rate() sees two scrapes")
         return self
+
+    @property
+    def fixed_start_level(self) -> float | None:
+        """The level the policies start at when ``start_level`` fixes one (a number or ``failsafe``), else None."""
+        if self.start_level == "in-force":
+            return None
+        return self.failsafe.level if self.start_level == "failsafe" else float(self.start_level)
 
     @property
     def effective_token_file(self) -> Path | None:

@@ -45,11 +45,14 @@ log = logging.getLogger(__name__)
 
 
 def build_policies(config: ControllerConfig) -> dict[str, Policy]:
-    """One policy per SLO. Policies start at the fail-safe level: a controller that has
-    just started knows as little as one whose sensor has failed for long."""
+    """One policy per SLO. Policies start at the fail-safe level (a controller that has
+    just started knows as little as one whose sensor has failed for long), or at the
+    level ``start_level`` gives as a number."""
     failsafe = config.failsafe.to_policy()
+    start = config.fixed_start_level
     return {
-        slo.name: build_policy(slo.policy.parsed(), failsafe=failsafe, initial_level=failsafe.level)
+        slo.name: build_policy(slo.policy.parsed(), failsafe=failsafe,
+                               initial_level=failsafe.level if start is None else start)
         for slo in config.slos
     }
 
@@ -186,8 +189,9 @@ class Controller:
         """Start every SLO's policy afresh from the level in force; returns the level per SLO.
 
         With ``start_level: in-force`` the level is its LP group's on the
-        writers (:func:`levels_in_force`; read over ``GET /status``), else, or
-        where no writer answers, the fail-safe level. The policies are built
+        writers (:func:`levels_in_force`; read over ``GET /status``), or,
+        where no writer answers, the fail-safe level; else the level
+        ``start_level`` fixes (the fail-safe level, or a number). The policies are built
         anew from the config: whatever they had learned (a standby's policies
         step on readings of a plant another replica drives) is dropped, and
         the PID's integral starts at that level (bumpless).
@@ -195,8 +199,9 @@ class Controller:
         self._take_over_pending.clear()
         failsafe = self.config.failsafe
         held: dict[str, float] = {}
-        source = "start_level: failsafe"
-        if self.config.start_level == "in-force":
+        fixed = self.config.fixed_start_level
+        source = f"start_level: {self.config.start_level}"
+        if fixed is None:
             writers = self.writers.writers()
             # Bounded by one interval: at thousands of writers the whole round could outlast their lease.
             read = self.pusher.read_in_force(writers, self.config.interval_seconds)
@@ -204,12 +209,14 @@ class Controller:
             source = f"in force on {answered} of {len(writers)} writer(s)"
         levels = {}
         for st in self._states:
-            level = held.get(st.slo.throttle.group_name, failsafe.level)
+            level = held.get(st.slo.throttle.group_name, failsafe.level) if fixed is None else fixed
             st.policy = build_policy(st.slo.policy.parsed(), failsafe=failsafe.to_policy(), initial_level=level)
             st.level, st.last_time = level, None
             levels[st.slo.name] = level
-        log.info("taking over: policies start at %s (%s; fail-safe level %g where none is held)",
-                 ", ".join(f"{name} {level:.3f}" for name, level in levels.items()), source, failsafe.level)
+        if fixed is None:
+            source += f"; fail-safe level {failsafe.level:g} where none is held"
+        log.info("taking over: policies start at %s (%s)",
+                 ", ".join(f"{name} {level:.3f}" for name, level in levels.items()), source)
         return levels
 
     def _next_generation(self, now: float) -> int:

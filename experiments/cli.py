@@ -40,6 +40,7 @@ from experiments.scenarios import (
     TargetSetting,
     load_results,
     plan_scenarios,
+    remembered_starts,
     run_plan,
 )
 from experiments.slo import SloError, load_base_slo, slo_document, slo_target_text, validate_slo
@@ -246,6 +247,12 @@ def _default_output() -> Path:
                    "their mean with the oracle: the host drifts over a run this long. Default: on, but not on the "
                    "sim backend, where every run draws the same random numbers and the second would repeat the "
                    "first. Costs one more schedule (+ ~7 s of set-up and --pause).")
+@click.option("--start-from", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              metavar="DIR",
+              help="Start each loop scenario (drcio, dynamic) at the level its loop ended at in the earlier run "
+                   "whose output directory is DIR (the last record of DIR/raw/<scenario>/decisions.jsonl), as a "
+                   "deployed controller resumes from the level its writers hold; the report names the level. "
+                   "Default: the fail-safe level, a first start with nothing remembered.")
 @click.option("--seed", type=int, default=1, show_default=True, help="sim backend: the random seed (same seed, same files).")
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="sim backend: simulated nodes (one disk, an even share of HP's requests and an LP job each).")
@@ -303,6 +310,7 @@ def run_experiment(
     schedule_scale: float = 1.0,
     oracle_probes: int = 14,
     drcio_after: bool | None = None,
+    start_from: Path | None = None,
     seed: int = 1,
     nodes: int = 1,
     pause: float,
@@ -361,6 +369,13 @@ def run_experiment(
         after = scenario == "dynamic" and (not _repeatable(backend) if drcio_after is None else drcio_after)
         plan_config = PlanConfig(duration, warmup, sweep_levels, sweep_duration, schedule=loaded, drcio_after=after)
         plan = plan_scenarios(scenario, plan_config, need_baseline=setting.target_ms is None)
+        if start_from is not None:
+            if not any(s.kind in ("drcio", "dynamic") for s in plan):
+                raise ValueError(f"--start-from: --scenario {scenario} runs no loop (drcio or dynamic) to start")
+            try:
+                plan = remembered_starts(plan, start_from)
+            except ValueError as exc:
+                raise ValueError(f"--start-from: {exc}") from exc
         _check_slo(base_slo, slo_source, setting)
     except (SloError, ValueError) as exc:
         console.print(f"[red]run-experiment: {exc}[/red]")
@@ -420,6 +435,9 @@ def run_experiment(
         "durations": f"{duration:g} s per scenario, sweep levels {plan_config.sweep_seconds:g} s, "
                      f"warm-up {warmup:g} s, pause {pause:g} s",
         **_schedule_info(loaded, schedule_scale, oracle_probes, plan, reruns=not chosen.repeatable),
+        "loop start": (", ".join(f"{s.name} at level {s.start_level:.3f}" for s in plan if s.start_level is not None)
+                       + f": where its loop ended in {start_from}" if start_from is not None
+                       else "the fail-safe level (the SLO file's failsafe.level)"),
     }
     started = time.monotonic()
     with _Interrupts(console) as interrupts:

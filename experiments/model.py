@@ -72,6 +72,9 @@ class ScenarioSpec:
     schedule: the load schedule of a dynamic scenario (and of the oracle's
         probes and the baselines of its run; without LP, only its HP rates
         apply); None = steady load for ``duration_seconds``.
+    start_level: the level a loop scenario's controller starts at (the one an
+        earlier run's loop ended at: ``run-experiment --start-from``); None =
+        the fail-safe level.
     """
 
     name: str
@@ -83,6 +86,7 @@ class ScenarioSpec:
     level: float | None = None
     scheduler: str | None = None
     schedule: Schedule | None = None
+    start_level: float | None = None
 
 
 @dataclass

@@ -59,6 +59,7 @@ __all__ = [
     "ProgressSink",
     "SloError",
     "plan_scenarios",
+    "remembered_starts",
     "CLOSING_BASELINE",
     "AFTER_SUFFIX",
     "load_base_slo",
@@ -198,6 +199,48 @@ def plan_scenarios(choice: str, config: PlanConfig, *, need_baseline: bool = Fal
         specs.append(ScenarioSpec(CLOSING_BASELINE, "baseline", hp_alone_seconds, w, lp=False, controlled=False,
                                   schedule=hp_alone))
     return specs
+
+
+def _ended_at(decisions: Path) -> float:
+    """The LP group's level in force after the last tick of the decision log ``decisions`` (its last record)."""
+    try:
+        lines = decisions.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"{decisions}: cannot read it ({exc.strerror})") from None
+    last = next((line for line in reversed(lines) if line.strip()), None)
+    if last is None:
+        raise ValueError(f"{decisions}: empty, the loop made no decision there")
+    try:
+        level = json.loads(last)["group_level"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{decisions}: its last line is not a decision record with a group_level") from None
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= level <= 1.0:
+        raise ValueError(f"{decisions}: its last group_level is {level!r}, not a level in [0, 1]")
+    return float(level)
+
+
+def remembered_starts(plan: Sequence[ScenarioSpec], earlier: Path) -> list[ScenarioSpec]:
+    """``plan`` with every loop scenario (drcio, dynamic) starting where its loop ended in the run in ``earlier``.
+
+    ``earlier`` is an earlier run's output directory; a scenario's level is the
+    one in force after the last tick of ``raw/<name>/decisions.jsonl`` there (a
+    dynamic run's second drcio scenario, ``<name>-after``, falls back to the
+    first's). That is where a deployed controller, which resumes from the
+    level its writers hold, would have left it. Raises ``ValueError`` naming
+    what is missing or malformed; nothing has run then.
+    """
+    out = []
+    for spec in plan:
+        if spec.kind in ("drcio", "dynamic"):
+            names = [spec.name, spec.name.removesuffix(AFTER_SUFFIX)]
+            found = next((earlier / "raw" / n / "decisions.jsonl" for n in names
+                          if (earlier / "raw" / n / "decisions.jsonl").exists()), None)
+            if found is None:
+                raise ValueError(f"{earlier}: no raw/{spec.name}/decisions.jsonl; run the same scenario with "
+                                 f"--output {earlier} first")
+            spec = dataclasses.replace(spec, start_level=_ended_at(found))
+        out.append(spec)
+    return out
 
 
 # --------------------------------------------------------------------------- run loop

@@ -27,7 +27,8 @@ The wiring (Prometheus URL and timeout, writer URL, token file, the HP job label
 selector and group, the devices) always comes from the backend, whatever
 the file says, because the experiment runs its own private stack; and
 ``start_level`` is ``failsafe``, so no scenario's loop starts from the level
-an earlier scenario left on writers that outlive it.
+an earlier scenario left on writers that outlive it, unless the scenario
+fixes the level it starts at (:attr:`ScenarioSpec.start_level`).
 """
 
 from __future__ import annotations
@@ -110,9 +111,10 @@ def slo_document(spec: ScenarioSpec, base: dict[str, Any], *, target_ms: float, 
         prometheus={"url": wiring.prometheus_url, "timeout": "500ms", "retries": 0},
         writers={"static": [wiring.writer_url]},
         token_file=str(wiring.token_file),
-        # Every scenario's loop starts from the fail-safe level, never from what the scenario
-        # before it left on writers that outlive it (the Kubernetes backend's DaemonSet).
-        start_level="failsafe",
+        # Every scenario's loop starts from the fail-safe level or the level the scenario fixes,
+        # never from what the scenario before it left on writers that outlive it (the Kubernetes
+        # backend's DaemonSet).
+        start_level="failsafe" if spec.start_level is None else round(spec.start_level, 6),
     )
     slo.pop("query", None)
     slo.pop("rate_query", None)

@@ -128,6 +128,15 @@ def test_errors_name_the_file_the_slo_and_the_field(mutate: Any, where: str, wha
     assert any(p.startswith("slo.yaml: ") and where in p and what in p for p in problems), problems
 
 
+@pytest.mark.parametrize("value", [1.5, -0.1, "warm", "0.4", True, float("nan")])
+def test_a_start_level_is_in_force_failsafe_or_a_level(value: Any) -> None:
+    assert problems_of(minimal(start_level=value)) == [
+        f"slo.yaml: start_level: must be 'in-force', 'failsafe' or a level in [0, 1], got {value!r}"]
+    assert parse_config(minimal(start_level=0.35)).fixed_start_level == 0.35
+    assert parse_config(minimal(start_level="failsafe")).fixed_start_level == parse_config(minimal()).failsafe.level
+    assert parse_config(minimal()).fixed_start_level is None  # in-force: read from the writers
+
+
 @pytest.mark.parametrize(("lease_ttl", "ok"), [("2s", False), ("9s", False), ("10s", True)])
 def test_a_lease_shorter_than_two_intervals_is_refused(lease_ttl: str, ok: bool) -> None:
     raw = minimal(interval="5s", lease_ttl=lease_ttl)

@@ -81,9 +81,9 @@ def test_a_new_leader_starts_from_the_level_in_force_not_where_its_standby_polic
     assert recorded_writer.lp_io_max() not in (in_force, "254:0 rbps=max")
 
 
-@pytest.mark.parametrize(("start_level", "expected"), [("in-force", 0.35), ("failsafe", 0.2)])
+@pytest.mark.parametrize(("start_level", "expected"), [("in-force", 0.35), ("failsafe", 0.2), (0.6, 0.6)])
 def test_a_restarted_controller_starts_where_start_level_says(
-    recorded_writer: RecordedWriter, start_level: str, expected: float
+    recorded_writer: RecordedWriter, start_level: str | float, expected: float
 ) -> None:
     leave_level_in_force(recorded_writer, 0.35)
     # A PID aiming at 40 % slack, reading exactly 40 %: no error, so the level is where it started.

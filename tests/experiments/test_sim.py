@@ -233,3 +233,51 @@ def test_the_controller_reads_the_hp_rate_climb_over_one_window_at_the_start_as_
     assert rates[8] == pytest.approx(200, rel=0.1)  # full
     assert {r["level"] for r in records[:8]} == {0.2}  # held at the fail-safe level meanwhile
     assert any(r["terms"]["gated"] == 1.0 for r in records[2:8])
+
+
+def _first_and_last_levels(out: Path, name: str = "drcio") -> tuple[float, float]:
+    lines = (out / "raw" / name / "decisions.jsonl").read_text().splitlines()
+    return json.loads(lines[0])["group_level"], json.loads(lines[-1])["group_level"]
+
+
+def test_start_from_starts_the_loop_where_the_earlier_runs_loop_ended(tmp_path: Path) -> None:
+    _run(tmp_path / "cold", "--scenario", "drcio", "--seed", "2")
+    cold_first, cold_last = _first_and_last_levels(tmp_path / "cold")
+    assert cold_first == pytest.approx(0.2) and cold_last > 0.3  # from the fail-safe level, opened since
+    _run(tmp_path / "warm", "--scenario", "drcio", "--seed", "3", "--start-from", str(tmp_path / "cold"))
+    warm_first, _ = _first_and_last_levels(tmp_path / "warm")
+    assert warm_first == pytest.approx(cold_last, abs=1e-6)
+    assert f"drcio at level {cold_last:.3f}: where its loop ended in {tmp_path / 'cold'}" in (
+        tmp_path / "warm" / "report.md").read_text()
+    # A warm start moves more LP than the cold one on the same noise (seed 3): no climb from 0.2.
+    _run(tmp_path / "cold3", "--scenario", "drcio", "--seed", "3")
+    lp = {run: pd.read_csv(tmp_path / run / "drcio.csv")["lp_bytes_per_second"].sum() for run in ("cold3", "warm")}
+    assert lp["warm"] > 1.2 * lp["cold3"]
+
+
+def _refused(tmp_path: Path, *args: str) -> str:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(_run_command, ["--backend", "sim", "--duration", "20", "--output", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert not out.exists()  # nothing ran, nothing written
+    return " ".join(result.output.split())
+
+
+def test_start_from_refuses_a_run_without_the_loops_decisions_before_anything_runs(tmp_path: Path) -> None:
+    _run(tmp_path / "base", "--scenario", "baseline")
+    said = _refused(tmp_path, "--scenario", "drcio", "--start-from", str(tmp_path / "base"))
+    assert f"--start-from: {tmp_path / 'base'}: no raw/drcio/decisions.jsonl" in said
+    said = _refused(tmp_path, "--scenario", "baseline", "--start-from", str(tmp_path / "base"))
+    assert "--start-from: --scenario baseline runs no loop (drcio or dynamic) to start" in said
+
+
+@pytest.mark.parametrize(("last_line", "why"), [
+    ("{not json", "its last line is not a decision record with a group_level"),
+    ('{"group_level": 1.5}', "its last group_level is 1.5, not a level in [0, 1]"),
+])
+def test_start_from_refuses_a_malformed_decision_log(tmp_path: Path, last_line: str, why: str) -> None:
+    _run(tmp_path / "cold", "--scenario", "drcio")
+    log = tmp_path / "cold" / "raw" / "drcio" / "decisions.jsonl"
+    log.write_text(log.read_text() + last_line + "\n")  # a run cut off mid-write, or a hand edit
+    said = _refused(tmp_path, "--scenario", "drcio", "--start-from", str(tmp_path / "cold"))
+    assert f"{log}: {why}" in said
