@@ -24,6 +24,7 @@ from experiments.cli import _run_command
 from experiments.export import HISTOGRAM_COLUMNS, SERIES_COLUMNS
 from experiments.model import ScenarioSpec
 from experiments.plant import histogram_quantile as plant_quantile
+from experiments.scenarios import PlanConfig, plan_scenarios, remembered_starts
 from experiments.schedules import PLANT_SCHEDULES
 from experiments.report import SUMMARY_COLUMNS, histogram_quantile as report_quantile
 from experiments.slo import load_base_slo, slo_document
@@ -281,3 +282,16 @@ def test_start_from_refuses_a_malformed_decision_log(tmp_path: Path, last_line: 
     log.write_text(log.read_text() + last_line + "\n")  # a run cut off mid-write, or a hand edit
     said = _refused(tmp_path, "--scenario", "drcio", "--start-from", str(tmp_path / "cold"))
     assert f"{log}: {why}" in said
+
+
+def test_start_from_gives_both_drcio_runs_of_a_dynamic_run_the_level_its_loop_ended_at(tmp_path: Path) -> None:
+    """A dynamic run's second drcio scenario (``-after``) falls back to the first's log: the sim writes no -after."""
+    _run(tmp_path / "cold", "--scenario", "dynamic", "--schedule", "lp-step", "--schedule-scale", "0.5",
+         "--oracle-probes", "2", "--target", "10ms")
+    _, ended = _first_and_last_levels(tmp_path / "cold", "dynamic-lp-step")
+    assert ended > 0.3
+    plan = plan_scenarios("dynamic", PlanConfig(schedule=PLANT_SCHEDULES["lp-step"], drcio_after=True))
+    started = remembered_starts(plan, tmp_path / "cold")
+    assert [(s.name, s.start_level) for s in started if s.kind == "dynamic"] == [
+        ("dynamic-lp-step", ended), ("dynamic-lp-step-after", ended)]
+    assert all(s.start_level is None for s in started if s.kind != "dynamic")  # the oracle's probes stay fixed
