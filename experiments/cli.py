@@ -30,7 +30,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from experiments.backends import BACKENDS
 from experiments.export import ExportError, SeriesQueries, export_range, write_export
-from experiments.model import BackendUnavailable, ScenarioSpec, SloWiring
+from experiments.model import LOOP_KINDS, BackendUnavailable, ScenarioSpec, SloWiring
 from experiments.report import HOST_DRIFT_FACTOR, LEVEL_DISAGREEMENT, write_report
 from experiments.schedules import Schedule
 from experiments.scenarios import (
@@ -370,7 +370,7 @@ def run_experiment(
         plan_config = PlanConfig(duration, warmup, sweep_levels, sweep_duration, schedule=loaded, drcio_after=after)
         plan = plan_scenarios(scenario, plan_config, need_baseline=setting.target_ms is None)
         if start_from is not None:
-            if not any(s.kind in ("drcio", "dynamic") for s in plan):
+            if not any(s.kind in LOOP_KINDS for s in plan):
                 raise ValueError(f"--start-from: --scenario {scenario} runs no loop (drcio or dynamic) to start")
             try:
                 plan = remembered_starts(plan, start_from)

@@ -41,6 +41,7 @@ from experiments.schedules import Schedule
 
 __all__ = [
     "Kind",
+    "LOOP_KINDS",
     "ScenarioSpec",
     "ScenarioRun",
     "SloWiring",
@@ -53,6 +54,8 @@ __all__ = [
 ]
 
 Kind = Literal["baseline", "contention", "static-max", "static-weight", "sweep", "drcio", "dynamic", "oracle", "probe"]
+#: The kinds that run the closed loop (the SLO's own policy), not a fixed limit or none.
+LOOP_KINDS: tuple[Kind, ...] = ("drcio", "dynamic")
 
 #: The LP group's name on the wire and in metrics, and its selector.
 LP_GROUP = "lp"

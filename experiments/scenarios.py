@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from experiments.export import write_export
-from experiments.model import Backend, Kind, ScenarioRun, ScenarioSpec, SloWiring
+from experiments.model import LOOP_KINDS, Backend, Kind, ScenarioRun, ScenarioSpec, SloWiring
 from experiments.schedules import Schedule
 from experiments.oracle import Probe, bisect_oracle
 from experiments.report import (
@@ -231,7 +231,7 @@ def remembered_starts(plan: Sequence[ScenarioSpec], earlier: Path) -> list[Scena
     """
     out = []
     for spec in plan:
-        if spec.kind in ("drcio", "dynamic"):
+        if spec.kind in LOOP_KINDS:
             names = [spec.name, spec.name.removesuffix(AFTER_SUFFIX)]
             found = next((earlier / "raw" / n / "decisions.jsonl" for n in names
                           if (earlier / "raw" / n / "decisions.jsonl").exists()), None)
