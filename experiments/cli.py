@@ -435,9 +435,9 @@ def run_experiment(
         "durations": f"{duration:g} s per scenario, sweep levels {plan_config.sweep_seconds:g} s, "
                      f"warm-up {warmup:g} s, pause {pause:g} s",
         **_schedule_info(loaded, schedule_scale, oracle_probes, plan, reruns=not chosen.repeatable),
-        "loop start": (", ".join(f"{s.name} at level {s.start_level:.3f}" for s in plan if s.start_level is not None)
-                       + f": where its loop ended in {start_from}" if start_from is not None
-                       else "the fail-safe level (the SLO file's failsafe.level)"),
+        "loop start": ("the fail-safe level (the SLO file's failsafe.level)" if start_from is None else
+                       ", ".join(f"{s.name} at level {s.start_level:.3f}" for s in plan if s.start_level is not None)
+                       + f": where its loop ended in {start_from}"),
     }
     started = time.monotonic()
     with _Interrupts(console) as interrupts:

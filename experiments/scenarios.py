@@ -232,9 +232,8 @@ def remembered_starts(plan: Sequence[ScenarioSpec], earlier: Path) -> list[Scena
     out = []
     for spec in plan:
         if spec.kind in LOOP_KINDS:
-            names = [spec.name, spec.name.removesuffix(AFTER_SUFFIX)]
-            found = next((earlier / "raw" / n / "decisions.jsonl" for n in names
-                          if (earlier / "raw" / n / "decisions.jsonl").exists()), None)
+            logs = (earlier / "raw" / n / "decisions.jsonl" for n in (spec.name, spec.name.removesuffix(AFTER_SUFFIX)))
+            found = next((log for log in logs if log.exists()), None)
             if found is None:
                 raise ValueError(f"{earlier}: no raw/{spec.name}/decisions.jsonl; run the same scenario with "
                                  f"--output {earlier} first")
