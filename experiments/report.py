@@ -700,9 +700,11 @@ def phase_table(results: Sequence[ScenarioResult], summary: pd.DataFrame, target
 
     One row per phase of the schedule (``phase``: what LP and HP do; ``seconds``: when). For each dynamic run
     (drcio), then the oracle's probe and the lowest probe above it that missed the SLO (the oracle's
-    bracket), three columns: the mean level, LP's MiB/s (mean of the 1 s series) and ``missed`` = intervals
-    over the target / intervals counted, counted as ``slo_attainment`` counts them (so a run's ``missed``
-    adds up to its attainment). Empty when no dynamic run followed a schedule.
+    bracket), three columns: the mean level and LP's MiB/s over the phase's 1 s rows after the warm-up, as the
+    summary's ``mean_level`` and ``lp_mbps`` are taken over the run's (so the phases' MiB/s, weighted by their
+    rows, give the run's), and ``missed`` = intervals over the target / intervals counted, counted as
+    ``slo_attainment`` counts them (so a run's ``missed`` adds up to its attainment). Empty when no dynamic run
+    followed a schedule.
     """
     runs = [r for r in results if r.kind == "dynamic" and r.schedule is not None]
     if not runs:
@@ -724,15 +726,17 @@ def phase_table(results: Sequence[ScenarioResult], summary: pd.DataFrame, target
     }
     spans = [*bounds[:-1], (bounds[-1][0], math.inf)]  # the row at the schedule's end belongs to its last phase
     for r in runs:
+        measured = _measured(r.series, r.warmup_seconds)
         counted = _counted(r.series, r.warmup_seconds)
         levels: list[str] = []
         mbps: list[str] = []
         missed: list[str] = []
         for a, b in spans:
-            inside = r.series[(r.series["elapsed_seconds"] >= a) & (r.series["elapsed_seconds"] < b)]
+            inside = measured[(measured["elapsed_seconds"] >= a) & (measured["elapsed_seconds"] < b)]
             judged = counted[(counted["elapsed_seconds"] >= a) & (counted["elapsed_seconds"] < b)]
-            levels.append(f"{inside['throttle_level'].mean():.3f}" if inside["throttle_level"].notna().any() else "–")
-            mbps.append(f"{inside['lp_bytes_per_second'].fillna(0).mean() / MIB:.1f}" if not inside.empty else "–")
+            level, lp = _mean(inside["throttle_level"]), _mean(inside["lp_bytes_per_second"]) / MIB
+            levels.append(f"{level:.3f}" if not math.isnan(level) else "–")
+            mbps.append(f"{lp:.1f}" if not math.isnan(lp) else "–")
             missed.append(f"{int((~_met(judged, target_ms)).sum())}/{len(judged)}")
         table[f"{r.name} level"], table[f"{r.name} MiB/s"], table[f"{r.name} missed"] = levels, mbps, missed
     return pd.DataFrame(table)
@@ -745,8 +749,9 @@ def _phases(results: Sequence[ScenarioResult], summary: pd.DataFrame, target_ms:
         return []
     return ["## Per phase", "",
             "Where drcio's LP came from and where it missed, phase by phase, beside the oracle's fixed level "
-            "(and the lowest level above it that missed the SLO): mean level, LP MiB/s (mean of the 1 s "
-            "series), and intervals over the target / intervals counted (as `slo_attainment` counts them).", "",
+            "(and the lowest level above it that missed the SLO): mean level and LP MiB/s (means of the 1 s "
+            "series after the warm-up, as in the summary), and intervals over the target / intervals counted "
+            "(as `slo_attainment` counts them).", "",
             _markdown_table(table, list(table.columns)), ""]
 
 
