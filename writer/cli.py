@@ -28,6 +28,7 @@ from writer.config import ConfigError, WriterConfig, load_config, parse_listen
 from writer.devices import active_scheduler, resolve_devices
 from writer.discovery import Discovery, KubernetesDiscovery, LocalDiscovery
 from writer.lease import Failsafe, Lease
+from writer.lp_memory import LpMemory
 from writer.reconcile import IoCost, Reconciler
 from writer.server import ServerState, build_app
 from writer.tls import CertReloader, TokenFile, uvicorn_config
@@ -130,6 +131,7 @@ def build_state(
         node=node,
         io_cost=_io_cost(config),
         tree_problem=_tree_check(config, hierarchy),
+        lp_memory=LpMemory(config.state_file) if config.state_file is not None else None,
         config_summary={
             **config.model_dump(mode="json"),
             "auth": token is not None,

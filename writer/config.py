@@ -182,6 +182,10 @@ class WriterConfig(BaseModel):
     driver: Literal["auto", "systemd", "cgroupfs"] = "auto"
     #: Count device-mapper disks (LVM) as real disks for ``devices: auto``.
     include_dm: bool = False
+    #: File (in an existing directory on the node, e.g. a hostPath) where the writer keeps the cgroups of its LP workloads across
+    #: its restarts, so a pod relabelled from LP while the writer was down is still lifted
+    #: (:mod:`writer.lp_memory`). None: kept in memory only, and such a pod keeps its limits.
+    state_file: Path | None = None
 
     @field_validator("kubelet_cgroup_root")
     @classmethod

@@ -24,11 +24,14 @@ What is desired, per workload found by discovery:
   namespaces (``lp_namespaces``; :func:`writer.discovery.namespaced_role`);
 * a workload that stops being LP while its pod runs (relabelled HP, or its
   LP role refused) has io.max and the weight lifted once, the one write an
-  HP workload can get: the writer remembers last round's LP cgroups. Not a
-  pod that leaves discovery altogether (its LP label removed): that looks
-  the same as a pod terminating, whose limits must hold through its grace
-  period, so it keeps its limits until it restarts; nor a pod relabelled
-  while its node's writer was down;
+  HP workload can get: the writer remembers last round's LP cgroups (a lift
+  that fails is tried again next round). With ``state_file`` it remembers
+  them across its own restarts too (:mod:`writer.lp_memory`), so a pod
+  relabelled while its node's writer was down is lifted by the next one's
+  first round; without it, such a pod keeps its limits. Not a pod that
+  leaves discovery altogether (its LP label removed): that looks the same as
+  a pod terminating, whose limits must hold through its grace period, so it
+  keeps its limits until it restarts;
 * before the first push the writer *holds*: it reads what is in force and
   writes nothing, so a restart does not disturb limits that are still right;
 * when the lease has run out, the fail-safe governs: ``static`` limits on the
@@ -75,6 +78,7 @@ from writer.cgroups import (
 )
 from writer.discovery import Discovery, Workload, matches
 from writer.lease import Failsafe, Lease
+from writer.lp_memory import LpMemory
 from writer.metrics import CgroupReading, Reading, WriterMetrics
 
 __all__ = ["StalePush", "Mode", "Reconciler", "IoCost", "limits_from_io_max"]
@@ -157,6 +161,7 @@ class Reconciler:
         io_cost: IoCost | None = None,
         tree_problem: Callable[[], str | None] = lambda: None,
         max_lease_ttl_seconds: float = 300.0,
+        lp_memory: LpMemory | None = None,
     ) -> None:
         self.hierarchy = hierarchy
         self._max_ttl = max_lease_ttl_seconds
@@ -181,12 +186,21 @@ class Reconciler:
         self._tree_problem = tree_problem
         self._unmatched: list[str] = []
         self._lp_found = 0
-        #: The cgroups of last round's LP workloads: what to lift when one is found with another role.
+        #: The cgroups of last round's LP workloads: what to lift when one is found with another role
+        #: (from ``lp_memory`` at start, where the last run saved them).
         self._lp_seen: set[Path] = set()
+        self._lp_memory = lp_memory
+        self._memory_problem: str | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.metrics = WriterMetrics(registry, self.reading)
+        if lp_memory is not None:
+            self._lp_seen, problem = lp_memory.load()
+            if problem is not None:
+                self._error("state_file", problem)
+            elif self._lp_seen:
+                self._event(f"{len(self._lp_seen)} LP cgroups remembered from {lp_memory.path}")
 
     # ------------------------------------------------------------ API
 
@@ -296,7 +310,16 @@ class Reconciler:
         except Exception as err:  # discovery trouble skips the round, the next one retries
             self._error("discovery", f"snapshot failed: {err}")
             return []
-        results = [self._apply(plan) for plan in [*self._plan(workloads, mode), *self._releases(workloads)]]
+        plans = [*self._plan(workloads, mode), *self._releases(workloads)]
+        results = [self._apply(plan) for plan in plans]
+        for plan, result in zip(plans, results):
+            if plan.group == RELEASED and result.outcome == "error":
+                self._lp_seen.add(plan.workload.cgroup_dir)  # not lifted: try again next round
+        if self._lp_memory is not None:
+            problem = self._lp_memory.save(self._lp_seen)
+            if problem is not None and problem != self._memory_problem:  # once, not every round
+                self._error("state_file", problem)
+            self._memory_problem = problem
         self._last_results = results
         return results
 

@@ -168,7 +168,7 @@ def test_the_writer_runs_on_every_node_with_node_name_host_cgroups_and_no_privil
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    assert sorted(host_paths.values()) == ["/proc", "/sys/fs/cgroup"]
+    assert sorted(host_paths.values()) == ["/proc", "/sys/fs/cgroup", "/var/lib/drcio-writer"]
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     [proc_volume] = [name for name, path in host_paths.items() if path == "/proc"]
     assert mounts[proc_volume]["readOnly"] is True  # only its mount table is read
@@ -176,6 +176,13 @@ def test_the_writer_runs_on_every_node_with_node_name_host_cgroups_and_no_privil
     config_map = _by(rendered["base"], "ConfigMap", config_volume["configMap"]["name"])
     writer_config = yaml.safe_load(config_map["data"]["writer.yaml"])
     assert writer_config["proc_root"] == mounts[proc_volume]["mountPath"]
+    # The LP cgroups kept across restarts sit in the node's directory for the writer, not the pod's tmp.
+    [state_volume] = [name for name, path in host_paths.items() if path == "/var/lib/drcio-writer"]
+    assert Path(writer_config["state_file"]).parent == Path(mounts[state_volume]["mountPath"])
+    assert not mounts[state_volume].get("readOnly")
+    from writer.config import WriterConfig
+
+    WriterConfig.model_validate(writer_config)  # the file the DaemonSet mounts is one the writer accepts
     assert c["securityContext"]["privileged"] is False
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert not pod.get("hostPID") and not pod.get("hostNetwork")

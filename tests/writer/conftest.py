@@ -26,6 +26,7 @@ from tests.writer.v2_guest import GUEST_TEST, GuestRun, unavailable
 from writer.cgroups import Hierarchy
 from writer.discovery import LocalDiscovery, LocalEntry
 from writer.lease import Failsafe, Lease
+from writer.lp_memory import LpMemory
 from writer.reconcile import Reconciler
 from writer.server import ServerState, build_app
 
@@ -217,6 +218,7 @@ def make_writer(
     token: str | None = TOKEN,
     discovery: Any = None,
     max_ttl: float = 300.0,
+    lp_memory: LpMemory | None = None,
 ) -> WriterUnderTest:
     clock = FakeClock()
     registry = CollectorRegistry()
@@ -235,6 +237,7 @@ def make_writer(
         wall_clock=lambda: 1_700_000_000.0,
         config_summary={"listen": "127.0.0.1:0"},
         max_lease_ttl_seconds=max_ttl,
+        lp_memory=lp_memory,
     )
     return WriterUnderTest(tree, clock, ServerState(reconciler=reconciler, registry=registry, token=token))
 

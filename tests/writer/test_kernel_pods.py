@@ -35,6 +35,7 @@ from writer.devices import active_scheduler, resolve_devices
 from writer.groups import create_group, remove_group
 from writer.discovery import LocalDiscovery, LocalEntry
 from writer.lease import Failsafe, Lease
+from writer.lp_memory import LpMemory
 from writer.reconcile import Reconciler
 from writer.server import ServerState, build_app
 
@@ -72,14 +73,16 @@ def pod_on_kernel(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Po
         data.unlink(missing_ok=True)
 
 
-def _writer(pod: PodOnKernel) -> tuple[Reconciler, ServerState, CollectorRegistry]:
+def _writer(pod: PodOnKernel, role: str = "lp",
+            lp_memory: LpMemory | None = None) -> tuple[Reconciler, ServerState, CollectorRegistry]:
     registry = CollectorRegistry()
     reconciler = Reconciler(
         hierarchy=pod.hierarchy,
         discovery=LocalDiscovery(
-            [LocalEntry(name="lp-batch", path=pod.rel(pod.layout.pod), labels={"group-id": "lp"})],
+            [LocalEntry(name="batch", path=pod.rel(pod.layout.pod), labels={"group-id": role})],
             hierarchy_root=pod.hierarchy.root,
         ),
+        lp_memory=lp_memory,
         lease=Lease(initial_ttl_seconds=300),
         failsafe=Failsafe("hold"),
         resolve_devices=resolve_devices,
@@ -158,3 +161,23 @@ def test_lifting_the_limit_lifts_it_on_every_container(pod_on_kernel: PodOnKerne
         _push(http, url, 2, pod.device, {})
     for relative in (pod.layout.pod, pod.layout.pause, pod.layout.app):
         assert pod.device not in _limit_line(pod, relative), relative
+
+
+def test_a_pod_relabelled_hp_while_its_writer_was_down_is_freed_by_the_next_writer(
+    pod_on_kernel: PodOnKernel, http: httpx.Client, tmp_path: Path,
+) -> None:
+    pod = pod_on_kernel
+    state = tmp_path / "lp-cgroups.json"
+    _, serving_state, _ = _writer(pod, lp_memory=LpMemory(state))
+    with serving(build_app(serving_state)) as url:
+        _push(http, url, 1, pod.device, {"rbps": LIMIT})
+    throttled = read_rate(pod.hierarchy, pod.rel(pod.layout.app), pod.data, 24 * MiB)
+    # The writer is gone; the pod is relabelled group-id=hp. The next writer's first round, before any push:
+    reconciler, _, _ = _writer(pod, role="hp", lp_memory=LpMemory(state))
+    assert [(r.group, r.outcome) for r in reconciler.reconcile()] == [("released", "applied")]
+    free = read_rate(pod.hierarchy, pod.rel(pod.layout.app), pod.data, 64 * MiB)
+    print(f"\ncgroup v{pod.hierarchy.version}, {pod.layout.name}: reader in the app container "
+          f"{throttled / MiB:.1f} MiB/s while LP, {free / MiB:.1f} MiB/s after the next writer's first round")
+    for relative in (pod.layout.pod, pod.layout.pause, pod.layout.app):
+        assert pod.device not in _limit_line(pod, relative), relative
+    assert throttled <= 1.2 * LIMIT and free > 3 * LIMIT

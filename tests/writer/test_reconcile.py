@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -15,6 +16,7 @@ from tests.writer.conftest import FakeTree, make_writer, push_body
 from writer.api import TargetsPush
 from writer.cgroups import Limits, read_io_max, read_weight
 from writer.discovery import Workload
+from writer.lp_memory import LpMemory
 
 MiB = 1024 * 1024
 
@@ -106,6 +108,91 @@ def test_a_workload_relabelled_from_lp_to_hp_has_its_limits_and_weight_lifted_on
     assert "batch/batch is no longer low-priority (now hp): lifting its limits and weight" in events
     before = fake_v2.snapshot()
     assert w.reconciler.reconcile() == [] and fake_v2.snapshot() == before  # once: an HP workload is not written again
+
+
+def _errors(w: Any) -> list[dict[str, object]]:
+    return cast(list[dict[str, object]], w.reconciler.status()["last_errors"])
+
+
+def _hp(name: str, d: Path) -> Workload:
+    return Workload(name, "batch", None, MappingProxyType({"group-id": "hp"}), d, "hp")
+
+
+def test_a_pod_relabelled_while_its_writer_was_down_is_lifted_by_the_next_writer(fake_v2: FakeTree,
+                                                                                  tmp_path: Path) -> None:
+    state = tmp_path / "lp-cgroups.json"
+    d, other = fake_v2.group("pods/batch"), fake_v2.group("pods/other")
+    first = make_writer(fake_v2, discovery=ScriptedDiscovery([_lp("batch", d), _lp("other", other)]),
+                        lp_memory=LpMemory(state))
+    _push(first, io_weight=10)
+    assert json.loads(state.read_text()) == {"lp_cgroups": sorted([str(d), str(other)])}
+    # The writer stops; meanwhile kubectl label pod batch group-id=hp --overwrite. A writer without the file
+    # starts knowing nothing, holds until the controller's first push, and leaves the HP pod throttled.
+    relabelled = ScriptedDiscovery([_hp("batch", d), _lp("other", other)])
+    forgetful = make_writer(fake_v2, discovery=relabelled)
+    before = fake_v2.snapshot()
+    assert [(r.cgroup, r.outcome) for r in forgetful.reconciler.reconcile()] == [(str(other), "unchanged")]
+    assert fake_v2.snapshot() == before and read_io_max(fake_v2.hierarchy, d) == {"254:0": Limits(rbps=10 * MiB)}
+    # One with the file lifts it on its first round, before any push; the LP pod beside it keeps its limits.
+    second = make_writer(fake_v2, discovery=relabelled, lp_memory=LpMemory(state))
+    events = [str(e["event"]) for e in second.reconciler.status()["events"]]  # type: ignore[attr-defined]
+    assert f"2 LP cgroups remembered from {state}" in events
+    assert [(r.cgroup, r.group, r.outcome) for r in second.reconciler.reconcile()] == [
+        (str(other), "unassigned", "unchanged"), (str(d), "released", "applied")]
+    assert read_io_max(fake_v2.hierarchy, d) == {} and read_weight(fake_v2.hierarchy, d) == 100
+    assert read_io_max(fake_v2.hierarchy, other) == {"254:0": Limits(rbps=10 * MiB)}
+    assert json.loads(state.read_text()) == {"lp_cgroups": [str(other)]}  # the HP pod is not lifted again
+    assert [r.cgroup for r in second.reconciler.reconcile()] == [str(other)]
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"lp_cgroups": "pods/batch"}', '{"lp": []}'])
+def test_a_malformed_state_file_is_reported_writes_nothing_and_is_replaced(fake_v2: FakeTree, tmp_path: Path,
+                                                                            content: str) -> None:
+    state = tmp_path / "lp-cgroups.json"
+    state.write_text(content)
+    d = fake_v2.group("pods/batch", **{"io.max": "254:0 rbps=5 wbps=max riops=max wiops=max\n"})
+    w = make_writer(fake_v2, discovery=ScriptedDiscovery([_hp("batch", d)]), lp_memory=LpMemory(state))
+    (error,) = _errors(w)
+    assert error["where"] == "state_file" and str(error["detail"]).startswith(f"{state}: not a list of LP cgroups (")
+    assert str(error["detail"]).endswith("starting without the LP cgroups of the last run")
+    before = fake_v2.snapshot()
+    assert w.reconciler.reconcile() == [] and fake_v2.snapshot() == before  # an HP pod is not written
+    assert json.loads(state.read_text()) == {"lp_cgroups": []}  # replaced by what this round found
+
+
+def test_a_state_file_that_cannot_be_saved_is_reported_once_and_the_writer_goes_on(fake_v2: FakeTree,
+                                                                                    tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    state = blocker / "lp-cgroups.json"  # its directory is a file: every save fails
+    d = fake_v2.group("pods/batch")
+    discovery = ScriptedDiscovery([_lp("batch", d)])
+    w = make_writer(fake_v2, discovery=discovery, lp_memory=LpMemory(state))
+    assert _push(w) == [("lp", "applied")]
+    assert read_io_max(fake_v2.hierarchy, d) == {"254:0": Limits(rbps=10 * MiB)}
+    w.reconciler.reconcile()
+    assert [(e["where"], e["detail"]) for e in _errors(w)] == [
+        ("state_file", f"{state}: cannot read: Not a directory; starting without the LP cgroups of the last run"),
+        ("state_file", f"{state}: cannot save the LP cgroups: Not a directory")]
+    discovery.workloads = [_hp("batch", d)]  # memory still works within this run
+    assert [(r.group, r.outcome) for r in w.reconciler.reconcile()] == [("released", "applied")]
+
+
+def test_a_lift_that_fails_is_tried_again_next_round(fake_v2: FakeTree) -> None:
+    d = fake_v2.group("pods/batch")
+    discovery = ScriptedDiscovery([_lp("batch", d)])
+    w = make_writer(fake_v2, discovery=discovery)
+    _push(w)
+    discovery.workloads = [_hp("batch", d)]
+    limited = (d / "io.max").read_text()
+    (d / "io.max").unlink()
+    (d / "io.max").mkdir()  # the file cannot be read or written this round (EISDIR)
+    assert [(r.group, r.outcome) for r in w.reconciler.reconcile()] == [("released", "error")]
+    (d / "io.max").rmdir()
+    (d / "io.max").write_text(limited)
+    assert [(r.group, r.outcome) for r in w.reconciler.reconcile()] == [("released", "applied")]
+    assert read_io_max(fake_v2.hierarchy, d) == {}
+    assert w.reconciler.reconcile() == []
 
 
 def test_a_workload_that_leaves_discovery_keeps_its_limits_as_a_terminating_pod_must(fake_v2: FakeTree) -> None:
