@@ -72,6 +72,9 @@ Per cell (means over seeds; the worst seed for settling, overshoot and reaction)
   (``start_settling_intervals`` for the start; ``lp_step_settling_intervals`` for
   steps where LP starts from idle; ``hp_return_settling_intervals`` for HP's
   return from a quiet spell, counted until the SLO holds again);
+  ``lp_step_slo_settling_intervals``: after LP's step from idle, the intervals
+  until the SLO holds for the rest of the phase (counted as after HP's
+  return; shown beside the level's settling, the one the target line judges);
 * ``worst_overshoot``: max P95 / target - 1 over the counted intervals;
 * ``changes_per_minute``: pushes that changed io.max, per minute;
 * ``reaction_intervals``: worst, over violation onsets, of the intervals
@@ -227,10 +230,13 @@ def cell_metrics(res: SimResult, schedule: Schedule, target_ms: float) -> dict[s
     series = res.series
     counted = _counted(series)
     settle: dict[str, list[int]] = {"start": [], "lp-step": [], "hp-return": [], "step": []}
+    lp_step_slo: list[int] = []
     excluded = pd.Series(False, index=series.index)
     for start, end, what in schedule.segments():
         k = slo_settling(series, start, end, target_ms) if what == "hp-return" else settling(series, start, end)
         settle[what].append(k)
+        if what == "lp-step":
+            lp_step_slo.append(slo_settling(series, start, end, target_ms))
         allowance = min(k, SETTLE_CAP)
         excluded |= (series["elapsed_seconds"] >= start) & (series["elapsed_seconds"] < start + allowance)
     data = counted["hp_p95_ms"].notna()
@@ -250,6 +256,7 @@ def cell_metrics(res: SimResult, schedule: Schedule, target_ms: float) -> dict[s
         "settling_intervals": max(after_start) if after_start else 0,
         "start_settling_intervals": settle["start"][0],
         "lp_step_settling_intervals": max(settle["lp-step"]) if settle["lp-step"] else None,
+        "lp_step_slo_settling_intervals": max(lp_step_slo) if lp_step_slo else None,
         "hp_return_settling_intervals": max(settle["hp-return"]) if settle["hp-return"] else None,
         "worst_overshoot": float(max(0.0, overshoot)) if not math.isnan(overshoot) else math.nan,
         "changes_per_minute": changes / (schedule.duration_seconds / 60.0),
@@ -377,7 +384,7 @@ def _aggregate(cells: list[dict[str, Any]]) -> dict[str, Any]:
     for key in cells[0]:
         values = [c[key] for c in cells]
         if key in ("settling_intervals", "start_settling_intervals", "lp_step_settling_intervals",
-                   "hp_return_settling_intervals", "worst_overshoot"):
+                   "lp_step_slo_settling_intervals", "hp_return_settling_intervals", "worst_overshoot"):
             present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
             out[key] = max(present) if present else None
         elif key == "reaction_intervals":
@@ -502,9 +509,11 @@ def check_targets(records: list[dict[str, Any]]) -> list[str]:
                      f"{'met' if low['lp_fraction_of_oracle'] >= 1.2 else 'NOT met'} "
                      f"(lowest {low['scenario']} {100 * low['lp_fraction_of_oracle']:.0f} %)")
         lp_step = by[(policy, "lp-step")]["lp_step_settling_intervals"]
+        lp_step_slo = by[(policy, "lp-step")]["lp_step_slo_settling_intervals"]
         hp_ret = by[(policy, "hp-quiet")]["hp_return_settling_intervals"]
-        lines.append(f"{policy}: settling <= 3 intervals after an LP step ({lp_step}) and after HP's return "
-                     f"({hp_ret}): {'met' if lp_step <= 3 and hp_ret <= 3 else 'NOT met'}")
+        lines.append(f"{policy}: settling <= 3 intervals after an LP step ({lp_step}; the P95 met the target for "
+                     f"good after {lp_step_slo}) and after HP's return ({hp_ret}): "
+                     f"{'met' if lp_step <= 3 and hp_ret <= 3 else 'NOT met'}")
     for policy in ("static-max", "static-weight", "none"):
         rows = [by[(policy, s)] for s in scenarios]
         bad = [f"{r['scenario']} ({100 * r['slo_attainment_all']:.0f} %, LP {100 * r['lp_fraction_of_oracle']:.0f} %)"
