@@ -24,14 +24,15 @@ What is desired, per workload found by discovery:
   namespaces (``lp_namespaces``; :func:`writer.discovery.namespaced_role`);
 * a workload that stops being LP while its pod runs (relabelled HP, or its
   LP role refused) has io.max and the weight lifted once, the one write an
-  HP workload can get: the writer remembers last round's LP cgroups (a lift
-  that fails is tried again next round). With ``state_file`` it remembers
-  them across its own restarts too (:mod:`writer.lp_memory`), so a pod
-  relabelled while its node's writer was down is lifted by the next one's
-  first round; without it, such a pod keeps its limits. Not a pod that
-  leaves discovery altogether (its LP label removed): that looks the same as
-  a pod terminating, whose limits must hold through its grace period, so it
-  keeps its limits until it restarts;
+  HP workload can get: the writer remembers the cgroups it has seen LP until
+  it sees them with another role or they are gone (a lift that fails is
+  tried again next round). With ``state_file`` it remembers them across its
+  own restarts too (:mod:`writer.lp_memory`), so a pod relabelled while its
+  node's writer was down is lifted once discovery lists it; without it, such
+  a pod keeps its limits. Not a pod that leaves discovery altogether (its LP
+  label removed): that looks the same as a pod terminating, whose limits must
+  hold through its grace period, so it keeps its limits until it restarts (or
+  comes back labelled HP);
 * before the first push the writer *holds*: it reads what is in force and
   writes nothing, so a restart does not disturb limits that are still right;
 * when the lease has run out, the fail-safe governs: ``static`` limits on the
@@ -324,9 +325,16 @@ class Reconciler:
         return results
 
     def _releases(self, workloads: list[Workload]) -> list[_Plan]:
-        """Lift io.max and the weight from the workloads that were LP last round and are found with another role now."""
+        """Lift io.max and the weight from the workloads that were LP last round and are found with another role now.
+
+        A remembered cgroup that discovery does not list this round stays remembered while its directory
+        exists: discovery that has not synced yet (a writer's first round) lists nothing, and a pod whose LP
+        label was removed may come back HP. It is forgotten once its directory is gone (the pod with it).
+        """
         was_lp = self._lp_seen
+        listed = {w.cgroup_dir for w in workloads}
         self._lp_seen = {w.cgroup_dir for w in workloads if w.role == "lp"}
+        self._lp_seen |= {d for d in was_lp - listed if d.is_dir()}
         plans = []
         for w in workloads:
             if w.role != "lp" and w.cgroup_dir in was_lp:

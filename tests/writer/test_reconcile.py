@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -143,6 +144,40 @@ def test_a_pod_relabelled_while_its_writer_was_down_is_lifted_by_the_next_writer
     assert read_io_max(fake_v2.hierarchy, other) == {"254:0": Limits(rbps=10 * MiB)}
     assert json.loads(state.read_text()) == {"lp_cgroups": [str(other)]}  # the HP pod is not lifted again
     assert [r.cgroup for r in second.reconciler.reconcile()] == [str(other)]
+
+
+def test_the_memory_outlasts_a_first_round_before_discovery_has_synced_and_forgets_cgroups_that_are_gone(
+        fake_v2: FakeTree, tmp_path: Path) -> None:
+    state = tmp_path / "lp-cgroups.json"
+    d, gone = fake_v2.group("pods/batch"), fake_v2.group("pods/gone")
+    first = make_writer(fake_v2, discovery=ScriptedDiscovery([_lp("batch", d), _lp("gone", gone)]),
+                        lp_memory=LpMemory(state))
+    _push(first)
+    # The next writer's Kubernetes discovery lists nothing until its first list returns (the writer's first
+    # round comes before it): nothing is written, and nothing remembered is forgotten.
+    discovery = ScriptedDiscovery([])
+    second = make_writer(fake_v2, discovery=discovery, lp_memory=LpMemory(state))
+    assert second.reconciler.reconcile() == []
+    assert json.loads(state.read_text()) == {"lp_cgroups": sorted([str(d), str(gone)])}
+    # The list arrives: batch was relabelled HP meanwhile, and the pod "gone" was deleted with its cgroup.
+    shutil.rmtree(gone)
+    discovery.workloads = [_hp("batch", d)]
+    assert [(r.group, r.outcome) for r in second.reconciler.reconcile()] == [("released", "applied")]
+    assert read_io_max(fake_v2.hierarchy, d) == {}
+    assert json.loads(state.read_text()) == {"lp_cgroups": []}
+
+
+def test_a_pod_that_left_discovery_and_comes_back_hp_is_lifted(fake_v2: FakeTree) -> None:
+    d = fake_v2.group("pods/batch")
+    discovery = ScriptedDiscovery([_lp("batch", d)])
+    w = make_writer(fake_v2, discovery=discovery)
+    _push(w)
+    discovery.workloads = []  # its LP label removed: it keeps its limits, as a terminating pod does
+    w.reconciler.reconcile()
+    assert read_io_max(fake_v2.hierarchy, d) == {"254:0": Limits(rbps=10 * MiB)}
+    discovery.workloads = [_hp("batch", d)]  # then labelled HP
+    assert [(r.group, r.outcome) for r in w.reconciler.reconcile()] == [("released", "applied")]
+    assert read_io_max(fake_v2.hierarchy, d) == {}
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"lp_cgroups": "pods/batch"}', '{"lp": []}'])
