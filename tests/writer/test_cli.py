@@ -16,7 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from tests.writer.conftest import FakeTree, push_body
-from writer.cli import main
+from writer.api import TargetsPush
+from writer.cgroups import read_io_max
+from writer.cli import build_state, main
 from writer.config import ConfigError, WriterConfig, load_config, parse_duration, parse_size
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "writer.yaml"
@@ -166,6 +168,23 @@ def test_help_documents_every_option() -> None:
     assert result.exit_code == 0
     for option in ("--config", "--listen", "--insecure-no-auth", "--node-name", "NODE_NAME", "--log-level"):
         assert option in result.output
+
+
+def test_state_file_in_the_config_carries_the_lp_cgroups_to_the_next_writer(tmp_path: Path, fake_v2: FakeTree) -> None:
+    d = fake_v2.group("drcio-demo/lp")
+    state = tmp_path / "lp-cgroups.json"
+
+    def writer(role: str) -> Any:
+        text = _config(tmp_path, fake_v2).read_text().replace("group-id: lp", f"group-id: {role}")
+        config = load_config(_write(tmp_path, f"{text}state_file: {state}\n"))
+        return build_state(config, token="tok-123", node_name="node-x").reconciler
+
+    first = writer("lp")
+    first.push(TargetsPush.model_validate(push_body()))
+    assert fake_v2.read("drcio-demo/lp", "io.max") == "254:0 rbps=10485760 wbps=max riops=max wiops=max\n"
+    # Stopped, relabelled HP in the file, started again: its first round lifts the limit it finds in force.
+    assert [(r.group, r.outcome) for r in writer("hp").reconcile()] == [("released", "applied")]
+    assert read_io_max(fake_v2.hierarchy, d) == {} and str(d) not in state.read_text()
 
 
 def _free_port() -> int:
